@@ -1,0 +1,48 @@
+"""batcher: an async scheduler daemon streaming ingestion jobs into PostgreSQL with exactly-once checkpoints.
+
+This package's top level is the handler-author API. Runtime modules (scheduler, runner, store…) are
+internal and imported lazily by the CLI.
+"""
+
+from batcher.errors import (
+    BatcherError,
+    ConfigError,
+    PermanentError,
+    RunCancelledError,
+    TransientError,
+)
+from batcher.handler import (
+    NO_CHECKPOINT,
+    Batch,
+    CheckpointScope,
+    ConflictPolicy,
+    Handler,
+    HandlerParams,
+    HttpClient,
+    Rejected,
+    RunContext,
+    Secret,
+    Stream,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "NO_CHECKPOINT",
+    "Batch",
+    "BatcherError",
+    "CheckpointScope",
+    "ConfigError",
+    "ConflictPolicy",
+    "Handler",
+    "HandlerParams",
+    "HttpClient",
+    "PermanentError",
+    "Rejected",
+    "RunCancelledError",
+    "RunContext",
+    "Secret",
+    "Stream",
+    "TransientError",
+    "__version__",
+]

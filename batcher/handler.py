@@ -1,0 +1,180 @@
+"""The handler-author contract (DESIGN §6): Handler, Stream, Batch, Rejected, RunContext, Secret.
+
+A handler is a class that turns an upstream system into a stream of :class:`Batch` objects. It never
+writes to storage, never commits cursors and never sleeps for rate limits: the runtime does that.
+
+Records are tuples whose items follow ``Stream.columns`` (key columns, then value columns). Bookkeeping
+columns (``ingested_at``…) are set by the sink, never by the handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+if TYPE_CHECKING:
+    import structlog
+
+
+class _SecretMarker:
+    """Metadata marking a Params field as secret: persisted only as a ``<name>_env`` reference."""
+
+    def __repr__(self) -> str:
+        return "Secret"
+
+
+SECRET_MARKER = _SecretMarker()
+
+#: Type of a secret handler param. Persisted config holds ``<field>_env = "VARIABLE"`` instead of the
+#: value; :mod:`batcher.environ` resolves it when a run starts.
+Secret = Annotated[SecretStr, SECRET_MARKER]
+
+ConflictPolicy = Literal["ignore", "update_if_changed", "update"]
+CheckpointScope = Literal["job", "run"]
+
+
+class NoCheckpoint:
+    """Sentinel type: the batch does not move its stream's checkpoint."""
+
+    _instance: ClassVar[NoCheckpoint | None] = None
+
+    def __new__(cls) -> NoCheckpoint:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "NO_CHECKPOINT"
+
+
+NO_CHECKPOINT = NoCheckpoint()
+
+
+@dataclass(frozen=True)
+class Stream:
+    """Where a handler's records go and how they are merged and checkpointed.
+
+    ``table`` is a PostgreSQL table (or a MongoDB collection when ``sink == "mongo"``). Records are tuples
+    in ``columns`` order. ``bookkeeping_columns`` are set to ``now()`` on write and never compared.
+    ``json_columns`` names value columns of type jsonb (the sink encodes them). ``parse_raw`` turns a
+    dead letter's raw text back into a record (used by ``dead-letters replay``); it raises ``ValueError``
+    with a reason when the payload is still invalid.
+    """
+
+    name: str
+    table: str
+    key_columns: tuple[str, ...]
+    value_columns: tuple[str, ...]
+    conflict: ConflictPolicy = "ignore"
+    scope: CheckpointScope = "job"
+    bookkeeping_columns: tuple[str, ...] = ()
+    json_columns: tuple[str, ...] = ()
+    sink: Literal["postgres", "mongo"] = "postgres"
+    parse_raw: Callable[[str], tuple[Any, ...]] | None = None
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.key_columns + self.value_columns
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A record the handler could not validate: kept raw (any JSON value or text) with the reason."""
+
+    raw: Any
+    reason: str
+
+
+@dataclass
+class Batch:
+    """One unit of work for the pipeline: records, rejects, an optional new checkpoint and counters."""
+
+    stream: str
+    records: Sequence[tuple[Any, ...]] = ()
+    rejected: Sequence[Rejected] = ()
+    checkpoint: Any = NO_CHECKPOINT
+    items_checked: int = 0
+    items_updated: int = 0
+    progress_total: int | None = None
+    size_bytes: int = 0  # approximate payload size, for the pipeline's byte bound (0: estimated)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def moves_checkpoint(self) -> bool:
+        return self.checkpoint is not NO_CHECKPOINT
+
+
+class HttpClient(Protocol):
+    """The rate-limited, retrying HTTP client bound to one namespace (implemented by batcher.http)."""
+
+    async def get_json(self, url: str, *, params: Mapping[str, str] | None = None,
+                       headers: Mapping[str, str] | None = None) -> Any: ...
+
+    async def request_json(self, method: str, url: str, *, idempotent: bool = False,
+                           params: Mapping[str, str] | None = None, json: Any = None,
+                           headers: Mapping[str, str] | None = None) -> Any: ...
+
+
+class RunContext(Protocol):
+    """What a running handler may use. Provided by the runner; handlers never build one."""
+
+    run_id: int
+    root_run_id: int
+    job_name: str
+    attempt: int
+    trigger: str
+    trigger_params: Mapping[str, Any]
+    log: structlog.typing.FilteringBoundLogger
+    cancelled: asyncio.Event
+
+    def checkpoint(self, stream: str) -> Any | None:
+        """The last committed cursor of ``stream`` in this run's scope, or None."""
+
+    def http(self, namespace: str) -> HttpClient:
+        """The shared HTTP client bound to a rate-limit namespace such as ``"datasync:events:"``."""
+
+    def report_progress(self, *, done: int | None = None, total: int | None = None) -> None:
+        """Publish progress (shown by the API and dashboard); committed with the next batch."""
+
+    @property
+    def postgres(self) -> Any:
+        """Read access to PostgreSQL (an asyncpg pool) for handlers whose source is there."""
+
+    @property
+    def redis(self) -> Any:
+        """A redis.asyncio client for handlers whose source is Redis."""
+
+
+class HandlerParams(BaseModel):
+    """Base class of every handler's Params model: unknown keys are rejected, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Handler(ABC):
+    """Base class of every job type. Subclasses set the class attributes and implement :meth:`run`."""
+
+    type: ClassVar[str]
+    display_name: ClassVar[str]
+    Params: ClassVar[type[HandlerParams]]
+    streams: ClassVar[tuple[Stream, ...]]
+    default_interval_minutes: ClassVar[int | None] = 60
+    default_cron: ClassVar[str | None] = None
+    #: True when the handler accepts ``start``/``end`` window params (``batcher backfill``).
+    accepts_windows: ClassVar[bool] = False
+
+    @classmethod
+    def stream(cls, name: str) -> Stream:
+        for s in cls.streams:
+            if s.name == name:
+                return s
+        raise KeyError(f"handler {cls.type!r} has no stream {name!r}")
+
+    @abstractmethod
+    def run(self, ctx: RunContext, params: Any) -> AsyncIterator[Batch]:
+        """Yield batches. Implemented as ``async def run(...)`` with ``yield``."""

@@ -1,0 +1,141 @@
+"""PostgreSQL access: the asyncpg pool, its codecs, schema migrations and the named queries.
+
+Owns asyncpg (with :mod:`batcher.sinks` and :mod:`batcher.worker`). JSON and JSONB use binary-format
+codecs so ``copy_records_to_table`` into ``jsonb`` columns works (a text codec breaks COPY). Every SQL
+statement lives as a named, described block in ``queries.sql`` beside this module; :data:`Q` maps names
+to statements.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from batcher.errors import SchemaTooNewError, ServiceUnavailableError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SCHEMA_FILE = PROJECT_ROOT / "schema.sql"
+MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
+QUERIES_FILE = Path(__file__).resolve().parent / "queries.sql"
+MIGRATION_LOCK_KEY = 0x6261746368  # "batch": pg_advisory_xact_lock key for migrations
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+def _load_queries(path: Path) -> dict[str, str]:
+    """Parse ``-- name: x`` blocks (comment lines after the name describe the statement)."""
+    queries: dict[str, str] = {}
+    name: str | None = None
+    lines: list[str] = []
+    for line in path.read_text().splitlines() + ["-- name: __end__"]:
+        if line.startswith("-- name:"):
+            if name is not None:
+                queries[name] = "\n".join(lines).strip().rstrip(";")
+            name, lines = line.split(":", 1)[1].strip(), []
+        elif not line.startswith("--"):
+            lines.append(line)
+    return queries
+
+
+Q: dict[str, str] = _load_queries(QUERIES_FILE)
+
+
+def _encode_jsonb(value: Any) -> bytes:
+    return b"\x01" + json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _decode_jsonb(data: bytes) -> Any:
+    return json.loads(data[1:])
+
+
+def _encode_json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Register binary JSON/JSONB codecs (Python values in, Python values out)."""
+    await conn.set_type_codec("jsonb", schema="pg_catalog", encoder=_encode_jsonb, decoder=_decode_jsonb,
+                              format="binary")
+    await conn.set_type_codec("json", schema="pg_catalog", encoder=_encode_json, decoder=json.loads,
+                              format="binary")
+
+
+async def create_pool(url: str, *, size: int = 10, min_size: int = 1) -> asyncpg.Pool:
+    """The process's pool. Raises ServiceUnavailableError naming PostgreSQL when it cannot connect."""
+    try:
+        pool = await asyncpg.create_pool(url, min_size=min(min_size, size), max_size=size,
+                                         init=init_connection, command_timeout=None)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        raise ServiceUnavailableError(f"PostgreSQL is unreachable: {type(exc).__name__}: {exc}") from None
+    assert pool is not None
+    return pool
+
+
+async def connect(url: str, *, timeout: float = 10.0) -> asyncpg.Connection:
+    """A dedicated connection (LISTEN, liveness lock, CLI one-offs) with the same codecs."""
+    try:
+        conn = await asyncpg.connect(url, timeout=timeout)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        raise ServiceUnavailableError(f"PostgreSQL is unreachable: {type(exc).__name__}: {exc}") from None
+    await init_connection(conn)
+    return conn
+
+
+def code_schema_version() -> int:
+    """The newest schema version this code knows: 1 (schema.sql) or the highest migration number."""
+    versions = [int(m.group(1)) for p in MIGRATIONS_DIR.glob("*.sql")
+                if (m := _MIGRATION_NAME.match(p.name))]
+    return max([1, *versions])
+
+
+def _pending_migrations(current: int) -> list[tuple[int, str, str]]:
+    out = []
+    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+        m = _MIGRATION_NAME.match(path.name)
+        if m and int(m.group(1)) > current:
+            out.append((int(m.group(1)), path.stem, path.read_text()))
+    return out
+
+
+async def migrate(conn: asyncpg.Connection) -> list[str]:
+    """Apply schema.sql (version 1) and the missing numbered migrations, under an advisory xact lock.
+
+    Safe to run concurrently from many processes. Refuses a database newer than the code.
+    Returns the names applied.
+    """
+    applied: list[str] = []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
+        await conn.execute(Q["create_schema_migrations"])
+        current = await conn.fetchval(Q["schema_version"]) or 0
+        newest = code_schema_version()
+        if current > newest:
+            raise SchemaTooNewError(
+                f"the database schema is version {current}, newer than this batcher "
+                f"(knows up to {newest}); upgrade batcher before running it against this database")
+        if current < 1:
+            await conn.execute(SCHEMA_FILE.read_text())
+            await conn.execute(Q["record_migration"], 1, "schema")
+            applied.append("0001_schema")
+        for version, name, sql in _pending_migrations(max(current, 1)):
+            await conn.execute(sql)
+            await conn.execute(Q["record_migration"], version, name)
+            applied.append(name)
+    return applied
+
+
+async def schema_version(conn: asyncpg.Connection) -> int:
+    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    return int(await conn.fetchval(Q["schema_version"]) or 0) if exists else 0
+
+
+@asynccontextmanager
+async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """Acquire a pooled connection and open a transaction on it."""
+    async with pool.acquire() as conn, conn.transaction():
+        yield conn
