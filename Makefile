@@ -1,0 +1,66 @@
+# batcher — developer entry points. Every target installs what it needs into .venv first.
+#
+#   make run     the daemon on embedded PostgreSQL/Redis (or BATCHER_DATABASE_URL / BATCHER_REDIS_URL)
+#   make test    the test suite (PYTEST_ARGS="-k foo -x" passes arguments through)
+#   make lint    ruff, mypy --strict on batcher/, import-linter contracts
+#   make bench   every bench/*.py script in turn
+#   make clean   remove .venv, caches and the .batcher data dir
+#
+# The install is skipped while pyproject.toml is older than $(STAMP).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+EXTRAS := dev,embedded
+LINT_PATHS := batcher handlers tests bench
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help venv run test lint bench clean
+
+help:
+	@sed -n 's/^#   //p' Makefile
+
+# Create the virtualenv once (needs Python 3.11+).
+$(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+		|| { echo "batcher needs Python 3.11 or newer ($(PYTHON) is older); set PYTHON=python3.11" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+# Install the project with its extras only when pyproject.toml changed since the last install.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[$(EXTRAS)]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+# `exec` replaces the recipe's shell, so the daemon is make's direct child: a SIGTERM to it (or to make,
+# which forwards SIGTERM to its children) stops it, and make exits 0 when the daemon exits 0. GNU make
+# reports any other status as "Error N" (N = the daemon's status) and exits 2.
+run: venv
+	exec $(VENV)/bin/batcher run
+
+# pytest's own exit status decides, so "no tests collected" (status 5) fails too.
+test: venv
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+bench: venv
+	@set -- bench/*.py; \
+	if [ ! -e "$$1" ]; then echo "bench/ has no benchmark scripts yet"; exit 0; fi; \
+	failed=""; \
+	for script in "$$@"; do \
+		echo "== $$script"; \
+		$(PY) "$$script" || failed="$$failed $$script"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "failed:$$failed" >&2; exit 1; fi
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .batcher \
+		build dist *.egg-info test-artifacts bench/results
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
