@@ -1,0 +1,308 @@
+"""Rate limits shared by every process (DESIGN §8): one GCRA Lua script in Redis, a local fallback.
+
+This module owns *when* a request may leave, per rate-limit namespace:
+
+- :data:`DEFAULT_RATE_LIMITS` for the providers we ship (each number with its source); the TOML's
+  ``[rate_limits."ns:"]`` entries override them (:func:`effective_rate_limits`). A namespace is matched to
+  its settings by the longest configured prefix, so ``"hubspot:general:portal-42"`` (a namespace with a
+  credential discriminator) uses the ``"hubspot:general:"`` settings but has its own Redis state, since
+  upstream limits are per key. A namespace that matches nothing is unlimited: no Redis round trip.
+- The GCRA: emission interval ``T = max(interval_ms / max_in_interval, min_spacing_ms)`` and tolerance
+  ``(burst - 1) * T``. With ``burst = 1`` admissions are at least ``T`` apart, so no half-open window of
+  ``interval_ms`` ever holds more than ``max_in_interval`` of them. The state lives in
+  ``batcher:rl:{ns}:tat`` (theoretical arrival time, µs) and the script reads the clock with Redis
+  ``TIME``, so every process shares one clock. ``{ns}`` is literal: it is also a Redis Cluster hash tag.
+- The shared pause: ``batcher:rl:{ns}:paused_until`` (ms epoch, Redis clock), set by a 429 through the
+  same script and only ever extended; while it lies ahead nothing in that namespace is admitted.
+- Redis unreachable: an in-process GCRA at ``1 / live_workers()`` of the allowance takes over, logs
+  ``rate_limiter_degraded`` once, probes Redis at most every ``probe_interval_s`` and logs
+  ``rate_limiter_recovered`` when it answers again.
+
+Every wait watches the run's ``cancelled`` event and raises :class:`RunCancelledError` promptly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import NoScriptError, RedisError
+
+from batcher import metrics
+from batcher.errors import RunCancelledError
+from batcher.logs import get_logger
+from batcher.settings import RateLimitSettings
+
+if TYPE_CHECKING:
+    import redis.asyncio
+
+def _limit(interval_ms: int, max_in_interval: int) -> RateLimitSettings:
+    return RateLimitSettings.model_validate({"interval_ms": interval_ms, "max_in_interval": max_in_interval})
+
+
+#: Shipped defaults; a TOML entry with the same key replaces one. Numbers from the providers' docs.
+DEFAULT_RATE_LIMITS: dict[str, RateLimitSettings] = {
+    # HubSpot private apps, Free/Starter: 100 requests per 10 s per app per account ("burst" limit;
+    # Professional/Enterprise 190/10 s). https://developers.hubspot.com/docs/api/usage-details
+    "hubspot:general:": _limit(10_000, 100),
+    # HubSpot CRM search endpoints: 5 requests per second per account (same page, "Search" section).
+    "hubspot:search:": _limit(1_000, 5),
+    # Google Search Console Search Analytics: 1,200 queries per minute per site (also per user);
+    # https://developers.google.com/webmaster-tools/limits ("QPS quota").
+    "gsc:searchanalytics:": _limit(60_000, 1_200),
+    # Docker Hub API: no published number; the overall per-IP limit is "in the order of thousands of
+    # requests per minute" (https://docs.docker.com/docker-hub/usage/). Assumed: 3 requests/s.
+    "dockerhub:api:": _limit(1_000, 3),
+    # GitHub REST API, authenticated: 5,000 requests per hour per user/token (primary limit).
+    # https://docs.github.com/en/rest/using-the-rest-api/rate-limits-for-the-rest-api
+    "github:api:": _limit(3_600_000, 5_000),
+}
+
+#: KEYS: tat, paused_until. ARGV acquire: "acquire", T µs, tolerance µs → {admitted, wait µs, now µs}.
+#: ARGV pause: "pause", delay ms → {extended, paused_until ms, now µs}.
+GCRA_SCRIPT = """
+if redis.replicate_commands then pcall(redis.replicate_commands) end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now_ms = math.floor(now / 1000)
+local paused = tonumber(redis.call('GET', KEYS[2]) or '0')
+if ARGV[1] == 'pause' then
+  local delay = tonumber(ARGV[2])
+  local target = now_ms + delay
+  if target > paused then
+    redis.call('SET', KEYS[2], string.format('%.0f', target), 'PX', math.floor(delay) + 60000)
+    return {1, target, now}
+  end
+  return {0, paused, now}
+end
+if paused > now_ms then
+  return {0, (paused - now_ms) * 1000, now}
+end
+local emission = tonumber(ARGV[2])
+local tolerance = tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local allow_at = tat - tolerance
+if now < allow_at then
+  return {0, allow_at - now, now}
+end
+local new_tat = tat + emission
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.floor((new_tat - now) / 1000) + 1000)
+return {1, 0, now}
+"""
+
+LiveWorkers = Callable[[], Awaitable[int]]
+
+
+def effective_rate_limits(configured: Mapping[str, RateLimitSettings]) -> dict[str, RateLimitSettings]:
+    """The shipped defaults overlaid with the configured entries (a configured key wins whole)."""
+    return {**DEFAULT_RATE_LIMITS, **configured}
+
+
+def limit_for(namespace: str, limits: Mapping[str, RateLimitSettings],
+              ) -> tuple[str, RateLimitSettings] | None:
+    """The ``(key, settings)`` whose key is the longest prefix of ``namespace``, or None (unlimited)."""
+    best = max((k for k in limits if namespace.startswith(k)), key=len, default=None)
+    return None if best is None else (best, limits[best])
+
+
+@dataclass(frozen=True)
+class Gcra:
+    """GCRA parameters in microseconds."""
+
+    emission_us: int
+    tolerance_us: int
+
+    @classmethod
+    def from_settings(cls, s: RateLimitSettings, share: int = 1) -> Gcra:
+        """Parameters for ``1/share`` of the allowance (``share`` > 1 in degraded mode)."""
+        emission_ms = max(s.interval_ms / s.max_in_interval, float(s.min_spacing_ms))
+        emission = round(emission_ms * 1000) * max(1, share)
+        return cls(emission_us=emission, tolerance_us=(s.burst - 1) * emission)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """One admitted request: when (µs epoch; Redis clock when ``shared``) and how long it waited."""
+
+    at_us: int
+    waited_s: float
+    shared: bool
+
+
+class LocalGcra:
+    """The in-process GCRA and pauses (monotonic clock), used for unlimited namespaces' pauses and
+    whenever Redis is unreachable."""
+
+    def __init__(self) -> None:
+        self._tat: dict[str, int] = {}
+        self._paused: dict[str, int] = {}
+
+    @staticmethod
+    def now_us() -> int:
+        return time.monotonic_ns() // 1000
+
+    def try_acquire(self, namespace: str, gcra: Gcra | None) -> int:
+        """0 when admitted now, else the µs to wait before asking again."""
+        now = self.now_us()
+        paused = self._paused.get(namespace, 0)
+        if paused > now:
+            return paused - now
+        if gcra is None:
+            return 0
+        tat = max(self._tat.get(namespace, 0), now)
+        allow_at = tat - gcra.tolerance_us
+        if now < allow_at:
+            return allow_at - now
+        self._tat[namespace] = tat + gcra.emission_us
+        return 0
+
+    def pause(self, namespace: str, delay_s: float) -> None:
+        target = self.now_us() + int(delay_s * 1_000_000)
+        self._paused[namespace] = max(self._paused.get(namespace, 0), target)
+
+
+async def wait_or_cancel(delay_s: float, cancelled: asyncio.Event) -> None:
+    """Sleep ``delay_s`` seconds, or raise :class:`RunCancelledError` as soon as ``cancelled`` is set."""
+    if cancelled.is_set():
+        raise RunCancelledError("cancelled")
+    if delay_s <= 0:
+        return
+    try:
+        await asyncio.wait_for(cancelled.wait(), timeout=delay_s)
+    except TimeoutError:
+        return
+    raise RunCancelledError("cancelled")
+
+
+def _keys(namespace: str) -> tuple[str, str]:
+    return f"batcher:rl:{{{namespace}}}:tat", f"batcher:rl:{{{namespace}}}:paused_until"
+
+
+class RateLimiter:
+    """Admits requests per namespace: the shared Redis GCRA, or the local fallback while Redis is down.
+
+    ``redis`` may be None (no Redis configured): every limited namespace then uses the local GCRA at
+    ``1 / live_workers()`` of its allowance, as in degraded mode, without the degraded log line.
+    """
+
+    def __init__(self, limits: Mapping[str, RateLimitSettings], redis: redis.asyncio.Redis[bytes] | None, *,
+                 live_workers: LiveWorkers | None = None, probe_interval_s: float = 3.0,
+                 max_sleep_s: float = 5.0, log: Any | None = None) -> None:
+        self.limits = dict(limits)
+        self._redis: Any = redis  # redis-py's async commands are untyped
+        self._live_workers = live_workers
+        self._probe_interval_s = probe_interval_s
+        self._max_sleep_s = max_sleep_s
+        self._log = log if log is not None else get_logger("batcher.ratelimit")
+        self._local = LocalGcra()
+        self._sha: str | None = None
+        self._degraded = False
+        self._next_probe = 0.0
+        self._share = 1
+
+    @property
+    def degraded(self) -> bool:
+        """True while Redis is configured but unreachable (the local fallback limits)."""
+        return self._degraded
+
+    async def load(self) -> None:
+        """Load the script (``SCRIPT LOAD``); an unreachable Redis only starts us degraded."""
+        if self._redis is None:
+            self._share = await self._count_workers()
+            return
+        try:
+            self._sha = await self._redis.script_load(GCRA_SCRIPT)
+        except (RedisError, OSError, TimeoutError) as exc:
+            await self._degrade(exc)
+
+    async def acquire(self, namespace: str, cancelled: asyncio.Event) -> Admission:
+        """Wait until ``namespace`` may send one request; the returned admission says when."""
+        started = time.monotonic()
+        match = limit_for(namespace, self.limits)
+        while True:
+            if cancelled.is_set():
+                raise RunCancelledError("cancelled")
+            admitted, wait_us, at_us, shared = await self._attempt(namespace, match)
+            if admitted:
+                waited = time.monotonic() - started
+                if match is not None:
+                    metrics.RATELIMIT_WAIT.labels(metrics.namespace_label(namespace)).observe(waited)
+                return Admission(at_us=at_us, waited_s=waited, shared=shared)
+            await wait_or_cancel(min(wait_us / 1e6, self._max_sleep_s), cancelled)
+
+    async def pause(self, namespace: str, delay_s: float) -> None:
+        """Hold every process's requests in ``namespace`` for ``delay_s`` s (only ever extends)."""
+        self._local.pause(namespace, delay_s)
+        if self._redis is None or limit_for(namespace, self.limits) is None or not self._redis_due():
+            return
+        try:
+            await self._eval(namespace, "pause", int(delay_s * 1000))
+            self._recovered()
+        except (RedisError, OSError, TimeoutError) as exc:
+            await self._degrade(exc)
+
+    async def _attempt(self, namespace: str, match: tuple[str, RateLimitSettings] | None,
+                       ) -> tuple[bool, int, int, bool]:
+        """``(admitted, wait µs, admission µs epoch, shared)`` from Redis or the local fallback."""
+        if match is not None and self._redis is not None and self._redis_due():
+            gcra = Gcra.from_settings(match[1])
+            try:
+                ok, value, now = await self._eval(namespace, "acquire", gcra.emission_us, gcra.tolerance_us)
+            except (RedisError, OSError, TimeoutError) as exc:
+                await self._degrade(exc)
+            else:
+                self._recovered()
+                return bool(ok), int(value), int(now), True
+        local = None if match is None else Gcra.from_settings(match[1], self._share)
+        wait = self._local.try_acquire(namespace, local)
+        return wait == 0, wait, time.time_ns() // 1000, False
+
+    def _redis_due(self) -> bool:
+        """Use Redis unless degraded; while degraded, let one caller probe every probe interval."""
+        if not self._degraded:
+            return True
+        now = time.monotonic()
+        if now < self._next_probe:
+            return False
+        self._next_probe = now + self._probe_interval_s
+        return True
+
+    async def _eval(self, namespace: str, *args: Any) -> list[int]:
+        assert self._redis is not None
+        keys = _keys(namespace)
+        if self._sha is None:
+            self._sha = await self._redis.script_load(GCRA_SCRIPT)
+        try:
+            result = await self._redis.evalsha(self._sha, 2, *keys, *args)
+        except NoScriptError:
+            self._sha = await self._redis.script_load(GCRA_SCRIPT)
+            result = await self._redis.evalsha(self._sha, 2, *keys, *args)
+        return [int(v) for v in result]
+
+    async def _degrade(self, exc: BaseException) -> None:
+        self._next_probe = time.monotonic() + self._probe_interval_s
+        self._share = await self._count_workers()
+        if not self._degraded:
+            self._degraded = True
+            metrics.RATELIMIT_DEGRADED.set(1)
+            self._log.warning("rate_limiter_degraded", error=f"{type(exc).__name__}: {exc}"[:200],
+                              share=self._share, probe_interval_s=self._probe_interval_s)
+
+    def _recovered(self) -> None:
+        if self._degraded:
+            self._degraded = False
+            metrics.RATELIMIT_DEGRADED.set(0)
+            self._log.info("rate_limiter_recovered")
+
+    async def _count_workers(self) -> int:
+        if self._live_workers is None:
+            return 1
+        try:
+            return max(1, int(await self._live_workers()))
+        except Exception as exc:  # any failure keeps the previous share
+            self._log.warning("live_workers_unknown", error=f"{type(exc).__name__}: {exc}"[:200])
+            return max(1, self._share)
