@@ -30,8 +30,8 @@ def environment_reads(source: str) -> list[int]:
             os_names |= {a.asname or a.name for a in node.names if a.name == "os"}
         elif isinstance(node, ast.ImportFrom) and node.module == "os":
             env_names |= {a.asname or a.name for a in node.names if a.name in ENV_ATTRIBUTES}
-    return sorted({node.lineno for node in ast.walk(tree)
-                   if isinstance(node, ast.expr | ast.stmt) and _reads_environment(node, os_names, env_names)})
+    found = (node for node in ast.walk(tree) if isinstance(node, ast.expr | ast.stmt))
+    return sorted({node.lineno for node in found if _reads_environment(node, os_names, env_names)})
 
 
 def _reads_environment(node: ast.AST, os_names: set[str], env_names: set[str]) -> bool:
