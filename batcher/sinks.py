@@ -1,0 +1,388 @@
+"""The PostgreSQL sink: one batch's rows and dead letters, written inside the caller's transaction.
+
+Owns asyncpg writes of handler data (with :mod:`batcher.store` and :mod:`batcher.worker`), the
+idempotent ``dead_letters`` insert and the JSON payload encoding of dead letters. DESIGN §7:
+
+- duplicate keys within a batch are dropped first (last wins): an upsert that meets one key twice fails;
+- fast path: ``COPY`` straight into the target table inside a savepoint; on a key conflict the savepoint
+  is rolled back and the rows are upserted with the stream's conflict policy: ``COPY`` into a reused
+  session temp table, then ``INSERT … SELECT … ON CONFLICT`` (measured 15–30 % faster than ``INSERT …
+  SELECT FROM unnest($1::type[], …)`` on 5,000-row batches; ``bench/sink.py`` prints both);
+- a row the database rejects for its data (SQLSTATE classes 22 and 23, or a value asyncpg cannot
+  encode) does not fail the batch: the batch is bisected in savepoints and each offending row becomes a
+  dead letter (origin ``database``) carrying the database's message.
+
+Bookkeeping columns (``ingested_at``…) are never sent: they MUST have ``DEFAULT now()`` so ``COPY`` and
+the insert path fill them; the update policies set them to ``now()`` when (and only when) a row changes.
+Value columns must have an equality operator (``jsonb``, not ``json``) for ``update_if_changed``.
+
+The SQL constants below belong in ``queries.sql``; they live here until the lead moves them.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import hashlib
+import json
+import operator
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+
+import asyncpg
+
+from batcher.handler import Batch, Rejected, Stream
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+Row = tuple[Any, ...]
+#: A dedicated connection or one acquired from the pool.
+PgConnection: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
+DeadLetterOrigin = Literal["handler", "database"]
+UpsertStrategy = Literal["unnest", "temp_table"]
+
+#: Each column's name, type (without typmod, for ``$n::type[]`` casts) and whether it is an array.
+SQL_COLUMN_TYPES = """
+SELECT a.attname, format_type(a.atttypid, NULL), (a.attndims > 0 OR t.typcategory = 'A')
+FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped
+"""
+
+#: Idempotent dead letters: a conflict reopens a resolved row (new reason and run), else does nothing.
+#: The command tag counts rows created or reopened.
+SQL_INSERT_DEAD_LETTERS = """
+INSERT INTO dead_letters (job_name, run_id, stream, origin, reason, payload, payload_hash)
+SELECT $1, $2, $3, $4, d.reason, d.payload, d.payload_hash
+FROM unnest($5::text[], $6::text[], $7::text[]) AS d (reason, payload, payload_hash)
+ON CONFLICT (job_name, stream, payload_hash) DO UPDATE
+SET resolved_at = NULL, reason = EXCLUDED.reason, run_id = EXCLUDED.run_id, origin = EXCLUDED.origin
+WHERE dead_letters.resolved_at IS NOT NULL
+"""
+
+#: Dead letters for ``dead-letters list``: newest first, one job or all, unresolved unless asked.
+SQL_LIST_DEAD_LETTERS = """
+SELECT id, job_name, run_id, stream, origin, reason, payload, payload_hash, created_at, resolved_at
+FROM dead_letters
+WHERE ($1::text IS NULL OR job_name = $1) AND ($2::boolean OR resolved_at IS NULL)
+ORDER BY id DESC LIMIT $3
+"""
+
+#: ``dead-letters purge``: a job's dead letters (resolved or not), optionally only those created before $2.
+SQL_PURGE_DEAD_LETTERS = """
+DELETE FROM dead_letters WHERE job_name = $1 AND ($2::timestamptz IS NULL OR created_at < $2)
+"""
+
+#: One page of a job's unresolved dead letters for replay, in id order after the id $2.
+SQL_UNRESOLVED_DEAD_LETTERS = """
+SELECT id, stream, origin, payload FROM dead_letters
+WHERE job_name = $1 AND resolved_at IS NULL AND id > $2
+ORDER BY id LIMIT $3
+"""
+
+#: Mark replayed dead letters resolved (by the replaying run, when there is one).
+SQL_RESOLVE_DEAD_LETTERS = """
+UPDATE dead_letters SET resolved_at = now(), run_id = coalesce($2, run_id) WHERE id = ANY($1::bigint[])
+"""
+
+#: Dead letters that still fail on replay keep their row with the new reason.
+SQL_UPDATE_DEAD_LETTER_REASONS = """
+UPDATE dead_letters AS d SET reason = u.reason, run_id = coalesce($3, d.run_id)
+FROM unnest($1::bigint[], $2::text[]) AS u (id, reason) WHERE d.id = u.id
+"""
+
+MAX_REASONS = 5
+MAX_REASON_CHARS = 2000
+_UNIQUE_VIOLATION = "23505"
+_DATA_ERROR_CLASSES = ("22", "23")
+# asyncpg encodes COPY rows client-side: a value it cannot encode raises one of these, not a PostgresError.
+_CLIENT_DATA_ERRORS = (OverflowError, ValueError, TypeError)
+
+UPSERT_STRATEGY: UpsertStrategy = "temp_table"
+
+
+@dataclass
+class WriteResult:
+    """What one batch did: rows inserted or changed, new dead letters, and a few distinct reasons."""
+
+    written: int
+    dead_lettered: int
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RowsOutcome:
+    """Rows written, and the rows the database rejected as (index into the rows given, reason)."""
+
+    written: int = 0
+    poisoned: list[tuple[int, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    is_array: bool
+
+
+_column_cache: dict[str, dict[str, Column]] = {}
+
+
+async def write_batch(conn: PgConnection, stream: Stream, batch: Batch, *, job_name: str,
+                      run_id: int) -> WriteResult:
+    """Write one batch inside the caller's open transaction (fenced before, checkpointed after).
+
+    Dead-letters ``batch.rejected`` (origin ``handler``), drops duplicate keys (last wins), writes the
+    rows with the stream's conflict policy and dead-letters rows the database rejects for their data.
+    """
+    reasons: list[str] = []
+    dead = 0
+    if batch.rejected:
+        dead += await write_dead_letters(conn, job_name=job_name, run_id=run_id, stream=stream.name,
+                                         items=batch.rejected, origin="handler")
+        _collect_reasons(reasons, (r.reason for r in batch.rejected))
+    rows = dedupe_by_key(stream, batch.records)
+    outcome = await write_records(conn, stream, rows) if rows else RowsOutcome()
+    if outcome.poisoned:
+        items = [Rejected(raw=record_object(stream, rows[i]), reason=why) for i, why in outcome.poisoned]
+        dead += await write_dead_letters(conn, job_name=job_name, run_id=run_id, stream=stream.name,
+                                         items=items, origin="database")
+        _collect_reasons(reasons, (r.reason for r in items))
+    return WriteResult(written=outcome.written, dead_lettered=dead, reasons=reasons)
+
+
+def dedupe_by_key(stream: Stream, records: Sequence[Row]) -> Sequence[Row]:
+    """The records with one row per key: the last one wins (at the first one's position)."""
+    if len(records) < 2:
+        return records
+    positions = [stream.columns.index(c) for c in stream.key_columns]
+    keys = list(map(operator.itemgetter(*positions), records))
+    if len(set(keys)) == len(keys):
+        return records
+    return list(dict(zip(keys, records, strict=True)).values())
+
+
+def record_object(stream: Stream, row: Row) -> dict[str, Any]:
+    """A row as a JSON-able object keyed by the stream's columns (how database rejects are kept)."""
+    return dict(zip(stream.columns, row, strict=False))
+
+
+async def write_records(conn: PgConnection, stream: Stream, rows: Sequence[Row]) -> RowsOutcome:
+    """Write rows with unique keys; isolate the rows the database rejects by bisecting in savepoints.
+
+    Non-data errors (lost connection, a missing table, a serialization failure) propagate.
+    """
+    outcome = RowsOutcome()
+    await _write_span(conn, stream, rows, 0, len(rows), outcome)
+    return outcome
+
+
+async def _write_span(conn: PgConnection, stream: Stream, rows: Sequence[Row], lo: int, hi: int,
+                      outcome: RowsOutcome) -> None:
+    try:
+        outcome.written += await _copy_or_upsert(conn, stream, rows[lo:hi])
+        return
+    except (asyncpg.PostgresError, *_CLIENT_DATA_ERRORS) as exc:
+        reason = data_error_reason(exc)
+        if reason is None:
+            raise
+    if hi - lo == 1:
+        outcome.poisoned.append((lo, reason))
+        return
+    mid = (lo + hi) // 2
+    await _write_span(conn, stream, rows, lo, mid, outcome)
+    await _write_span(conn, stream, rows, mid, hi, outcome)
+
+
+def data_error_reason(exc: BaseException) -> str | None:
+    """The database's reason for rejecting a row's data, or None when ``exc`` is not about the data."""
+    if isinstance(exc, asyncpg.PostgresError):
+        state = str(getattr(exc, "sqlstate", "") or "")
+        if state[:2] not in _DATA_ERROR_CLASSES:
+            return None
+        text = f"{state}: {getattr(exc, 'message', None) or exc}"
+        column = getattr(exc, "column_name", None) or _context_column(getattr(exc, "context", None))
+        if column:
+            text += f" (column {column})"
+        if detail := getattr(exc, "detail", None):
+            text += f"; {detail}"
+        return text[:MAX_REASON_CHARS]
+    if isinstance(exc, _CLIENT_DATA_ERRORS):
+        return f"{type(exc).__name__}: {exc}"[:MAX_REASON_CHARS]
+    return None
+
+
+def _context_column(context: str | None) -> str | None:
+    marker = ", column "
+    if not context or marker not in context:
+        return None
+    return context.split(marker, 1)[1].split(":", 1)[0].split("\n", 1)[0].strip() or None
+
+
+async def _copy_or_upsert(conn: PgConnection, stream: Stream, rows: Sequence[Row]) -> int:
+    """COPY into the target in a savepoint; on a key conflict, upsert in a fresh savepoint."""
+    schema, table = split_table(stream.table)
+    try:
+        async with conn.transaction():
+            await conn.copy_records_to_table(table, schema_name=schema, records=rows,
+                                             columns=list(stream.columns))
+        return len(rows)
+    except asyncpg.UniqueViolationError:
+        pass
+    async with conn.transaction():
+        return await upsert(conn, stream, rows)
+
+
+async def upsert(conn: PgConnection, stream: Stream, rows: Sequence[Row],
+                 strategy: UpsertStrategy | None = None) -> int:
+    """INSERT … ON CONFLICT (keys) with the stream's policy; returns the rows inserted or changed."""
+    if (strategy or UPSERT_STRATEGY) == "unnest":
+        columns = await column_types(conn, stream.table)
+        if not any(columns[c].is_array for c in stream.columns):  # unnest would flatten array columns
+            source = "unnest({}) AS s ({})".format(
+                ", ".join(f"${i}::{columns[c].type}[]" for i, c in enumerate(stream.columns, 1)),
+                _names(stream.columns))
+            status = await conn.execute(_upsert_sql(stream, f"SELECT * FROM {source}"),
+                                        *(list(col) for col in zip(*rows, strict=True)))
+            return int(status.rsplit(" ", 1)[1])
+    stage = await _staging_table(conn, stream)
+    await conn.copy_records_to_table(stage, records=rows, columns=list(stream.columns))
+    status = await conn.execute(_upsert_sql(stream, f"SELECT {_names(stream.columns)} FROM {stage}"))
+    await conn.execute(f"TRUNCATE {stage}")
+    return int(status.rsplit(" ", 1)[1])
+
+
+def _upsert_sql(stream: Stream, select: str) -> str:
+    target = quote_table(stream.table)
+    sets = [f"{quote_ident(c)} = EXCLUDED.{quote_ident(c)}" for c in stream.value_columns]
+    sets += [f"{quote_ident(c)} = now()" for c in stream.bookkeeping_columns]
+    if stream.conflict == "ignore" or not sets:
+        action = "DO NOTHING"
+    else:
+        action = "DO UPDATE SET " + ", ".join(sets)
+        if stream.conflict == "update_if_changed" and stream.value_columns:
+            mine = ", ".join(f"{target}.{quote_ident(c)}" for c in stream.value_columns)
+            theirs = ", ".join(f"EXCLUDED.{quote_ident(c)}" for c in stream.value_columns)
+            action += f" WHERE ROW({mine}) IS DISTINCT FROM ROW({theirs})"
+    return (f"INSERT INTO {target} ({_names(stream.columns)}) {select} "
+            f"ON CONFLICT ({_names(stream.key_columns)}) {action}")
+
+
+async def _staging_table(conn: PgConnection, stream: Stream) -> str:
+    """A session temp table with the stream's columns (created if this session has none; emptied after)."""
+    digest = hashlib.sha1(f"{stream.table}:{stream.columns}".encode()).hexdigest()[:16]
+    name = "batcher_stage_" + digest
+    await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {name} AS SELECT {_names(stream.columns)} "
+                       f"FROM {quote_table(stream.table)} WITH NO DATA")
+    return name
+
+
+async def column_types(conn: PgConnection, table: str) -> dict[str, Column]:
+    """The table's columns, introspected once per table name and cached for the process."""
+    cached = _column_cache.get(table)
+    if cached is None:
+        rows = await conn.fetch(SQL_COLUMN_TYPES, quote_table(table))
+        cached = {r[0]: Column(r[0], r[1], bool(r[2])) for r in rows}
+        _column_cache[table] = cached
+    return cached
+
+
+def forget_column_types() -> None:
+    """Drop the introspection cache (after a migration changed a table, and in tests)."""
+    _column_cache.clear()
+
+
+def split_table(table: str) -> tuple[str | None, str]:
+    schema, _, name = table.rpartition(".")
+    return (schema or None), name
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_table(table: str) -> str:
+    schema, name = split_table(table)
+    return f"{quote_ident(schema)}.{quote_ident(name)}" if schema else quote_ident(name)
+
+
+def _names(columns: Iterable[str]) -> str:
+    return ", ".join(quote_ident(c) for c in columns)
+
+
+def _collect_reasons(reasons: list[str], new: Iterable[str]) -> None:
+    for reason in new:
+        if len(reasons) >= MAX_REASONS:
+            return
+        if reason not in reasons:
+            reasons.append(reason)
+
+
+async def write_dead_letters(conn: PgConnection, *, job_name: str, run_id: int | None, stream: str,
+                             items: Sequence[Rejected], origin: DeadLetterOrigin) -> int:
+    """Keep rejected records idempotently; returns how many were created or reopened.
+
+    A payload already kept for (job, stream) adds nothing; a resolved one is reopened with the new reason.
+    """
+    unique: dict[str, tuple[str, str]] = {}
+    for item in items:
+        payload, digest = encode_payload(item.raw)
+        unique[digest] = (str(item.reason)[:MAX_REASON_CHARS], payload)
+    if not unique:
+        return 0
+    reasons = [r for r, _ in unique.values()]
+    payloads = [p for _, p in unique.values()]
+    status = await conn.execute(SQL_INSERT_DEAD_LETTERS, job_name, run_id, stream, origin, reasons,
+                                payloads, list(unique))
+    return int(status.rsplit(" ", 1)[1])
+
+
+def encode_payload(raw: Any) -> tuple[str, str]:
+    """A raw record as (JSON text safe for a ``text`` column, sha256 hex of the original).
+
+    The payload is always JSON: text stays a JSON string, bytes that are UTF-8 become a string and other
+    bytes ``{"$base64": …}``; JSON escapes NUL as ``\\u0000``. The hash covers the original bytes (text
+    as UTF-8), or the canonical JSON (sorted keys) of any other value.
+    """
+    if isinstance(raw, bytes | bytearray | memoryview):
+        original = bytes(raw)
+    elif isinstance(raw, str):
+        original = raw.encode("utf-8", "surrogatepass")
+    else:
+        original = _dumps(raw, sort_keys=True).encode("utf-8", "surrogatepass")
+    return _dumps(raw), hashlib.sha256(original).hexdigest()
+
+
+def _dumps(value: Any, *, sort_keys: bool = False) -> str:
+    if isinstance(value, bytes | bytearray | memoryview):
+        value = _json_default(value)
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=sort_keys,
+                      default=_json_default)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: fall back to \\u escapes, which PostgreSQL text keeps
+        text = json.dumps(value, ensure_ascii=True, separators=(",", ":"), sort_keys=sort_keys,
+                          default=_json_default)
+    return text
+
+
+def _json_default(value: Any) -> Any:
+    """JSON for the values rows carry (dates, decimals, UUIDs, bytes); anything else as its str()."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        data = bytes(value)
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            return {"$base64": base64.b64encode(data).decode("ascii")}
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, decimal.Decimal | uuid.UUID):
+        return str(value)
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    return str(value)
