@@ -14,3 +14,299 @@ SELECT max(version) FROM schema_migrations;
 
 -- name: record_migration
 INSERT INTO schema_migrations (version, name) VALUES ($1, $2) ON CONFLICT (version) DO NOTHING;
+
+-- ===================================================================== jobs (batch_config)
+
+-- name: config_file_entries
+-- Jobs as the file sync sees them: name → (source, file_hash, orphaned).
+SELECT job_name, source, file_hash, orphaned, adhoc FROM batch_config;
+
+-- name: upsert_file_job
+-- Insert a job from the file, or update it when its file entry changed (an API edit wins until then).
+-- $1 name, $2 type, $3 enabled, $4 interval, $5 cron, $6 tz, $7 params, $8 queue, $9 priority,
+-- $10 max_retries, $11 max_abandons, $12 retry_base, $13 timeout, $14 overlap, $15 misfire_grace,
+-- $16 prefetch, $17 depends_on, $18 paused, $19 file_hash, $20 next_run_at
+INSERT INTO batch_config AS c (job_name, job_type, enabled, interval_minutes, cron, timezone, params, queue,
+    priority, max_retries, max_abandons, retry_base_seconds, timeout_seconds, overlap, misfire_grace_seconds,
+    prefetch_batches, depends_on, paused, source, file_hash, orphaned, adhoc, schedule_anchor, next_run_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, 'file', $19,
+        false, false, $21, $20)
+ON CONFLICT (job_name) DO UPDATE SET
+    job_type = EXCLUDED.job_type, enabled = EXCLUDED.enabled, interval_minutes = EXCLUDED.interval_minutes,
+    cron = EXCLUDED.cron, timezone = EXCLUDED.timezone, params = EXCLUDED.params, queue = EXCLUDED.queue,
+    priority = EXCLUDED.priority, max_retries = EXCLUDED.max_retries, max_abandons = EXCLUDED.max_abandons,
+    retry_base_seconds = EXCLUDED.retry_base_seconds, timeout_seconds = EXCLUDED.timeout_seconds,
+    overlap = EXCLUDED.overlap, misfire_grace_seconds = EXCLUDED.misfire_grace_seconds,
+    prefetch_batches = EXCLUDED.prefetch_batches, depends_on = EXCLUDED.depends_on,
+    paused = EXCLUDED.paused, source = 'file', file_hash = EXCLUDED.file_hash, orphaned = false,
+    adhoc = false, schedule_anchor = EXCLUDED.schedule_anchor, next_run_at = EXCLUDED.next_run_at,
+    updated_at = now()
+WHERE c.file_hash IS DISTINCT FROM EXCLUDED.file_hash OR c.orphaned OR c.adhoc;
+
+-- name: orphan_jobs
+-- Jobs that came from the file but are no longer in it: disabled and marked orphaned.
+UPDATE batch_config SET enabled = false, orphaned = true, next_run_at = NULL, updated_at = now()
+WHERE source = 'file' AND NOT orphaned AND NOT (job_name = ANY($1::text[]));
+
+-- name: upsert_adhoc_job
+-- An ad-hoc job created by `run-job TYPE`: never scheduled (enabled=false, adhoc=true).
+INSERT INTO batch_config (job_name, job_type, enabled, params, adhoc, source, next_run_at)
+VALUES ($1, $2, false, $3, true, 'cli', NULL)
+ON CONFLICT (job_name) DO UPDATE SET updated_at = now()
+WHERE batch_config.adhoc
+RETURNING job_name;
+
+-- name: get_job
+SELECT * FROM batch_config WHERE job_name = $1;
+
+-- name: list_jobs
+SELECT * FROM batch_config ORDER BY job_name;
+
+-- name: lock_job
+-- Serialises run creation for one job (run-job, manual triggers, materialize).
+SELECT * FROM batch_config WHERE job_name = $1 FOR UPDATE;
+
+-- name: set_paused
+UPDATE batch_config SET paused = $2, updated_at = now() WHERE job_name = $1 RETURNING job_name;
+
+-- name: set_next_run
+UPDATE batch_config SET next_run_at = $2, last_fire_at = COALESCE($3, last_fire_at) WHERE job_name = $1;
+
+-- name: mark_success
+UPDATE batch_config SET last_success_at = now() WHERE job_name = $1;
+
+-- ===================================================================== scheduling
+
+-- name: due_jobs
+-- Enabled, unpaused jobs whose next occurrence has come (locked; other schedulers skip them).
+SELECT job_name, job_type, interval_minutes, cron, timezone, schedule_anchor, next_run_at, last_fire_at,
+       params, priority, overlap, misfire_grace_seconds, now() AS db_now
+FROM batch_config
+WHERE enabled AND NOT paused AND next_run_at IS NOT NULL AND next_run_at <= now()
+ORDER BY next_run_at
+LIMIT $1
+FOR UPDATE SKIP LOCKED;
+
+-- name: job_busy
+-- (queued, running) run counts of a job.
+SELECT count(*) FILTER (WHERE status = 'queued') AS queued,
+       count(*) FILTER (WHERE status = 'running') AS running
+FROM batch_runs WHERE job_name = $1 AND status IN ('queued', 'running');
+
+-- name: insert_scheduled_run
+-- One queued run per occurrence; a duplicate occurrence is ignored.
+INSERT INTO batch_runs (job_name, job_type, trigger, scheduled_for, priority, params, root_trigger)
+VALUES ($1, $2, 'schedule', $3, $4, $5, 'schedule')
+ON CONFLICT (job_name, scheduled_for) WHERE trigger = 'schedule' DO NOTHING
+RETURNING id;
+
+-- name: insert_skipped_run
+-- A skipped occurrence (missed, overlap, upstream_failed) with its details in result.
+INSERT INTO batch_runs (job_name, job_type, trigger, scheduled_for, status, reason, params, result,
+                        finished_at, root_trigger)
+VALUES ($1, $2, $3, $4, 'skipped', $5, $6, $7, now(), $3)
+ON CONFLICT (job_name, scheduled_for) WHERE trigger = 'schedule' DO NOTHING
+RETURNING id;
+
+-- name: insert_queued_run
+-- A manual / dependency / backfill / retry run. $3 trigger, $5 params, $6 delay seconds,
+-- $7 retry_of, $8 root_run_id, $9 attempt, $10 abandons, $11 root_trigger
+INSERT INTO batch_runs (job_name, job_type, trigger, priority, params, not_before, retry_of, root_run_id,
+                        attempt, abandons, root_trigger)
+VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => COALESCE($6::float8, 0)), $7, $8, $9, $10,
+        COALESCE($11, $3))
+RETURNING id;
+
+-- name: set_root_self
+UPDATE batch_runs SET root_run_id = id WHERE id = $1 AND root_run_id IS NULL;
+
+-- name: find_queued_manual
+-- An already queued manual run of the job with the same params (a repeated trigger returns it).
+SELECT id FROM batch_runs
+WHERE job_name = $1 AND status = 'queued' AND trigger = 'manual' AND params = $2
+ORDER BY id LIMIT 1;
+
+-- name: claim_runs
+-- Two steps in one statement: lock the best claimable jobs (SKIP LOCKED), then take each one's best run.
+-- $1 worker, $2 free slots, $3 lease seconds, $4 queues (NULL = all), $5 aging points per minute
+WITH ranked AS (
+    SELECT r.job_name,
+           max(r.priority + $5::float8 * extract(epoch FROM now() - r.queued_at) / 60) AS score
+    FROM batch_runs r
+    WHERE r.status = 'queued' AND r.not_before <= now() AND r.root_trigger <> 'cli'
+    GROUP BY r.job_name
+), jobs AS (
+    SELECT c.job_name, ranked.score FROM batch_config c JOIN ranked USING (job_name)
+    WHERE NOT c.paused AND ($4::text[] IS NULL OR c.queue = ANY($4::text[]))
+      AND NOT EXISTS (SELECT 1 FROM batch_runs x WHERE x.job_name = c.job_name AND x.status = 'running')
+    ORDER BY ranked.score DESC, c.job_name
+    LIMIT $2
+    FOR UPDATE OF c SKIP LOCKED
+), best AS (
+    SELECT DISTINCT ON (r.job_name) r.id
+    FROM batch_runs r JOIN jobs USING (job_name)
+    WHERE r.status = 'queued' AND r.not_before <= now() AND r.root_trigger <> 'cli'
+    ORDER BY r.job_name, r.priority + $5::float8 * extract(epoch FROM now() - r.queued_at) / 60 DESC, r.id
+)
+UPDATE batch_runs r SET status = 'running', worker_id = $1, claim_token = gen_random_uuid(),
+    lease_expires_at = now() + make_interval(secs => $3), started_at = now()
+FROM best WHERE r.id = best.id AND r.status = 'queued'
+RETURNING r.*;
+
+-- name: claim_run_by_id
+-- Claim one specific queued run (run-job, trigger --wait of a cli chain).
+UPDATE batch_runs SET status = 'running', worker_id = $2, claim_token = gen_random_uuid(),
+    lease_expires_at = now() + make_interval(secs => $3), started_at = now()
+WHERE id = $1 AND status = 'queued'
+RETURNING *;
+
+-- name: running_run_of_job
+-- The running run of a job with its worker's liveness.
+SELECT r.*, (r.lease_expires_at < now()) AS lease_expired,
+       (w.worker_id IS NOT NULL AND EXISTS (
+            SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
+              AND l.classid = $2::oid AND l.objid = w.lock_key::oid AND l.objsubid = 2)) AS worker_alive
+FROM batch_runs r LEFT JOIN workers w ON w.worker_id = r.worker_id
+WHERE r.job_name = $1 AND r.status = 'running'
+FOR UPDATE OF r;
+
+-- ===================================================================== a run's life
+
+-- name: fence
+-- First statement of every transaction that writes for a run: renews the lease, sees a cancel request.
+-- Zero rows: this worker lost the run.
+UPDATE batch_runs SET lease_expires_at = now() + make_interval(secs => $3)
+WHERE id = $1 AND claim_token = $2 AND status = 'running'
+RETURNING cancel_requested;
+
+-- name: add_run_counters
+-- Counters committed with each batch. $2 records, $3 dead letters, $4 checked, $5 updated,
+-- $6 api calls, $7 ingress bytes, $8 progress (jsonb or NULL), $9 new errors (jsonb array)
+UPDATE batch_runs SET records = records + $2, dead_letters = dead_letters + $3,
+    items_checked = items_checked + $4, items_updated = items_updated + $5,
+    api_calls = api_calls + $6, ingress_bytes = ingress_bytes + $7,
+    progress = COALESCE($8, progress),
+    errors = CASE WHEN jsonb_array_length(errors) >= 20 THEN errors
+                  ELSE errors || COALESCE($9, '[]'::jsonb) END
+WHERE id = $1;
+
+-- name: finish_run
+-- Final status of a run (fenced by the preceding `fence` in the same transaction).
+-- $2 status, $3 reason, $4 errors to append (jsonb array), $5 result, $6 api calls, $7 ingress bytes
+UPDATE batch_runs SET status = $2, reason = $3, finished_at = now(),
+    runtime_ms = (extract(epoch FROM now() - started_at) * 1000)::bigint,
+    errors = (errors || COALESCE($4, '[]'::jsonb)), result = $5,
+    api_calls = api_calls + $6, ingress_bytes = ingress_bytes + $7,
+    lease_expires_at = NULL
+WHERE id = $1
+RETURNING *;
+
+-- name: get_checkpoints
+-- The committed cursors of a job in one scope ('' for job-scoped streams, the root run id otherwise).
+SELECT stream, scope_key, cursor FROM checkpoints WHERE job_name = $1 AND scope_key = ANY($2::text[]);
+
+-- name: upsert_checkpoint
+INSERT INTO checkpoints (job_name, stream, scope_key, cursor, run_id, updated_at)
+VALUES ($1, $2, $3, $4, $5, now())
+ON CONFLICT (job_name, stream, scope_key) DO UPDATE
+SET cursor = EXCLUDED.cursor, run_id = EXCLUDED.run_id, updated_at = now();
+
+-- name: delete_run_checkpoints
+-- Run-scoped checkpoints die with their chain's success.
+DELETE FROM checkpoints WHERE job_name = $1 AND scope_key = $2;
+
+-- name: insert_run_logs
+INSERT INTO run_logs (run_id, seq, level, event, fields)
+SELECT $1, COALESCE((SELECT max(seq) FROM run_logs WHERE run_id = $1), 0) + g.ord, g.level, g.event, g.fields
+FROM unnest($2::text[], $3::text[], $4::jsonb[]) WITH ORDINALITY AS g(level, event, fields, ord);
+
+-- name: get_run
+SELECT * FROM batch_runs WHERE id = $1;
+
+-- name: run_logs
+SELECT seq, at, level, event, fields FROM run_logs WHERE run_id = $1 ORDER BY seq LIMIT $2;
+
+-- name: list_runs
+-- Newest first, filtered by job and status when given.
+SELECT * FROM batch_runs
+WHERE ($1::text IS NULL OR job_name = $1) AND ($2::text IS NULL OR status = $2)
+  AND ($4::bigint IS NULL OR id < $4)
+ORDER BY id DESC LIMIT $3;
+
+-- name: request_cancel
+UPDATE batch_runs SET cancel_requested = $2 WHERE id = $1 AND status = 'running' RETURNING id;
+
+-- name: cancel_queued
+UPDATE batch_runs SET status = 'cancelled', reason = $2, finished_at = now()
+WHERE id = $1 AND status = 'queued' RETURNING id;
+
+-- ===================================================================== workers and liveness
+
+-- name: register_worker
+INSERT INTO workers (worker_id, host, pid, version, queues, lock_key, started_at, heartbeat_at)
+VALUES ($1, $2, $3, $4, $5, $6, now(), now())
+ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = now(), lock_key = EXCLUDED.lock_key;
+
+-- name: heartbeat_worker
+UPDATE workers SET heartbeat_at = now() WHERE worker_id = $1;
+
+-- name: renew_leases
+-- Renew this worker's leases, skipping rows locked by a running batch transaction (never waits).
+UPDATE batch_runs SET lease_expires_at = now() + make_interval(secs => $2)
+WHERE id IN (SELECT id FROM batch_runs WHERE worker_id = $1 AND status = 'running'
+             ORDER BY id FOR UPDATE SKIP LOCKED)
+RETURNING id, cancel_requested;
+
+-- name: delete_worker
+DELETE FROM workers WHERE worker_id = $1;
+
+-- name: live_workers
+-- Workers whose liveness lock is held.
+SELECT count(*) FROM workers w WHERE EXISTS (
+    SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
+      AND l.classid = $1::oid AND l.objid = w.lock_key::oid AND l.objsubid = 2);
+
+-- name: abandoned_runs
+-- Running runs whose lease expired or whose worker's liveness lock is free (locked rows skipped).
+SELECT r.* FROM batch_runs r LEFT JOIN workers w ON w.worker_id = r.worker_id
+WHERE r.status = 'running' AND (
+    r.lease_expires_at < now() OR w.worker_id IS NULL OR NOT EXISTS (
+        SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
+          AND l.classid = $1::oid AND l.objid = w.lock_key::oid AND l.objsubid = 2))
+ORDER BY r.id
+LIMIT 100
+FOR UPDATE OF r SKIP LOCKED;
+
+-- name: mark_abandoned
+UPDATE batch_runs SET status = 'failed', reason = 'abandoned', finished_at = now(),
+    runtime_ms = (extract(epoch FROM now() - started_at) * 1000)::bigint, lease_expires_at = NULL,
+    errors = errors || '["worker died or lost its lease (abandoned)"]'::jsonb
+WHERE id = $1 AND status = 'running'
+RETURNING *;
+
+-- name: prune_dead_workers
+-- Worker rows whose lock is free and whose runs are all finished.
+DELETE FROM workers w WHERE w.heartbeat_at < now() - make_interval(secs => $2) AND NOT EXISTS (
+    SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
+      AND l.classid = $1::oid AND l.objid = w.lock_key::oid AND l.objsubid = 2)
+  AND NOT EXISTS (SELECT 1 FROM batch_runs r WHERE r.worker_id = w.worker_id AND r.status = 'running');
+
+-- name: latest_chain_run
+-- The newest run of a job's cli chains (run-job takes over an abandoned or shut-down chain).
+SELECT * FROM batch_runs WHERE job_name = $1 AND root_trigger = 'cli' ORDER BY id DESC LIMIT 1;
+
+-- name: seconds_until_next_due
+-- How long the loop may sleep before the next occurrence (NULL: nothing scheduled).
+SELECT extract(epoch FROM min(next_run_at) - now()) FROM batch_config
+WHERE enabled AND NOT paused AND next_run_at IS NOT NULL;
+
+-- name: notify_wakeup
+-- Wake every daemon's loop (payload '' = claim now; 'cancel:<id>' = a cancel request).
+SELECT pg_notify('batcher_wakeup', $1);
+
+-- name: list_checkpoints
+SELECT job_name, stream, scope_key, cursor, run_id, updated_at FROM checkpoints
+WHERE ($1::text IS NULL OR job_name = $1) ORDER BY job_name, stream, scope_key;
+
+-- name: reset_checkpoints
+DELETE FROM checkpoints WHERE job_name = $1 AND ($2::text IS NULL OR stream = $2) RETURNING stream, scope_key;

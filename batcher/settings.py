@@ -223,3 +223,9 @@ def _config_error_from(exc: ValidationError, path: Path) -> ConfigError:
     if err["type"] == "extra_forbidden":
         return ConfigError("unknown key", file=str(path), job=job, key=key)
     return ConfigError(err["msg"], file=str(path), job=job, key=key)
+
+
+def systemd_environment(environ: Mapping[str, str] | None = None) -> tuple[str | None, str | None]:
+    """(NOTIFY_SOCKET, WATCHDOG_USEC) as systemd set them for this process."""
+    env = os.environ if environ is None else environ
+    return env.get("NOTIFY_SOCKET"), env.get("WATCHDOG_USEC")

@@ -139,3 +139,12 @@ async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
     """Acquire a pooled connection and open a transaction on it."""
     async with pool.acquire() as conn, conn.transaction():
         yield conn
+
+
+#: Errors that mean "the database is not reachable right now" (callers retry or reconnect).
+DB_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError, asyncpg.ConnectionDoesNotExistError)
+#: Any database error.
+DB_ERRORS: tuple[type[BaseException], ...] = (*DB_UNAVAILABLE, asyncpg.PostgresError)
+UniqueViolation = asyncpg.UniqueViolationError

@@ -1,0 +1,138 @@
+"""The ``batcher`` command line (DESIGN §9).
+
+Exit codes: 0 success; 1 a run failed, was cancelled, or the job is busy; 2 a usage or configuration
+error (one line on stderr). Commands that run a job print progress (logs) on stderr and a JSON summary as
+the last stdout line. Imports are lazy so a command starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, NoReturn
+
+from batcher import __version__
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A bad command line (exit 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """``key=value``; the value is read as JSON when it parses (numbers, booleans, null), else a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise UsageError(f"--param expects key=value, got {text!r}")
+    try:
+        value: Any = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key.strip(), value
+
+
+def _params(items: Sequence[str] | None) -> dict[str, Any]:
+    return dict(parse_param(p) for p in items or ())
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _add_param(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--param", action="append", metavar="KEY=VALUE", help="a handler param (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="batcher", description="Async scheduler daemon for data-ingestion jobs.")
+    parser.add_argument("--version", action="version", version=f"batcher {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.add_parser("run", help="run the daemon: schedule and run jobs until SIGTERM")
+    p = sub.add_parser("run-job", help="run one run of a job (or ad-hoc job type) in the foreground")
+    p.add_argument("job", help="a configured job name, or a handler type for an ad-hoc job")
+    _add_param(p)
+    p.add_argument("--job-name", help="name of the ad-hoc job (its own checkpoints)")
+    p.add_argument("--no-wait", action="store_true", help="exit 1 instead of waiting for a busy job")
+    p = sub.add_parser("trigger", help="queue a manual run")
+    p.add_argument("job")
+    _add_param(p)
+    p.add_argument("--wait", action="store_true", help="follow the run; exit by its status")
+    p = sub.add_parser("jobs", help="list jobs")
+    p.add_argument("job", nargs="?")
+    p.add_argument("--next", type=_positive, metavar="N", help="print the next N fire times of JOB")
+    p = sub.add_parser("runs", help="list runs, or `runs show ID`")
+    p.add_argument("show", nargs="?", choices=["show"])
+    p.add_argument("run_id", nargs="?", type=_positive)
+    p.add_argument("--job")
+    p.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled", "skipped"])
+    p.add_argument("--limit", type=_positive, default=20)
+    for name in ("pause", "resume"):
+        sub.add_parser(name, help=f"{name} a job").add_argument("job")
+    sub.add_parser("cancel", help="cancel a queued or running run").add_argument("run_id", type=_positive)
+    sub.add_parser("migrate", help="apply database migrations")
+    sub.add_parser("health", help="check PostgreSQL, Redis (and MongoDB when configured)")
+    cp = sub.add_parser("checkpoints", help="show or reset checkpoints").add_subparsers(
+        dest="action", required=True, parser_class=_Parser)
+    cp.add_parser("show").add_argument("job", nargs="?")
+    p = cp.add_parser("reset")
+    p.add_argument("job")
+    p.add_argument("--stream")
+    p.add_argument("--yes", action="store_true", help="confirm")
+    dl = sub.add_parser("dead-letters", help="list, replay or purge dead letters").add_subparsers(
+        dest="action", required=True, parser_class=_Parser)
+    p = dl.add_parser("list")
+    p.add_argument("--job")
+    p.add_argument("--limit", type=_positive, default=50)
+    dl.add_parser("replay").add_argument("job")
+    p = dl.add_parser("purge")
+    p.add_argument("job")
+    p.add_argument("--before", help="only dead letters created before this date (YYYY-MM-DD)")
+    return parser
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, default=str, ensure_ascii=False), flush=True)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"batcher: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from batcher.errors import BatcherError, ConfigError, PermanentError
+
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        return _fail(str(exc).removeprefix("batcher: "), EXIT_USAGE)
+    if args.command is None:
+        return _fail("missing command (see `batcher --help`)", EXIT_USAGE)
+    from batcher.clicommands import COMMANDS
+
+    handler: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = COMMANDS[args.command]
+    try:
+        return asyncio.run(handler(args))
+    except UsageError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except (PermanentError, BatcherError) as exc:
+        return _fail(str(exc), EXIT_FAILED)
+    except KeyboardInterrupt:
+        return EXIT_FAILED

@@ -1,0 +1,257 @@
+"""The implementations of the ``batcher`` subcommands (parsing lives in :mod:`batcher.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from typing import Any
+
+from batcher.app import Config, load_config, open_services, run_daemon
+from batcher.cli import EXIT_FAILED, EXIT_OK, UsageError, _params, _print_json
+from batcher.commands import (
+    NotFound,
+    cancel_run,
+    get_job,
+    jsonable,
+    list_checkpoints,
+    list_runs,
+    reset_checkpoints,
+    set_paused,
+    show_run,
+    trigger_run,
+)
+from batcher.environ import secret_fields
+from batcher.logs import configure_logging
+from batcher.store import Q
+
+Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+FINAL = {"succeeded", "failed", "cancelled", "skipped"}
+
+
+def _config() -> Config:
+    config = load_config()
+    configure_logging(config.settings.log.format, config.settings.log.level)
+    return config
+
+
+async def cmd_run(args: argparse.Namespace) -> int:
+    return await run_daemon(load_config())
+
+
+def _status_code(status: str) -> int:
+    return EXIT_OK if status == "succeeded" else EXIT_FAILED
+
+
+async def cmd_run_job(args: argparse.Namespace) -> int:
+    from batcher.runjob import JobBusy, run_foreground
+
+    config = _config()
+    params = _params(args.param)
+    handler_type = args.job if args.job in config.registry else None
+    if handler_type is None and args.job in config.jobs:
+        handler_type = config.jobs[args.job].type
+    secrets: dict[str, str] = {}
+    if handler_type is not None:
+        for field in secret_fields(config.registry[handler_type].Params):
+            if field in params:
+                secrets[field] = str(params.pop(field))
+    from batcher.logs import register_secret
+
+    for value in secrets.values():
+        register_secret(value)
+    async with open_services(config, start_embedded=True, sync=True, http=True) as services:
+        try:
+            summary = await run_foreground(services, config, args.job, job_name=args.job_name, params=params,
+                                           literal_secrets=secrets, wait=not args.no_wait)
+        except JobBusy as exc:
+            print(f"batcher: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+    _print_json(summary)
+    return _status_code(summary["status"])
+
+
+async def cmd_trigger(args: argparse.Namespace) -> int:
+    config = _config()
+    async with open_services(config, start_embedded=args.wait, sync=True) as services:
+        run_id, existing = await trigger_run(services.pool, config.registry, args.job, _params(args.param))
+        if not args.wait:
+            _print_json({"run_id": run_id, "job": args.job, "status": "queued", "existing": existing})
+            return EXIT_OK
+        row = await _follow(services.pool, run_id)
+    _print_json(_run_summary(row))
+    return _status_code(row["status"])
+
+
+async def _follow(pool: Any, run_id: int) -> dict[str, Any]:
+    """Poll a run (and its retries) until the chain reaches a final state."""
+    current = run_id
+    while True:
+        row = await pool.fetchrow(Q["get_run"], current)
+        if row["status"] in FINAL:
+            retry = await pool.fetchval("SELECT id FROM batch_runs WHERE retry_of = $1", current)
+            if retry is None:
+                return dict(row)
+            current = retry
+        await asyncio.sleep(0.5)
+
+
+def _run_summary(row: dict[str, Any]) -> dict[str, Any]:
+    keys = ("job_name", "status", "reason", "records", "dead_letters", "api_calls", "ingress_bytes",
+            "runtime_ms", "errors")
+    out = {"run_id": row["id"], **{k: row.get(k) for k in keys}}
+    out["job"] = out.pop("job_name")
+    return out
+
+
+async def cmd_jobs(args: argparse.Namespace) -> int:
+    config = _config()
+    async with open_services(config, start_embedded=False, migrate=False) as services:
+        if args.next:
+            if not args.job:
+                raise UsageError("--next needs a JOB")
+            return await _print_next(services.pool, args.job, args.next)
+        rows = [await get_job(services.pool, args.job)] if args.job else \
+            [dict(r) for r in await services.pool.fetch(Q["list_jobs"])]
+    for row in rows:
+        schedule = f"every {row['interval_minutes']} min" if row["interval_minutes"] else (
+            f"cron {row['cron']} {row['timezone']}" if row["cron"] else
+            f"after {','.join(row['depends_on'])}" if row["depends_on"] else "manual")
+        _print_json({"job": row["job_name"], "type": row["job_type"], "enabled": row["enabled"],
+                     "paused": row["paused"], "schedule": schedule, "next_run_at": row["next_run_at"],
+                     "last_success_at": row["last_success_at"], "queue": row["queue"],
+                     "orphaned": row["orphaned"], "adhoc": row["adhoc"]})
+    return EXIT_OK
+
+
+async def _print_next(pool: Any, job: str, n: int) -> int:
+    from batcher.materialize import schedule_of
+
+    row = await get_job(pool, job)
+    if not row["interval_minutes"] and not row["cron"]:
+        raise UsageError(f"job {job!r} has no schedule of its own")
+    schedule = schedule_of(row)
+    at = row["next_run_at"] or datetime.now(UTC)
+    times = [at]
+    while len(times) < n:
+        nxt = schedule.next_after(times[-1], times[-1])
+        if nxt is None:
+            break
+        times.append(nxt)
+    for t in times:
+        print(t.isoformat())
+    return EXIT_OK
+
+
+async def cmd_runs(args: argparse.Namespace) -> int:
+    config = _config()
+    async with open_services(config, start_embedded=False, migrate=False) as services:
+        if args.show:
+            if args.run_id is None:
+                raise UsageError("runs show needs a RUN_ID")
+            _print_json(await show_run(services.pool, args.run_id))
+            return EXIT_OK
+        for row in await list_runs(services.pool, job=args.job, status=args.status, limit=args.limit):
+            _print_json({k: row[k] for k in ("id", "job_name", "trigger", "status", "reason", "attempt",
+                                             "queued_at", "started_at", "finished_at", "runtime_ms",
+                                             "records", "dead_letters")})
+    return EXIT_OK
+
+
+async def _pause(args: argparse.Namespace, paused: bool) -> int:
+    config = _config()
+    async with open_services(config, start_embedded=False, migrate=False) as services:
+        await set_paused(services.pool, args.job, paused)
+    _print_json({"job": args.job, "paused": paused})
+    return EXIT_OK
+
+
+async def cmd_pause(args: argparse.Namespace) -> int:
+    return await _pause(args, True)
+
+
+async def cmd_resume(args: argparse.Namespace) -> int:
+    return await _pause(args, False)
+
+
+async def cmd_cancel(args: argparse.Namespace) -> int:
+    config = _config()
+    async with open_services(config, start_embedded=False, migrate=False) as services:
+        result = await cancel_run(services.pool, args.run_id)
+    _print_json({"run_id": args.run_id, "result": result})
+    return EXIT_OK
+
+
+async def cmd_migrate(args: argparse.Namespace) -> int:
+    config = _config()
+    async with open_services(config, start_embedded=True, migrate=False) as services:
+        from batcher import store
+
+        async with services.pool.acquire() as conn:
+            applied = await store.migrate(conn)
+            version = await store.schema_version(conn)
+    _print_json({"applied": applied, "schema_version": version})
+    return EXIT_OK
+
+
+async def cmd_health(args: argparse.Namespace) -> int:
+    from batcher.health import check_health
+
+    config = _config()
+    report = await check_health(config.settings)
+    _print_json(report)
+    return EXIT_OK if all(v["ok"] for v in report.values()) else EXIT_FAILED
+
+
+async def cmd_checkpoints(args: argparse.Namespace) -> int:
+    config = _config()
+    async with open_services(config, start_embedded=False, migrate=False) as services:
+        if args.action == "show":
+            for row in await list_checkpoints(services.pool, args.job):
+                _print_json(row)
+            return EXIT_OK
+        if not args.yes:
+            raise UsageError(f"checkpoints reset {args.job}: this discards stored cursors; add --yes to confirm")
+        removed = await reset_checkpoints(services.pool, args.job, args.stream)
+    _print_json({"job": args.job, "stream": args.stream, "removed": removed})
+    return EXIT_OK
+
+
+async def cmd_dead_letters(args: argparse.Namespace) -> int:
+    from batcher import deadletters
+
+    config = _config()
+    async with open_services(config, start_embedded=False, migrate=False) as services:
+        pool = services.pool
+        if args.action == "list":
+            for row in await deadletters.list_dead_letters(pool, args.job, args.limit):
+                _print_json(jsonable(row))
+            return EXIT_OK
+        job = await get_job(pool, args.job)
+        if args.action == "purge":
+            before = _date(args.before) if args.before else None
+            _print_json({"job": args.job, "purged": await deadletters.purge_dead_letters(pool, args.job, before)})
+            return EXIT_OK
+        handler = config.registry[job["job_type"]]
+        result = await deadletters.replay_dead_letters(pool, args.job, {s.name: s for s in handler.streams}, None)
+        _print_json(result if isinstance(result, dict) else vars(result))
+    return EXIT_OK
+
+
+def _date(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text).replace(tzinfo=UTC) if len(text) == 10 else \
+            datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"--before expects a date like 2026-01-31, got {text!r}") from None
+
+
+COMMANDS: dict[str, Command] = {
+    "run": cmd_run, "run-job": cmd_run_job, "trigger": cmd_trigger, "jobs": cmd_jobs, "runs": cmd_runs,
+    "pause": cmd_pause, "resume": cmd_resume, "cancel": cmd_cancel, "migrate": cmd_migrate,
+    "health": cmd_health, "checkpoints": cmd_checkpoints, "dead-letters": cmd_dead_letters,
+}
+
+__all__ = ["COMMANDS", "NotFound"]

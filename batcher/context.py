@@ -1,0 +1,107 @@
+"""The RunContext handed to handlers, and the per-run accounting the runner commits with each batch."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from batcher.errors import PermanentError
+from batcher.handler import HttpClient
+from batcher.logs import get_logger
+from batcher.models import Services
+
+MAX_RUN_LOG_ENTRIES = 1000
+
+
+class RunState:
+    """Counters not yet committed, the run's log buffer and its cancel signal."""
+
+    def __init__(self) -> None:
+        self.api_calls = 0
+        self.ingress_bytes = 0
+        self.progress: dict[str, Any] | None = None
+        self.logs: list[tuple[str, str, dict[str, Any]]] = []
+        self.logs_total = 0
+        self.cancelled = asyncio.Event()
+        self.cancel_reason: str | None = None
+        self.started = time.monotonic()
+
+    def add_api_call(self, n: int = 1) -> None:
+        self.api_calls += n
+
+    def add_ingress_bytes(self, n: int) -> None:
+        self.ingress_bytes += n
+
+    def log_entry(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        """RUN_LOG_SINK target: bounded per run (the rest is counted, not kept)."""
+        self.logs_total += 1
+        if self.logs_total <= MAX_RUN_LOG_ENTRIES:
+            self.logs.append((level, event, fields))
+
+    def request_cancel(self, reason: str) -> None:
+        if self.cancel_reason is None:
+            self.cancel_reason = reason
+        self.cancelled.set()
+
+    def take_counters(self) -> tuple[int, int]:
+        calls, ingress = self.api_calls, self.ingress_bytes
+        self.api_calls = self.ingress_bytes = 0
+        return calls, ingress
+
+    def take_logs(self) -> list[tuple[str, str, dict[str, Any]]]:
+        out, self.logs = self.logs, []
+        return out
+
+
+class Context:
+    """Implements :class:`batcher.handler.RunContext` for one run."""
+
+    def __init__(self, services: Services, run: Mapping[str, Any], state: RunState,
+                 checkpoints: Mapping[str, Any]) -> None:
+        self._services = services
+        self.run_id = int(run["id"])
+        self.root_run_id = int(run["root_run_id"] or run["id"])
+        self.job_name = str(run["job_name"])
+        self.attempt = int(run["attempt"])
+        self.trigger = str(run["trigger"])
+        self.trigger_params: Mapping[str, Any] = dict(run["params"] or {})
+        self.log = get_logger("batcher.handler").bind(job=self.job_name, run_id=self.run_id)
+        self.state = state
+        self.cancelled = state.cancelled
+        self._checkpoints = dict(checkpoints)
+        self.progress_done = 0
+
+    def checkpoint(self, stream: str) -> Any | None:
+        return self._checkpoints.get(stream)
+
+    def remember_checkpoint(self, stream: str, cursor: Any) -> None:
+        self._checkpoints[stream] = cursor
+
+    def http(self, namespace: str) -> HttpClient:
+        if self._services.http is None:
+            raise PermanentError("this process has no HTTP runtime")
+        client: HttpClient = self._services.http.client(namespace, accounting=self.state,
+                                                        cancelled=self.cancelled, log=self.log)
+        return client
+
+    def report_progress(self, *, done: int | None = None, total: int | None = None) -> None:
+        progress = dict(self.state.progress or {})
+        if done is not None:
+            progress["done"] = done
+        if total is not None:
+            progress["total"] = total
+        self.state.progress = progress
+
+    @property
+    def postgres(self) -> Any:
+        return self._services.pool
+
+    @property
+    def redis(self) -> Any:
+        if self._services.redis is None:
+            from batcher.connections import redis_client
+
+            self._services.redis = redis_client(self._services.redis_url)
+        return self._services.redis

@@ -1,0 +1,71 @@
+"""Secret references: the one resolver of ``*_env`` params (with settings.py, the only reader of os.environ).
+
+Persisted params hold a secret ``foo`` only as ``foo_env = "VARIABLE"``. At load time
+:func:`params_for_validation` checks that shape (a literal secret is rejected unless allowed, as for a
+foreground ``run-job``) and substitutes a placeholder so the handler's model can validate the rest. When
+a run starts, :func:`resolve_params` reads the variables and yields the handler's real params.
+Error messages name variables, never values.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, SecretStr, ValidationError
+
+from batcher.errors import ConfigError, PermanentError
+from batcher.handler import SECRET_MARKER
+
+_PLACEHOLDER = "__batcher_secret_placeholder__"
+
+
+def secret_fields(model: type[BaseModel]) -> set[str]:
+    """Names of the fields of ``model`` declared with the ``batcher.Secret`` type."""
+    out = set()
+    for name, info in model.model_fields.items():
+        if any(m is SECRET_MARKER for m in info.metadata):
+            out.add(name)
+    return out
+
+
+def params_for_validation(model: type[BaseModel], params: Mapping[str, Any], *,
+                          allow_literal_secrets: bool = False) -> dict[str, Any]:
+    """Params with secret references checked and replaced by placeholders (no environment read)."""
+    out = dict(params)
+    for field in secret_fields(model):
+        ref = f"{field}_env"
+        if field in out and not allow_literal_secrets:
+            raise ConfigError(f"literal secret {field!r} is not allowed here; reference an environment "
+                              f"variable with {ref} = \"NAME\"", key=f"params.{field}")
+        if ref in out:
+            if not isinstance(out[ref], str) or not out[ref]:
+                raise ConfigError("must name an environment variable", key=f"params.{ref}")
+            out.pop(ref)
+            out.setdefault(field, _PLACEHOLDER)
+    return out
+
+
+def resolve_params(model: type[BaseModel], params: Mapping[str, Any],
+                   literal_secrets: Mapping[str, str] | None = None,
+                   environ: Mapping[str, str] | None = None) -> BaseModel:
+    """The handler's params with every ``*_env`` reference read from the environment, validated."""
+    env = os.environ if environ is None else environ
+    values = dict(params)
+    for field in secret_fields(model):
+        ref = f"{field}_env"
+        if literal_secrets and field in literal_secrets:
+            values.pop(ref, None)
+            values[field] = SecretStr(literal_secrets[field])
+        elif ref in values:
+            var = values.pop(ref)
+            if not env.get(var):
+                raise PermanentError(f"environment variable {var} (for param {field!r}) is not set")
+            values[field] = SecretStr(env[var])
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise PermanentError(f"invalid params: {loc}: {err['msg']}") from None

@@ -1,0 +1,47 @@
+"""Recovery of runs whose worker died or lost its lease (the reaper of DESIGN §5).
+
+A run is abandoned when its lease expired or its worker's liveness lock is free (a ``kill -9`` frees it
+within seconds). It ends ``failed``/``abandoned``; unless it belongs to a ``run-job`` chain (the next
+``run-job`` of that job takes it over) a retry row is queued at once — no backoff, the job did nothing
+wrong — that resumes from the chain's checkpoint. Abandons count against ``max_abandons``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+
+from batcher.runs import RunWriter
+from batcher.store import Q
+from batcher.worker import LOCK_CLASS
+
+log = structlog.get_logger("batcher.recovery")
+
+
+async def abandon_run(conn: Any, run: Mapping[str, Any], *, queue_retry: bool) -> int | None:
+    """Mark one locked running run abandoned; queue its retry when allowed. Returns the retry's id."""
+    row = await conn.fetchrow(Q["mark_abandoned"], run["id"])
+    if row is None:
+        return None
+    job = await conn.fetchrow(Q["get_job"], run["job_name"])
+    abandons = int(run["abandons"]) + 1
+    log.warning("run_abandoned", run_id=run["id"], job=run["job_name"], worker_id=run["worker_id"],
+                abandons=abandons)
+    if not queue_retry or job is None or abandons > int(job["max_abandons"]):
+        return None
+    return await RunWriter.queue_retry(conn, run, delay=0.0, attempt=int(run["attempt"]), abandons=abandons)
+
+
+async def reap_abandoned(pool: Any) -> int:
+    """Abandon every running run whose worker is gone; returns how many."""
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(Q["abandoned_runs"], LOCK_CLASS)
+        for run in rows:
+            await abandon_run(conn, run, queue_retry=run["root_trigger"] != "cli")
+    return len(rows)
+
+
+async def prune_workers(pool: Any, older_than_seconds: float) -> None:
+    await pool.execute(Q["prune_dead_workers"], LOCK_CLASS, older_than_seconds)

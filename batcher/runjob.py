@@ -1,0 +1,143 @@
+"""``batcher run-job``: one run in the foreground through the same claim/lease/fence path as daemons.
+
+JOB is a configured job name, or a handler type for an ad-hoc job (stored ``enabled=false, adhoc=true``
+so no daemon schedules it; ``--job-name`` gives it its own name and so its own checkpoints). The run's
+chain has root trigger ``cli``: daemons never claim it, and the reaper never queues its retry. Instead
+the next ``run-job`` of the job takes the chain over: when the newest ``cli`` run of the job was abandoned
+(its process died) or stopped by a shutdown, the new run is its retry and resumes from its run-scoped
+checkpoint. A live worker holding the job makes ``run-job`` wait (``--no-wait``: exit 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+
+from batcher.app import Config
+from batcher.errors import ConfigError
+from batcher.jobs import validate_params
+from batcher.models import Services
+from batcher.recovery import abandon_run
+from batcher.runner import RunExecution
+from batcher.store import Q
+from batcher.worker import LOCK_CLASS, Worker
+
+log = structlog.get_logger("batcher.runjob")
+BUSY_POLL_SECONDS = 0.5
+
+
+class JobBusy(Exception):
+    """A live worker runs this job and the caller asked not to wait."""
+
+
+async def ensure_job(services: Services, config: Config, job: str, job_name: str | None,
+                     params: Mapping[str, Any], literal_secrets: Mapping[str, str]) -> str:
+    """Resolve JOB to a batch_config row (creating an ad-hoc job for a bare handler type)."""
+    row = await services.pool.fetchrow(Q["get_job"], job_name or job)
+    if row is not None and job_name is None:
+        handler = config.registry.get(row["job_type"])
+        if handler is None:
+            raise ConfigError(f"job {job!r} has unknown type {row['job_type']!r}")
+        validate_params(handler, {**row["params"], **params, **literal_secrets}, job=job,
+                        allow_literal_secrets=True)
+        return str(row["job_name"])
+    if job not in config.registry:
+        raise ConfigError(f"{job!r} is neither a configured job nor a job type "
+                          f"(types: {', '.join(sorted(config.registry))})")
+    name = job_name or job
+    if row is not None and not row["adhoc"]:
+        raise ConfigError(f"--job-name {name!r} is a configured job; pick another name")
+    validate_params(config.registry[job], {**params, **literal_secrets}, job=name, allow_literal_secrets=True)
+    await services.pool.execute(Q["upsert_adhoc_job"], name, job, {})
+    return name
+
+
+async def claim_foreground_run(services: Services, worker: Worker, job_name: str,
+                               params: Mapping[str, Any], *, wait: bool) -> dict[str, Any]:
+    """Create and claim this command's run in one transaction, recovering a dead worker's run first."""
+    announced = False
+    while True:
+        async with services.pool.acquire() as conn, conn.transaction():
+            job = await conn.fetchrow(Q["lock_job"], job_name)
+            running = await conn.fetchrow(Q["running_run_of_job"], job_name, LOCK_CLASS)
+            previous = None
+            if running is not None and running["worker_alive"] and not running["lease_expired"]:
+                pass
+            else:
+                if running is not None:
+                    await abandon_run(conn, running, queue_retry=False)
+                    previous = running
+                else:
+                    previous = await _resumable_chain(conn, job_name, params)
+                return await _insert_claimed(conn, services, worker, job, params, previous)
+        if not wait:
+            raise JobBusy(f"job {job_name!r} is running on live worker {running['worker_id']} "
+                          f"(run {running['id']})")
+        if not announced:
+            log.info("job_busy_waiting", job=job_name, run_id=running["id"], worker_id=running["worker_id"])
+            announced = True
+        await asyncio.sleep(BUSY_POLL_SECONDS)
+
+
+async def _resumable_chain(conn: Any, job_name: str, params: Mapping[str, Any]) -> Any:
+    last = await conn.fetchrow(Q["latest_chain_run"], job_name)
+    if last is None or dict(last["params"] or {}) != dict(params):
+        return None
+    if last["status"] == "failed" and last["reason"] == "abandoned":
+        return last
+    if last["status"] == "cancelled" and last["reason"] == "shutdown":
+        return last
+    return None
+
+
+async def _insert_claimed(conn: Any, services: Services, worker: Worker, job: Any,
+                          params: Mapping[str, Any], previous: Any) -> dict[str, Any]:
+    if previous is not None:
+        root = previous["root_run_id"] or previous["id"]
+        run_id = await conn.fetchval(Q["insert_queued_run"], job["job_name"], job["job_type"], "retry",
+                                     job["priority"], dict(params), 0.0, previous["id"], root,
+                                     previous["attempt"], previous["abandons"] + 1, "cli")
+    else:
+        run_id = await conn.fetchval(Q["insert_queued_run"], job["job_name"], job["job_type"], "cli",
+                                     job["priority"], dict(params), 0.0, None, None, 1, 0, "cli")
+        await conn.execute(Q["set_root_self"], run_id)
+    row = await conn.fetchrow(Q["claim_run_by_id"], run_id, worker.worker_id,
+                              services.settings.daemon.lease_seconds)
+    return dict(row)
+
+
+async def run_foreground(services: Services, config: Config, job: str, *, job_name: str | None,
+                         params: Mapping[str, Any], literal_secrets: Mapping[str, str],
+                         wait: bool) -> dict[str, Any]:
+    """Run one run of JOB here and now; returns the summary. SIGTERM/SIGINT cancel it at once."""
+    name = await ensure_job(services, config, job, job_name, params, literal_secrets)
+    execution: RunExecution | None = None
+    worker = Worker(services.database_url, services.pool, lease_seconds=services.settings.daemon.lease_seconds,
+                    queues=None, kind="run-job",
+                    on_cancel=lambda _rid, why: execution and execution.request_cancel(why),
+                    on_lost=lambda: execution and execution.request_cancel("lease_lost"))
+    await worker.start()
+    try:
+        run = await claim_foreground_run(services, worker, name, params, wait=wait)
+        execution = RunExecution(services, run, lease_seconds=worker.lease_seconds,
+                                 literal_secrets=literal_secrets, queue_retries=False)
+        task = asyncio.create_task(execution.execute())
+        _cancel_on_signals(task, execution)
+        return await task
+    finally:
+        await worker.stop()
+
+
+def _cancel_on_signals(task: asyncio.Task[Any], execution: RunExecution) -> None:
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        execution.request_cancel("shutdown")
+        task.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)

@@ -1,0 +1,137 @@
+"""Runs one claimed run: params → handler → fenced batch commits → final status, retry, run logs.
+
+Every transaction that writes for a run starts with the ``fence`` statement: it renews the lease and
+returns the cancel request; zero rows means another worker owns the run now, so this one commits nothing
+more. A batch commits its rows, dead letters, checkpoint (in its stream's scope) and counters together.
+
+Failure policy: ``PermanentError`` fails at once; ``TransientError`` and unexpected exceptions retry with
+exponential backoff and full jitter while ``attempt <= max_retries``; ``timeout_seconds`` ends the run
+``failed``/``timeout`` without retry; a cancel request ends it ``cancelled``; a shutdown ends it
+``cancelled``/``shutdown`` with an immediate retry (daemon runs only, never a ``run-job`` chain).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import structlog
+
+from batcher.context import Context, RunState
+from batcher.environ import resolve_params
+from batcher.errors import LeaseLostError, PermanentError, RunCancelledError
+from batcher.handler import Batch, Handler
+from batcher.logs import RUN_LOG_SINK, bind_run_context, redact
+from batcher.models import RunOutcome, Services
+from batcher.pipeline import prefetching
+from batcher.runs import RunWriter
+
+log = structlog.get_logger("batcher.runner")
+SHIELD_FINISH_TIMEOUT = 30.0
+
+
+def retry_delay(base: float, attempt: int) -> float:
+    """Exponential backoff with full jitter: uniform(0, base × 2^(attempt-1)), capped at one day."""
+    return random.uniform(0, min(base * 2 ** max(attempt - 1, 0), 86_400.0))
+
+
+class RunExecution:
+    """One run of one job on this worker. ``await execute()`` returns the final summary."""
+
+    def __init__(self, services: Services, run: Mapping[str, Any], *, lease_seconds: float,
+                 literal_secrets: Mapping[str, str] | None = None, queue_retries: bool = True) -> None:
+        self.services = services
+        self.run = dict(run)
+        self.state = RunState()
+        self.writer = RunWriter(services.pool, self.run, lease_seconds, self.state)
+        self._literal_secrets = literal_secrets
+        self._queue_retries = queue_retries and self.run.get("root_trigger") != "cli"
+
+    def request_cancel(self, reason: str) -> None:
+        self.state.request_cancel(reason)
+
+    async def execute(self) -> dict[str, Any]:
+        token = RUN_LOG_SINK.set(self.state.log_entry)
+        try:
+            with bind_run_context(self.run["id"], self.run["job_name"], self.run["attempt"]):
+                log.info("run_started", trigger=self.run["trigger"], queued_at=str(self.run["queued_at"]))
+                outcome = await self._outcome()
+                return await self._finish(outcome)
+        finally:
+            RUN_LOG_SINK.reset(token)
+
+    async def _outcome(self) -> RunOutcome:
+        job = await self.writer.job_config()
+        try:
+            async with asyncio.timeout(float(job["timeout_seconds"])) as deadline:
+                await self._iterate(job)
+            return RunOutcome("succeeded")
+        except TimeoutError:
+            if deadline.expired():
+                return RunOutcome("failed", "timeout", [f"timed out after {job['timeout_seconds']} s"])
+            return self._failure(job, TimeoutError("operation timed out"))
+        except RunCancelledError as exc:
+            return self._cancelled(exc.reason)
+        except LeaseLostError:
+            return RunOutcome("lost", "lease_lost")
+        except asyncio.CancelledError:
+            return self._cancelled(self.state.cancel_reason or "shutdown")
+        except Exception as exc:  # noqa: BLE001 - every handler failure becomes a run outcome
+            return self._failure(job, exc)
+
+    def _cancelled(self, reason: str) -> RunOutcome:
+        if reason == "lease_lost":
+            return RunOutcome("lost", "lease_lost")
+        retry = reason == "shutdown" and self._queue_retries
+        return RunOutcome("cancelled", reason, [f"run stopped: {reason}"], retry=retry)
+
+    def _failure(self, job: Mapping[str, Any], exc: BaseException) -> RunOutcome:
+        message = redact(f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc))
+        if isinstance(exc, PermanentError):
+            return RunOutcome("failed", "permanent_error", [message])
+        can_retry = self._queue_retries and int(self.run["attempt"]) <= int(job["max_retries"])
+        log.warning("run_attempt_failed", error=message, will_retry=can_retry)
+        delay = retry_delay(float(job["retry_base_seconds"]), int(self.run["attempt"])) if can_retry else 0.0
+        return RunOutcome("failed", "transient_error" if can_retry else "retries_exhausted", [message],
+                          retry=can_retry, retry_delay=delay)
+
+    async def _iterate(self, job: Mapping[str, Any]) -> None:
+        registry = self.services.registry
+        if job["job_type"] not in registry:
+            raise PermanentError(f"unknown job type {job['job_type']!r}")
+        handler_cls = registry[job["job_type"]]
+        params = resolve_params(handler_cls.Params, {**(job["params"] or {}), **(self.run["params"] or {})},
+                                literal_secrets=self._literal_secrets)
+        ctx = Context(self.services, self.run, self.state, await self.writer.load_checkpoints(handler_cls))
+        daemon = self.services.settings.daemon
+        depth = int(job["prefetch_batches"] or daemon.prefetch_batches)
+        source: AsyncIterator[Batch] = handler_cls().run(ctx, params)
+        async with prefetching(source, depth=depth, max_bytes=daemon.prefetch_bytes) as batches:
+            async for batch in batches:
+                self._check_cancel()
+                await self._commit(handler_cls, ctx, batch)
+                self._check_cancel()
+
+    def _check_cancel(self) -> None:
+        if self.state.cancelled.is_set():
+            raise RunCancelledError(self.state.cancel_reason or "cancelled")
+
+    async def _commit(self, handler_cls: type[Handler], ctx: Context, batch: Batch) -> None:
+        stream = handler_cls.stream(batch.stream)
+        result = await self.writer.commit_batch(stream, batch, ctx.root_run_id)
+        if batch.moves_checkpoint:
+            ctx.remember_checkpoint(stream.name, batch.checkpoint)
+        log.debug("batch_committed", stream=stream.name, records=len(batch.records),
+                  written=result.written, dead_letters=result.dead_lettered)
+
+    async def _finish(self, outcome: RunOutcome) -> dict[str, Any]:
+        try:
+            row = await asyncio.shield(self.writer.finish(outcome))
+        except asyncio.CancelledError:
+            row = await asyncio.wait_for(self.writer.finish(outcome), SHIELD_FINISH_TIMEOUT)
+        summary = self.writer.summary(row, outcome)
+        log.info("run_finished", **{k: v for k, v in summary.items() if k != "errors"},
+                 errors=len(summary["errors"]))
+        return summary

@@ -1,0 +1,155 @@
+"""The database side of one run: fenced batch commits, checkpoints, counters, final status and retry.
+
+Every write transaction begins with the ``fence`` statement (DESIGN §5): no row back means this worker
+lost the run, and :class:`LeaseLostError` stops it before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from batcher.context import RunState
+from batcher.errors import LeaseLostError, RunCancelledError
+from batcher.handler import Batch, Handler, Stream
+from batcher.models import RunOutcome
+from batcher.sinks import WriteResult, write_batch
+from batcher.store import Q
+
+if TYPE_CHECKING:
+    import asyncpg
+
+MAX_ERRORS = 20
+
+
+def scope_key(stream: Stream, root_run_id: int) -> str:
+    return "" if stream.scope == "job" else str(root_run_id)
+
+
+class RunWriter:
+    """Writes for one claimed run, always behind the fence of its claim token."""
+
+    def __init__(self, pool: asyncpg.Pool, run: Mapping[str, Any], lease_seconds: float,
+                 state: RunState) -> None:
+        self._pool = pool
+        self._run = run
+        self._id = int(run["id"])
+        self._token = run["claim_token"]
+        self._lease = lease_seconds
+        self._state = state
+        self._errors: list[str] = []
+        self._root = int(run["root_run_id"] or run["id"])
+
+    async def job_config(self) -> Mapping[str, Any]:
+        row = await self._pool.fetchrow(Q["get_job"], self._run["job_name"])
+        if row is None:
+            raise LeaseLostError(f"job {self._run['job_name']!r} no longer exists")
+        return dict(row)
+
+    async def load_checkpoints(self, handler: type[Handler]) -> dict[str, Any]:
+        rows = await self._pool.fetch(Q["get_checkpoints"], self._run["job_name"], ["", str(self._root)])
+        wanted = {s.name: scope_key(s, self._root) for s in handler.streams}
+        return {r["stream"]: r["cursor"] for r in rows if wanted.get(r["stream"]) == r["scope_key"]}
+
+    async def _fence(self, conn: asyncpg.Connection, *, final: bool = False) -> None:
+        row = await conn.fetchrow(Q["fence"], self._id, self._token, self._lease)
+        if row is None:
+            raise LeaseLostError(f"run {self._id} is no longer ours")
+        if row["cancel_requested"] and not final:
+            self._state.request_cancel(row["cancel_requested"])
+            raise RunCancelledError(row["cancel_requested"])
+
+    async def commit_batch(self, stream: Stream, batch: Batch, root_run_id: int) -> WriteResult:
+        """Fence → rows and dead letters → checkpoint → counters and logs, in one transaction."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._fence(conn)
+            result = await write_batch(conn, stream, batch, job_name=self._run["job_name"], run_id=self._id)
+            if batch.moves_checkpoint:
+                await conn.execute(Q["upsert_checkpoint"], self._run["job_name"], stream.name,
+                                   scope_key(stream, root_run_id), batch.checkpoint, self._id)
+            new_errors = self._take_errors(result.reasons)
+            calls, ingress = self._state.take_counters()
+            progress = self._progress(batch, len(batch.records))
+            await conn.execute(Q["add_run_counters"], self._id, len(batch.records) - _db_rejects(result, batch),
+                               result.dead_lettered, batch.items_checked, batch.items_updated, calls, ingress,
+                               progress, new_errors or None)
+            await self._flush_logs(conn)
+        return result
+
+    def _progress(self, batch: Batch, n: int) -> dict[str, Any] | None:
+        progress = dict(self._state.progress or {})
+        progress["records"] = int(progress.get("records", 0)) + n
+        if batch.progress_total is not None:
+            progress["total"] = batch.progress_total
+        self._state.progress = progress
+        return progress
+
+    def _take_errors(self, reasons: list[str]) -> list[str]:
+        room = MAX_ERRORS - len(self._errors)
+        fresh = [r for r in reasons if r not in self._errors][: max(room, 0)]
+        self._errors.extend(fresh)
+        return fresh
+
+    async def _flush_logs(self, conn: asyncpg.Connection) -> None:
+        entries = self._state.take_logs()
+        if entries:
+            await conn.execute(Q["insert_run_logs"], self._id, [e[0] for e in entries],
+                               [e[1] for e in entries], [e[2] for e in entries])
+
+    async def finish(self, outcome: RunOutcome) -> Mapping[str, Any]:
+        """Record the final status (and success effects or the retry row) behind the fence."""
+        if outcome.status == "lost":
+            return dict(await self._pool.fetchrow(Q["get_run"], self._id) or self._run)
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await self._fence(conn, final=True)
+                return await self._record_final(conn, outcome)
+        except LeaseLostError:
+            outcome.status, outcome.reason = "lost", "lease_lost"
+            return dict(await self._pool.fetchrow(Q["get_run"], self._id) or self._run)
+
+    async def _record_final(self, conn: asyncpg.Connection, outcome: RunOutcome) -> Mapping[str, Any]:
+        calls, ingress = self._state.take_counters()
+        errors = self._take_errors(outcome.errors)
+        result = {"logs_dropped": max(self._state.logs_total - len(self._state.logs), 0)} \
+            if self._state.logs_total > 1000 else None
+        row = await conn.fetchrow(Q["finish_run"], self._id, outcome.status, outcome.reason, errors or None,
+                                  result, calls, ingress)
+        job = self._run["job_name"]
+        if outcome.status == "succeeded":
+            await conn.execute(Q["mark_success"], job)
+            await conn.execute(Q["delete_run_checkpoints"], job, str(self._root))
+        if outcome.retry:
+            await self.queue_retry(conn, self._run, delay=outcome.retry_delay,
+                                   attempt=int(self._run["attempt"]) + (0 if outcome.status == "cancelled" else 1))
+        await self._flush_logs(conn)
+        return dict(row) if row else dict(self._run)
+
+    @staticmethod
+    async def queue_retry(conn: asyncpg.Connection, run: Mapping[str, Any], *, delay: float, attempt: int,
+                          abandons: int | None = None) -> int:
+        """A retry is a new row: same root (so the same run-scoped checkpoints), retry_of the old one."""
+        root = int(run["root_run_id"] or run["id"])
+        run_id: int = await conn.fetchval(
+            Q["insert_queued_run"], run["job_name"], run["job_type"], "retry", run["priority"], run["params"],
+            delay, run["id"], root, attempt, run["abandons"] if abandons is None else abandons,
+            run["root_trigger"])
+        return run_id
+
+    def summary(self, row: Mapping[str, Any], outcome: RunOutcome) -> dict[str, Any]:
+        errors = row.get("errors") or []
+        return {"run_id": self._id, "job": self._run["job_name"], "status": row.get("status", outcome.status),
+                "reason": row.get("reason", outcome.reason), "attempt": self._run["attempt"],
+                "records": int(row.get("records") or 0), "dead_letters": int(row.get("dead_letters") or 0),
+                "api_calls": int(row.get("api_calls") or 0), "ingress_bytes": int(row.get("ingress_bytes") or 0),
+                "runtime_ms": int(row.get("runtime_ms") or 0), "errors": [str(e) for e in errors][:MAX_ERRORS],
+                "retry_queued": outcome.retry}
+
+
+def _db_rejects(result: WriteResult, batch: Batch) -> int:
+    return max(result.dead_lettered - len(batch.rejected), 0)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, default=str)

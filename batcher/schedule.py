@@ -1,0 +1,189 @@
+"""Schedules: standard crontab and fixed intervals, turned into APScheduler 3.11 triggers.
+
+Owns APScheduler's trigger side (the loop itself lives in :mod:`batcher.scheduler`). APScheduler's
+``CronTrigger.from_crontab`` is not standard cron, so five-field crontab syntax is translated here:
+
+- day of week: ``0`` and ``7`` are Sunday, ``1`` Monday … (APScheduler: 0 is Monday, 7 rejected); names
+  ``sun``…``sat``; ranges and steps are expanded to an explicit list of days.
+- day of month *and* day of week both restricted (neither starts with ``*``) means OR, as in Vixie cron:
+  an ``OrTrigger`` of the two.
+- macros ``@yearly @annually @monthly @weekly @daily @midnight @hourly``.
+
+DST rule (DESIGN §5): a cron job whose hour field is fixed (not ``*``, no step) runs once per wall-clock
+time — in autumn the repeated 02:30 fires only the first time; a wall time that does not exist in spring
+runs shifted by the gap (02:30 → 03:30). Jobs with hour ``*`` or a step follow real time. Interval jobs
+are absolute (every N minutes of real time from the job's anchor).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from apscheduler.triggers.combining import OrTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+_MACROS = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
+           "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *"}
+_DOW_NAMES = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
+_APS_DOW = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]  # APScheduler accepts these names
+_ONE_US = timedelta(microseconds=1)
+CRON_WALK_CAP = 10_000
+
+
+def parse_timezone(name: str) -> ZoneInfo:
+    """A ZoneInfo, or ValueError naming the unknown zone."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown timezone {name!r}") from None
+
+
+def _dow_value(token: str) -> int:
+    t = token.strip().lower()
+    if t in _DOW_NAMES:
+        return _DOW_NAMES.index(t)
+    if t.isdigit() and 0 <= int(t) <= 7:
+        return int(t) % 7
+    raise ValueError(f"bad day of week {token!r} (0-7 or sun-sat)")
+
+
+def _expand_dow(field: str) -> list[int]:
+    days: set[int] = set()
+    for part in field.split(","):
+        rng, _, step_s = part.partition("/")
+        step = int(step_s) if step_s else 1
+        if step < 1:
+            raise ValueError(f"bad step in day of week {part!r}")
+        if rng == "*":
+            lo, hi = 0, 6
+        elif "-" in rng:
+            a, b = rng.split("-", 1)
+            lo, hi = _dow_value(a), _dow_value(b)
+            hi = 7 if b.strip() == "7" else hi
+            if hi < lo:
+                raise ValueError(f"bad day-of-week range {part!r}")
+        else:
+            lo = hi = _dow_value(rng)
+            if step_s:
+                hi = 6
+        days.update(d % 7 for d in range(lo, hi + 1, step))
+    return sorted(days)
+
+
+@dataclass(frozen=True)
+class CronSpec:
+    minute: str
+    hour: str
+    day: str
+    month: str
+    day_of_week: str
+
+    @property
+    def fixed_hours(self) -> bool:
+        return not self.hour.startswith("*") and "/" not in self.hour
+
+
+def parse_crontab(expr: str) -> CronSpec:
+    """Split a standard five-field crontab (or a macro) into its fields; ValueError when malformed."""
+    text = _MACROS.get(expr.strip().lower(), expr.strip())
+    fields = text.split()
+    if len(fields) != 5:
+        raise ValueError(f"cron expression {expr!r} must have 5 fields (minute hour day month weekday)")
+    return CronSpec(*fields)
+
+
+def _cron_trigger(spec: CronSpec, tz: ZoneInfo, day: str, dow: str) -> CronTrigger:
+    aps_dow = "*" if dow.startswith("*") and dow in ("*", "*/1") else ",".join(
+        _APS_DOW[d] for d in _expand_dow(dow))
+    return CronTrigger(minute=spec.minute, hour=spec.hour, day=day, month=spec.month,
+                       day_of_week=aps_dow, timezone=tz)
+
+
+def cron_trigger(expr: str, timezone: str = "UTC") -> Any:
+    """An APScheduler trigger with standard crontab semantics; ValueError with the reason otherwise."""
+    spec = parse_crontab(expr)
+    tz = parse_timezone(timezone)
+    try:
+        if not spec.day.startswith("*") and not spec.day_of_week.startswith("*"):
+            return OrTrigger([_cron_trigger(spec, tz, spec.day, "*"),
+                              _cron_trigger(spec, tz, "*", spec.day_of_week)])
+        return _cron_trigger(spec, tz, spec.day, spec.day_of_week)
+    except ValueError as exc:
+        raise ValueError(f"bad cron expression {expr!r}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A job's schedule: exactly one of interval or cron, anchored and timezone-aware."""
+
+    interval_minutes: int | None
+    cron: str | None
+    timezone: str
+    anchor: datetime
+
+    def trigger(self) -> Any:
+        if self.interval_minutes is not None:
+            return IntervalTrigger(minutes=self.interval_minutes, start_date=self.anchor, timezone=UTC)
+        assert self.cron is not None
+        return cron_trigger(self.cron, self.timezone)
+
+    @property
+    def wall_clock(self) -> bool:
+        return self.cron is not None and parse_crontab(self.cron).fixed_hours
+
+    def next_after(self, after: datetime, last_fire: datetime | None = None) -> datetime | None:
+        """The first occurrence strictly after ``after`` (UTC), applying the DST wall-clock rule."""
+        trigger = self.trigger()
+        tz = parse_timezone(self.timezone)
+        cursor = after
+        for _ in range(48):
+            candidate = trigger.get_next_fire_time(None, cursor + _ONE_US)
+            if candidate is None:
+                return None
+            candidate = candidate.astimezone(UTC)
+            if candidate <= after or candidate <= cursor:
+                cursor = cursor + timedelta(hours=1)  # APScheduler 3.11 can return a past fold time
+                continue
+            if (self.wall_clock and last_fire is not None
+                    and _wall(candidate, tz) == _wall(last_fire, tz)):
+                cursor = candidate
+                continue
+            return candidate
+        return None
+
+    def occurrences_until(self, first: datetime, now: datetime) -> Occurrences:
+        """The occurrences in [first, now]; ``first`` is itself an occurrence and ``first <= now``.
+
+        Interval schedules are counted arithmetically; cron schedules are walked with a cap of
+        CRON_WALK_CAP (``capped`` True means "at least" the count).
+        """
+        if self.interval_minutes is not None:
+            step = timedelta(minutes=self.interval_minutes)
+            n = int((now - first) // step)
+            latest = first + n * step
+            return Occurrences(n + 1, latest, latest - step if n else None, False)
+        count, latest, prev = 1, first, None
+        while count < CRON_WALK_CAP:
+            nxt = self.next_after(latest, latest)
+            if nxt is None or nxt > now:
+                return Occurrences(count, latest, prev, False)
+            prev, latest, count = latest, nxt, count + 1
+        return Occurrences(count, latest, prev, True)
+
+
+@dataclass(frozen=True)
+class Occurrences:
+    """How many occurrences fell in a window, the latest, the one before it, and whether counting capped."""
+
+    count: int
+    latest: datetime
+    previous: datetime | None
+    capped: bool
+
+
+def _wall(moment: datetime, tz: ZoneInfo) -> datetime:
+    return moment.astimezone(tz).replace(tzinfo=None)

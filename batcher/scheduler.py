@@ -1,0 +1,142 @@
+"""The daemon's loop, hosted by APScheduler 3.11's AsyncIOScheduler (DESIGN §5).
+
+APScheduler runs one long-lived loop job that sleeps until the earliest of: the tick, the next
+``next_run_at``, or a ``NOTIFY batcher_wakeup`` / a freed slot. Each pass materializes due occurrences,
+reaps runs of dead workers, and claims up to the free slots of the concurrency semaphore, dispatching each
+claimed run to a :class:`~batcher.runner.RunExecution` task. ``drain()`` implements the shutdown of
+DESIGN §5: stop claiming, let runs finish within the grace, then ask them to stop at their next batch
+boundary, and 5 s later cancel them (their final commit is shielded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC
+from typing import Any
+
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from batcher.materialize import materialize_due, seconds_until_next_due
+from batcher.models import Services
+from batcher.recovery import prune_workers, reap_abandoned
+from batcher.runner import RunExecution
+from batcher.store import DB_ERRORS, Q, UniqueViolation
+from batcher.worker import Worker
+
+log = structlog.get_logger("batcher.scheduler")
+HARD_CANCEL_AFTER = 5.0
+PRUNE_EVERY = 60.0
+
+
+class Scheduler:
+    """Claims and runs due work for one worker until drained."""
+
+    def __init__(self, services: Services, worker: Worker) -> None:
+        daemon = services.settings.daemon
+        self.services = services
+        self.worker = worker
+        self.concurrency = daemon.concurrency
+        self.queues = list(daemon.queues) if daemon.queues else None
+        self.tick_seconds = daemon.tick_seconds
+        self.lease = daemon.lease_seconds
+        self.aging = daemon.aging_per_minute
+        self.running: dict[int, tuple[asyncio.Task[dict[str, Any]], RunExecution]] = {}
+        self.ticks = 0
+        self._wake = asyncio.Event()
+        self._draining = False
+        self._stopped = asyncio.Event()
+        self._aps = AsyncIOScheduler(timezone=UTC)
+        self._last_prune = 0.0
+
+    def wakeup(self) -> None:
+        self._wake.set()
+
+    def cancel_run(self, run_id: int, reason: str) -> None:
+        if run_id in self.running:
+            self.running[run_id][1].request_cancel(reason)
+
+    def fence_all(self) -> None:
+        for _, execution in self.running.values():
+            execution.request_cancel("lease_lost")
+
+    async def start(self) -> None:
+        self._aps.start()
+        self._aps.add_job(self._loop, id="batcher-loop", name="batcher loop", max_instances=1)
+
+    async def _loop(self) -> None:
+        while not self._draining:
+            self._wake.clear()
+            due_in: float | None = None
+            try:
+                due_in = await self.tick()
+            except DB_ERRORS as exc:
+                log.warning("tick_failed", error=f"{type(exc).__name__}: {exc}")
+            timeout = self.tick_seconds if due_in is None else min(self.tick_seconds, due_in)
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=max(timeout, 0.01))
+            except TimeoutError:
+                pass
+        self._stopped.set()
+
+    async def tick(self) -> float | None:
+        """One pass: materialize, reap, claim. Returns seconds until the next due occurrence."""
+        self.ticks += 1
+        pool = self.services.pool
+        await materialize_due(pool)
+        await reap_abandoned(pool)
+        if time.monotonic() - self._last_prune > PRUNE_EVERY:
+            self._last_prune = time.monotonic()
+            await prune_workers(pool, 10 * self.lease)
+        await self.claim()
+        return await seconds_until_next_due(pool)
+
+    async def claim(self) -> int:
+        free = self.concurrency - len(self.running)
+        if free <= 0 or self._draining or self.worker.fenced:
+            return 0
+        try:
+            rows = await self.services.pool.fetch(Q["claim_runs"], self.worker.worker_id, free, self.lease,
+                                                  self.queues, self.aging)
+        except UniqueViolation:
+            return 0  # another worker claimed the same job between our snapshot and our lock
+        for row in rows:
+            self._dispatch(dict(row))
+        return len(rows)
+
+    def _dispatch(self, run: dict[str, Any]) -> None:
+        execution = RunExecution(self.services, run, lease_seconds=self.lease)
+        task = asyncio.create_task(execution.execute(), name=f"run {run['id']} {run['job_name']}")
+        self.running[run["id"]] = (task, execution)
+        task.add_done_callback(lambda t, rid=run["id"]: self._done(rid, t))
+
+    def _done(self, run_id: int, task: asyncio.Task[dict[str, Any]]) -> None:
+        self.running.pop(run_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("run_task_crashed", run_id=run_id, error=repr(task.exception()))
+        self.wakeup()
+
+    async def drain(self, grace: float) -> None:
+        """Stop claiming; wait up to ``grace`` s; then cancel at batch boundaries; 5 s later, hard cancel."""
+        self._draining = True
+        self.wakeup()
+        tasks = [t for t, _ in self.running.values()]
+        log.info("drain_started", running=len(tasks), grace_seconds=grace)
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+        for task, execution in list(self.running.values()):
+            if not task.done():
+                execution.request_cancel("shutdown")
+        pending = [t for t, _ in self.running.values() if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=HARD_CANCEL_AFTER)
+        for task in [t for t, _ in self.running.values() if not t.done()]:
+            task.cancel()
+        await asyncio.gather(*[t for t, _ in list(self.running.values())], return_exceptions=True)
+        try:
+            await asyncio.wait_for(self._stopped.wait(), timeout=self.tick_seconds + 5)
+        except TimeoutError:
+            pass
+        self._aps.shutdown(wait=False)
+        log.info("drain_finished")

@@ -1,0 +1,134 @@
+"""This process's identity as a worker: liveness lock, LISTEN, one heartbeat renewing all its leases.
+
+A worker holds a session advisory lock (``pg_advisory_lock(LOCK_CLASS, lock_key)``) on its own dedicated
+connection — never a pooled one, whose reset would drop it — and LISTENs for ``batcher_wakeup`` on the
+same connection. When a worker dies (even ``kill -9``) PostgreSQL frees the lock within seconds, and any
+other worker's reaper sees it. When the connection breaks, it reconnects, re-takes the lock, re-LISTENs
+and asks the scheduler for a catch-up tick.
+
+The heartbeat runs every third of the lease: it renews the leases of this worker's running runs that are
+not locked by a batch transaction (``FOR UPDATE SKIP LOCKED``), reports cancel requests, and — if it cannot
+renew for a whole lease — self-fences (cancels its handlers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import time
+import uuid
+from collections.abc import Callable
+
+import asyncpg
+import structlog
+
+from batcher import __version__, store
+from batcher.store import Q
+
+LOCK_CLASS = 0x42415443  # "BATC": advisory-lock namespace of worker liveness locks
+WAKEUP_CHANNEL = "batcher_wakeup"
+log = structlog.get_logger("batcher.worker")
+
+
+class Worker:
+    """A worker's identity and liveness. ``start()`` before claiming; ``stop()`` after runs ended."""
+
+    def __init__(self, database_url: str, pool: asyncpg.Pool, *, lease_seconds: float,
+                 queues: tuple[str, ...] | None, on_wakeup: Callable[[], None] | None = None,
+                 on_cancel: Callable[[int, str], None] | None = None,
+                 on_lost: Callable[[], None] | None = None, kind: str = "daemon") -> None:
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lock_key = 0
+        self._url = database_url
+        self._pool = pool
+        self.lease_seconds = lease_seconds
+        self._queues = queues
+        self._on_wakeup = on_wakeup or (lambda: None)
+        self._on_cancel = on_cancel or (lambda run_id, reason: None)
+        self._on_lost = on_lost or (lambda: None)
+        self._kind = kind
+        self._conn: asyncpg.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.last_renewed = time.monotonic()
+        self.fenced = False
+
+    async def start(self) -> None:
+        await self._connect()
+        self._task = asyncio.create_task(self._heartbeat_loop(), name=f"heartbeat {self.worker_id}")
+        log.info("worker_started", worker_id=self.worker_id, kind=self._kind, queues=self._queues)
+
+    async def stop(self) -> None:
+        """Stop the heartbeat, delete the worker row, release the lock (call after runs ended)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        try:
+            await self._pool.execute(Q["delete_worker"], self.worker_id)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            pass
+        if self._conn is not None:
+            await self._conn.close(timeout=5)
+            self._conn = None
+
+    async def _connect(self) -> None:
+        conn = await store.connect(self._url)
+        while True:
+            key = secrets.randbelow(2**31 - 1) + 1 if not self.lock_key else self.lock_key
+            if await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_CLASS, key):
+                break
+            self.lock_key = 0  # taken (a collision, or our old session not yet gone): pick another
+        self.lock_key = key
+        await conn.add_listener(WAKEUP_CHANNEL, self._notified)
+        await conn.execute(Q["register_worker"], self.worker_id, socket.gethostname(), os.getpid(),
+                           __version__, list(self._queues) if self._queues else None, self.lock_key)
+        self._conn = conn
+
+    def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        if payload.startswith("cancel:") and payload[7:].isdigit():
+            self._on_cancel(int(payload[7:]), "cancelled")
+        self._on_wakeup()
+
+    async def _heartbeat_loop(self) -> None:
+        interval = max(self.lease_seconds / 3, 0.2)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.beat()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                log.warning("heartbeat_failed", error=f"{type(exc).__name__}: {exc}")
+                await self._reconnect()
+            if time.monotonic() - self.last_renewed > self.lease_seconds and not self.fenced:
+                self.fenced = True
+                log.error("worker_self_fenced", worker_id=self.worker_id)
+                self._on_lost()
+
+    async def beat(self) -> None:
+        """One heartbeat: check the lock connection, renew leases, report cancel requests."""
+        if self._conn is None or self._conn.is_closed():
+            raise ConnectionError("liveness connection lost")
+        await asyncio.wait_for(self._conn.fetchval("SELECT 1"), self.lease_seconds / 3)
+        async with self._pool.acquire() as conn:
+            await conn.execute(Q["heartbeat_worker"], self.worker_id)
+            rows = await conn.fetch(Q["renew_leases"], self.worker_id, self.lease_seconds)
+        for row in rows:
+            if row["cancel_requested"]:
+                self._on_cancel(row["id"], row["cancel_requested"])
+        self.last_renewed = time.monotonic()
+        self.fenced = False
+
+    async def _reconnect(self) -> None:
+        if self._conn is not None:
+            self._conn.terminate()
+            self._conn = None
+        try:
+            await self._connect()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            log.warning("worker_reconnect_failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        log.info("worker_reconnected", worker_id=self.worker_id)
+        self._on_wakeup()
+
+    async def live_workers(self) -> int:
+        return int(await self._pool.fetchval(Q["live_workers"], LOCK_CLASS) or 1)
