@@ -266,6 +266,9 @@ class HttpRuntime:
         self._session = aiohttp.ClientSession(
             timeout=self._timeout, auto_decompress=False,
             headers={"User-Agent": self._user_agent, "Accept-Encoding": "gzip, deflate"})
+        # aiohttp silently resends an idempotent request once when a kept-alive connection drops; we do
+        # our own retries, and every attempt must be counted (no public switch in aiohttp 3.11).
+        self._session._retry_connection = False
         self._redis = redis_client(self.redis_url) if self.redis_url else None
         self._limiter = RateLimiter(self.rate_limits, self._redis, live_workers=self._live_workers,
                                     probe_interval_s=self._probe_interval_s)
