@@ -112,7 +112,7 @@ async def _insert_claimed(conn: Any, services: Services, worker: Worker, job: An
 
 async def run_foreground(services: Services, config: Config, job: str, *, job_name: str | None,
                          params: Mapping[str, Any], literal_secrets: Mapping[str, str],
-                         wait: bool) -> dict[str, Any]:
+                         wait: bool, handle_signals: bool = True) -> dict[str, Any]:
     """Run one run of JOB here and now; returns the summary. SIGTERM/SIGINT cancel it at once."""
     name = await ensure_job(services, config, job, job_name, params, literal_secrets)
     execution: RunExecution | None = None
@@ -126,7 +126,8 @@ async def run_foreground(services: Services, config: Config, job: str, *, job_na
         execution = RunExecution(services, run, lease_seconds=worker.lease_seconds,
                                  literal_secrets=literal_secrets, queue_retries=False)
         task = asyncio.create_task(execution.execute())
-        _cancel_on_signals(task, execution)
+        if handle_signals:
+            _cancel_on_signals(task, execution)
         return await task
     finally:
         await worker.stop()
