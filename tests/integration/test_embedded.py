@@ -1,0 +1,244 @@
+"""Embedded PostgreSQL and Redis for real (DESIGN §3): start, share, outlive a user, stop, recover.
+
+Every test uses its own data dir and stops whatever it started (``stop_all`` in the fixture finalizer).
+Processes are checked through /proc, where a zombie (nobody reaps a daemonized server here) counts as gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import pwd
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.asyncio as aredis
+from embedded_user import identify
+
+from batcher import embedded
+from batcher.errors import ServiceUnavailableError
+
+pytestmark = pytest.mark.timeout(90)
+HELPER = Path(__file__).with_name("embedded_user.py")
+DEADLINE = 30.0
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    """A fresh data dir whose servers are stopped after the test, whatever happened."""
+    path = tmp_path / "data"
+    yield path
+    embedded.stop_all(path)
+
+
+def running(pid: int | None) -> bool:
+    """Whether ``pid`` is a live process (not a zombie)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, TypeError):
+        return False
+    return state not in ("Z", "X")
+
+
+def process_group(pid: int | None) -> int | None:
+    with contextlib.suppress(OSError, TypeError):
+        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[2])
+    return None
+
+
+def pid_file(path: Path) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        return int(path.read_text().split("\n", 1)[0])
+    return None
+
+
+def server_pids(data_dir: Path) -> tuple[int | None, int | None]:
+    """The (postmaster, redis-server) pids the data dir's pid files name."""
+    return pid_file(data_dir / "postgres" / "postmaster.pid"), pid_file(data_dir / "redis" / "redis.pid")
+
+
+async def eventually(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        await asyncio.sleep(0.02)
+
+
+async def answer(urls: embedded.ServiceUrls) -> None:
+    """Both servers answer: PostgreSQL ``SELECT 1`` and Redis ``PING``."""
+    conn = await asyncpg.connect(urls.database_url, timeout=5)
+    try:
+        assert await conn.fetchval("SELECT 1") == 1
+    finally:
+        await conn.close()
+    client = aredis.from_url(urls.redis_url)
+    try:
+        assert await client.ping() is True
+    finally:
+        await client.aclose()
+
+
+class User:
+    """An ``embedded_user.py`` subprocess in its own session (so it has its own process group)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    async def spawn(cls, data_dir: Path, mode: str) -> User:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(HELPER), str(data_dir), mode, stdout=subprocess.PIPE, start_new_session=True)
+        return cls(proc)
+
+    async def line(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        raw = await asyncio.wait_for(self.proc.stdout.readline(), DEADLINE)
+        assert raw, f"helper exited with {await self.proc.wait()} before reporting"
+        return dict(json.loads(raw))
+
+    async def terminate_group(self) -> tuple[dict[str, Any], int]:
+        """SIGTERM the helper's whole process group; its last report and exit code."""
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        report = await self.line()
+        return report, await asyncio.wait_for(self.proc.wait(), DEADLINE)
+
+
+async def test_start_connect_and_stop(data_dir: Path) -> None:
+    """With no URLs, both servers start in the data dir, answer on unix sockets, and stop on exit."""
+    async with embedded.services(None, None, data_dir, start=True) as urls:
+        assert urls.embedded_postgres and urls.embedded_redis
+        assert urls.database_url == f"postgresql://postgres@/postgres?host={data_dir}/postgres&port=5432"
+        assert urls.redis_url == f"unix://{data_dir}/redis/redis.sock"
+        await answer(urls)
+        pg, rd = server_pids(data_dir)
+        assert running(pg) and running(rd)
+    await eventually(lambda: not running(pg) and not running(rd), "both servers stop")
+    assert not (data_dir / "redis" / "redis.sock").exists()
+
+
+async def test_users_share_servers_and_last_one_stops_them(data_dir: Path) -> None:
+    """A second user, in this process and in another one (reuse only), gets the same servers; they
+    outlive the first user's exit and stop when the last user leaves."""
+    first, second = contextlib.AsyncExitStack(), contextlib.AsyncExitStack()
+    urls = await first.enter_async_context(embedded.services(None, None, data_dir, start=True))
+    pids = server_pids(data_dir)
+    again = await second.enter_async_context(embedded.services(None, None, data_dir, start=True))
+    assert again == urls and server_pids(data_dir) == pids
+    other = await User.spawn(data_dir, "reuse")
+    report = await other.line()
+    assert (report["database_url"], report["redis_url"]) == (urls.database_url, urls.redis_url)
+    assert report["identity"] == await identify(urls) and report["identity"]["redis_pid"] == pids[1]
+
+    await first.aclose()
+    await second.aclose()
+    assert server_pids(data_dir) == pids and all(running(pid) for pid in pids)
+    await answer(urls)  # still served for the other process
+
+    final, code = await other.terminate_group()
+    assert code == 0 and final["identity_at_cleanup"] == report["identity"]
+    await eventually(lambda: not any(running(pid) for pid in pids), "the last user's exit stops both")
+
+
+async def test_concurrent_starts_share_one_server(data_dir: Path) -> None:
+    """Two processes starting at once in a fresh data dir end up on one server pair (the flock holds)."""
+    users = [await User.spawn(data_dir, "start") for _ in range(2)]
+    reports = [await user.line() for user in users]
+    assert reports[0]["identity"] is not None and reports[0] == reports[1]
+    pids = server_pids(data_dir)
+    for user in users:
+        _, code = await user.terminate_group()
+        assert code == 0
+    await eventually(lambda: not any(running(pid) for pid in pids), "both servers stop")
+
+
+async def test_reuse_only_without_server_fails_clearly(data_dir: Path) -> None:
+    """``start=False`` with nothing running raises ServiceUnavailableError naming the data dir and the
+    fixes, and starts nothing."""
+    with pytest.raises(ServiceUnavailableError) as err:
+        async with embedded.services(None, None, data_dir, start=False):
+            pass
+    message = str(err.value)
+    assert f"no embedded PostgreSQL server is running in {data_dir}" in message
+    assert "batcher run" in message and "BATCHER_DATABASE_URL" in message
+    with pytest.raises(ServiceUnavailableError, match="Redis .*BATCHER_REDIS_URL"):
+        async with embedded.services("postgresql://u@db.invalid/x", None, data_dir, start=False):
+            pass
+    assert server_pids(data_dir) == (None, None) and not (data_dir / "postgres").exists()
+
+
+async def test_configured_urls_bypass_embedding(data_dir: Path) -> None:
+    """Configured URLs are yielded as given and start nothing; one configured URL embeds only the other."""
+    db, rd = "postgresql://u@db.invalid:5432/x", "redis://cache.invalid:6379/0"
+    async with embedded.services(db, rd, data_dir, start=True) as urls:
+        assert urls == embedded.ServiceUrls(db, rd, embedded_postgres=False, embedded_redis=False)
+        assert not data_dir.exists()
+    async with embedded.services(db, None, data_dir, start=True) as urls:
+        assert urls.database_url == db and not urls.embedded_postgres and urls.embedded_redis
+        assert not (data_dir / "postgres").exists() and running(server_pids(data_dir)[1])
+
+
+async def test_sigkill_leaves_stale_pid_files_and_next_start_recovers(data_dir: Path) -> None:
+    """After both servers are killed with SIGKILL their pid files stay behind; the next start replaces
+    them with new servers, including when the stale postmaster pid now belongs to another live process."""
+    async with embedded.services(None, None, data_dir, start=True) as urls:
+        pids = server_pids(data_dir)
+        for pid in pids:
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+        await eventually(lambda: not any(running(pid) for pid in pids), "the killed servers are gone")
+    assert server_pids(data_dir) == pids  # stale files
+    async with embedded.services(None, None, data_dir, start=True) as urls:
+        await answer(urls)
+        recovered = server_pids(data_dir)
+        assert recovered[0] not in pids and recovered[1] not in pids
+        os.kill(recovered[0] or 0, signal.SIGKILL)
+        await eventually(lambda: not running(recovered[0]), "the killed postmaster is gone")
+
+    # The recycled-pid case: a live process of the server's user holds the stale postmaster's pid.
+    owner = pwd.getpwnam(embedded.ROOT_PG_USER).pw_uid if os.geteuid() == 0 else None
+    squatter = await asyncio.create_subprocess_exec("sleep", "120", user=owner)
+    try:
+        pidfile = data_dir / "postgres" / "postmaster.pid"
+        lines = pidfile.read_text().split("\n")
+        pidfile.write_text("\n".join([str(squatter.pid), *lines[1:]]))
+        async with embedded.services(None, None, data_dir, start=True) as urls:
+            await answer(urls)
+            assert server_pids(data_dir)[0] != squatter.pid
+    finally:
+        squatter.kill()
+        await squatter.wait()
+
+
+async def test_sigterm_to_users_process_group_spares_servers(data_dir: Path) -> None:
+    """SIGTERM to the process group of the only process using the servers reaches that process, not the
+    servers: they still answer during its cleanup, and stop once it has left."""
+    user = await User.spawn(data_dir, "start")
+    report = await user.line()
+    assert report["identity"] is not None
+    pids = server_pids(data_dir)
+    assert all(process_group(pid) not in (None, user.proc.pid) for pid in pids)
+    final, code = await user.terminate_group()
+    assert code == 0
+    assert final["identity_at_cleanup"] == report["identity"], "servers died with the process group"
+    await eventually(lambda: not any(running(pid) for pid in pids), "the servers stop after their last user")
+
+
+async def test_stop_all_stops_servers_in_use(data_dir: Path) -> None:
+    """``stop_all`` stops the servers even while a user is registered; that user's exit is then harmless."""
+    async with embedded.services(None, None, data_dir, start=True):
+        pids = server_pids(data_dir)
+        await asyncio.to_thread(embedded.stop_all, data_dir)
+        assert not any(running(pid) for pid in pids)
+        assert not any((data_dir / f"{name}.users").exists() for name in ("postgres", "redis"))
+    with pytest.raises(ServiceUnavailableError):
+        async with embedded.services(None, None, data_dir, start=False):
+            pass
