@@ -32,7 +32,7 @@ _SECRET_JSON_VALUE = re.compile(
     r'(?P<head>"(?:access_token|refresh_token|id_token|client_secret|password|api_key|apikey|token|secret)"'
     r'\s*:\s*")[^"]*(?P<tail>")', re.IGNORECASE)
 _SECRET_FORM_VALUE = re.compile(
-    r"(?P<head>\b(?:access_token|refresh_token|id_token|client_secret|password|authorization)\s*[=:]\s*)"
+    r"(?P<head>\b(?:access_token|refresh_token|id_token|client_secret|password|authorization)\s*[=:]\s*(?:(?:Bearer|Basic)\s+)?)"
     r"[^&\s,;\"']+", re.IGNORECASE)
 
 

@@ -17,7 +17,7 @@ from aioresponses import aioresponses
 from structlog.testing import capture_logs
 
 from batcher.errors import PermanentError, RunCancelledError, TransientError
-from batcher.http import HttpClientError, HttpRuntime, HttpStatusError
+from batcher.http import HttpClientError, HttpRuntime, HttpStatusError, NamespaceClient
 from batcher.settings import RateLimitSettings
 
 URL = "https://api.example.test/v1/items"
@@ -47,7 +47,8 @@ async def runtime() -> AsyncIterator[HttpRuntime]:
     await rt.close()
 
 
-def client(rt: HttpRuntime, ns: str = "test:plain:", cancelled: asyncio.Event | None = None):  # type: ignore[no-untyped-def]
+def client(rt: HttpRuntime, ns: str = "test:plain:",
+           cancelled: asyncio.Event | None = None) -> tuple[NamespaceClient, Counters]:
     counters = Counters()
     return rt.client(ns, accounting=counters, cancelled=cancelled or asyncio.Event()), counters
 

@@ -1,0 +1,145 @@
+"""Unit tests of batcher.ratelimit: GCRA parameters, namespace matching, defaults, and the Lua script
+on the real Redis db of this test session (spacing, burst, pauses, NOSCRIPT, cancel, unlimited)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+
+from batcher.errors import RunCancelledError
+from batcher.ratelimit import (
+    DEFAULT_RATE_LIMITS,
+    Gcra,
+    RateLimiter,
+    effective_rate_limits,
+    limit_for,
+)
+from batcher.settings import RateLimitSettings
+
+
+def rl(**values: int) -> RateLimitSettings:
+    return RateLimitSettings.model_validate(values)
+
+
+def test_emission_interval_and_tolerance() -> None:
+    """T = max(interval/max, min_spacing); tolerance = (burst-1)·T; a share divides the allowance."""
+    assert Gcra.from_settings(rl(interval_ms=1000, max_in_interval=20)) == Gcra(50_000, 0)
+    spaced = rl(interval_ms=1000, max_in_interval=20, min_spacing_ms=80)
+    assert Gcra.from_settings(spaced).emission_us == 80_000
+    assert Gcra.from_settings(rl(interval_ms=1000, max_in_interval=4, burst=3)) == Gcra(250_000, 500_000)
+    assert Gcra.from_settings(rl(interval_ms=1000, max_in_interval=20), share=3).emission_us == 150_000
+
+
+def test_longest_prefix_wins_and_toml_overrides_defaults() -> None:
+    """A namespace with a credential discriminator uses its provider's entry; TOML entries win."""
+    limits = effective_rate_limits({"hubspot:general:": rl(interval_ms=10_000, max_in_interval=150),
+                                    "datasync:": rl(max_in_interval=10)})
+    assert limit_for("hubspot:general:portal-42", limits) == ("hubspot:general:",
+                                                              limits["hubspot:general:"])
+    assert limits["hubspot:general:"].max_in_interval == 150
+    assert limits["github:api:"] == DEFAULT_RATE_LIMITS["github:api:"]
+    assert limit_for("datasync:events:", limits) is not None
+    assert limit_for("unknown:thing:", limits) is None
+
+
+def test_shipped_defaults_cover_the_providers() -> None:
+    """Defaults exist for HubSpot general/search, Search Console, Docker Hub and GitHub."""
+    assert set(DEFAULT_RATE_LIMITS) >= {"hubspot:general:", "hubspot:search:", "gsc:searchanalytics:",
+                                        "dockerhub:api:", "github:api:"}
+    assert DEFAULT_RATE_LIMITS["github:api:"].max_in_interval == 5000
+
+
+@pytest.fixture
+async def aredis(redis_url: str, redis_db: redis.Redis) -> AsyncIterator[redis.asyncio.Redis]:
+    client = redis.asyncio.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+def limiter(client: Any, **limits: RateLimitSettings) -> RateLimiter:
+    return RateLimiter({k.replace("_", ":") + ":": v for k, v in limits.items()}, client)
+
+
+async def test_script_spaces_admissions_on_the_redis_clock(aredis: redis.asyncio.Redis) -> None:
+    """Burst 1 at 50/s: consecutive admissions (Redis TIME) are ≥ 20 ms apart, and 25 take ≥ 0.48 s."""
+    lim = limiter(aredis, t_spacing=rl(interval_ms=1000, max_in_interval=50))
+    await lim.load()
+    cancelled = asyncio.Event()
+    started = time.monotonic()
+    stamps = [(await lim.acquire("t:spacing:", cancelled)) for _ in range(25)]
+    assert all(a.shared for a in stamps)
+    gaps = [b.at_us - a.at_us for a, b in itertools.pairwise(stamps)]
+    assert min(gaps) >= 20_000
+    assert time.monotonic() - started >= 0.47
+
+
+async def test_burst_admits_at_once_then_paces(aredis: redis.asyncio.Redis) -> None:
+    """burst = 4 admits four requests without waiting, then paces at the emission interval."""
+    lim = limiter(aredis, t_burst=rl(interval_ms=1000, max_in_interval=5, burst=4))
+    await lim.load()
+    cancelled = asyncio.Event()
+    first = [await lim.acquire("t:burst:", cancelled) for _ in range(4)]
+    assert all(a.waited_s < 0.05 for a in first)
+    fifth = await lim.acquire("t:burst:", cancelled)
+    assert fifth.waited_s >= 0.15
+
+
+async def test_pause_is_shared_and_only_extended(aredis: redis.asyncio.Redis, redis_db: redis.Redis) -> None:
+    """A pause sets paused_until (ms epoch, Redis clock) which a shorter pause does not shorten; a second
+    limiter (another process) waits for it too."""
+    one = limiter(aredis, t_pause=rl(max_in_interval=1000))
+    other = limiter(aredis, t_pause=rl(max_in_interval=1000))
+    await one.load()
+    await other.load()
+    await one.pause("t:pause:", 0.6)
+    until = int(redis_db.get("batcher:rl:{t:pause:}:paused_until") or 0)
+    await one.pause("t:pause:", 0.05)
+    assert int(redis_db.get("batcher:rl:{t:pause:}:paused_until") or 0) == until
+    server_ms = int(redis_db.time()[0]) * 1000
+    assert until > server_ms
+    admission = await other.acquire("t:pause:", asyncio.Event())
+    assert admission.at_us // 1000 >= until
+    assert admission.waited_s >= 0.3
+
+
+async def test_noscript_reloads_the_script(aredis: redis.asyncio.Redis) -> None:
+    """An unknown script SHA (a restarted Redis) is reloaded transparently."""
+    lim = limiter(aredis, t_ns=rl(max_in_interval=100))
+    await lim.load()
+    lim._sha = "0" * 40
+    assert (await lim.acquire("t:ns:", asyncio.Event())).shared
+    assert lim._sha != "0" * 40 and not lim.degraded
+
+
+async def test_cancel_interrupts_the_wait(aredis: redis.asyncio.Redis) -> None:
+    """A limiter wait (here a 30 s pause) raises RunCancelledError promptly on cancel."""
+    lim = limiter(aredis, t_cancel=rl(max_in_interval=100))
+    await lim.load()
+    await lim.pause("t:cancel:", 30)
+    cancelled = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.1, cancelled.set)
+    started = time.monotonic()
+    with pytest.raises(RunCancelledError):
+        await lim.acquire("t:cancel:", cancelled)
+    assert time.monotonic() - started < 2
+
+
+class ExplodingRedis:
+    """A Redis stand-in that fails the test on any use."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"Redis was used ({name}) for an unlimited namespace")
+
+
+async def test_unlimited_namespace_makes_no_redis_round_trip() -> None:
+    """A namespace without a rate_limits entry is admitted without touching Redis."""
+    lim = RateLimiter({"limited:": rl(max_in_interval=1)}, ExplodingRedis())
+    admissions = [await lim.acquire("free:api:", asyncio.Event()) for _ in range(100)]
+    assert all(not a.shared and a.waited_s < 0.05 for a in admissions)
