@@ -134,4 +134,5 @@ class RunExecution:
         summary = self.writer.summary(row, outcome)
         log.info("run_finished", **{k: v for k, v in summary.items() if k != "errors"},
                  errors=len(summary["errors"]))
+        await self.writer.flush_final_logs()
         return summary

@@ -97,6 +97,12 @@ class RunWriter:
             await conn.execute(Q["insert_run_logs"], self._id, [e[0] for e in entries],
                                [e[1] for e in entries], [e[2] for e in entries])
 
+    async def flush_final_logs(self) -> None:
+        """Append the log entries emitted after the final commit (run_logs is append-only)."""
+        if self._state.logs:
+            async with self._pool.acquire() as conn:
+                await self._flush_logs(conn)
+
     async def finish(self, outcome: RunOutcome) -> Mapping[str, Any]:
         """Record the final status (and success effects or the retry row) behind the fence."""
         if outcome.status == "lost":

@@ -35,6 +35,14 @@ def _with_database(url: str, name: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _logging() -> None:
+    """Logs as the daemon configures them (console renderer, info), so run_logs capture works."""
+    from batcher.logs import configure_logging
+
+    configure_logging("console", "info")
+
+
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     """A throw-away, migrated PostgreSQL database for this test session."""
