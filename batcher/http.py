@@ -109,9 +109,21 @@ class NamespaceClient:
         self.max_attempts = match[1].max_attempts if match else DEFAULT_MAX_ATTEMPTS
 
     async def get_json(self, url: str, *, params: Mapping[str, str] | None = None,
-                       headers: Mapping[str, str] | None = None) -> Any:
-        """GET ``url`` and parse the JSON body."""
-        return (await self.request("GET", url, params=params, headers=headers)).json()
+                       headers: Mapping[str, str] | None = None,
+                       validate: Callable[[Any], Any] | None = None) -> Any:
+        """GET ``url`` and parse the JSON body.
+
+        With ``validate``, the parsed body goes through it and its result is returned. A body that is not
+        JSON, or a ``ValueError`` (pydantic's ``ValidationError`` is one) or :class:`InvalidResponseError`
+        raised by ``validate``, is an invalid response: fetched again under the namespace's attempt budget
+        and backoff, like a 5xx, then :class:`HttpClientError` naming what was wrong.
+        """
+        if validate is None:
+            return (await self.request("GET", url, params=params, headers=headers)).json()
+        checked: list[Any] = []
+        await self.request("GET", url, params=params, headers=headers,
+                           accept=lambda response: checked.append(validate(response.json())))
+        return checked[-1]
 
     async def request_json(self, method: str, url: str, *, idempotent: bool = False,
                            params: Mapping[str, str] | None = None, json: Any = None,
@@ -123,8 +135,12 @@ class NamespaceClient:
 
     async def request(self, method: str, url: str, *, idempotent: bool = False,
                       params: Mapping[str, str] | None = None, json: Any = None, data: Any = None,
-                      headers: Mapping[str, str] | None = None) -> HttpResponse:
-        """One logical request: admission, attempts, 429 pauses, 401 refresh; a 2xx/3xx response."""
+                      headers: Mapping[str, str] | None = None,
+                      accept: Callable[[HttpResponse], object] | None = None) -> HttpResponse:
+        """One logical request: admission, attempts, 429 pauses, 401 refresh; a 2xx/3xx response.
+
+        ``accept`` checks a 2xx/3xx response; when it raises ``ValueError``/``InvalidResponseError`` the
+        attempt counts as failed (see :meth:`get_json`)."""
         method = method.upper()
         state = _Attempts(self.max_attempts, retried=idempotent or method in RETRIED_METHODS)
         while True:
@@ -140,7 +156,19 @@ class NamespaceClient:
                 continue
             if await self._should_retry(state, method, url, response, token):
                 continue
+            if accept is not None and not await self._accepted(state, method, url, response, accept):
+                continue
             return response
+
+    async def _accepted(self, state: _Attempts, method: str, url: str, response: HttpResponse,
+                        accept: Callable[[HttpResponse], object]) -> bool:
+        """Run the caller's check of a response; an invalid one is a failed attempt (backoff or raise)."""
+        try:
+            accept(response)
+        except (InvalidResponseError, ValueError) as exc:
+            await self._failed(state, method, url, f"invalid response: {exc}")
+            return False
+        return True
 
     async def _headers(self, extra: Mapping[str, str] | None) -> tuple[dict[str, str], str | None]:
         sent = dict(extra or {})
