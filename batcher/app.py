@@ -127,7 +127,8 @@ async def run_daemon(config: Config) -> int:
         worker = Worker(services.database_url, services.pool, lease_seconds=s.daemon.lease_seconds,
                         queues=s.daemon.queues, on_wakeup=lambda: scheduler and scheduler.wakeup(),
                         on_cancel=lambda rid, why: scheduler and scheduler.cancel_run(rid, why),
-                        on_lost=lambda: scheduler and scheduler.fence_all())
+                        on_lost=lambda: scheduler and scheduler.fence_all(),
+                        active_runs=lambda: list(scheduler.running) if scheduler else [])
         await worker.start()
         stack.push_async_callback(worker.stop)
         if services.http is not None:

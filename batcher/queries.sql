@@ -253,7 +253,7 @@ UPDATE workers SET heartbeat_at = now() WHERE worker_id = $1;
 -- name: renew_leases
 -- Renew this worker's leases, skipping rows locked by a running batch transaction (never waits).
 UPDATE batch_runs SET lease_expires_at = now() + make_interval(secs => $2)
-WHERE id IN (SELECT id FROM batch_runs WHERE worker_id = $1 AND status = 'running'
+WHERE id IN (SELECT id FROM batch_runs WHERE worker_id = $1 AND status = 'running' AND id = ANY($3::bigint[])
              ORDER BY id FOR UPDATE SKIP LOCKED)
 RETURNING id, cancel_requested;
 

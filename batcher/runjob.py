@@ -119,7 +119,8 @@ async def run_foreground(services: Services, config: Config, job: str, *, job_na
     worker = Worker(services.database_url, services.pool, lease_seconds=services.settings.daemon.lease_seconds,
                     queues=None, kind="run-job",
                     on_cancel=lambda _rid, why: execution and execution.request_cancel(why),
-                    on_lost=lambda: execution and execution.request_cancel("lease_lost"))
+                    on_lost=lambda: execution and execution.request_cancel("lease_lost"),
+                    active_runs=lambda: [execution.run["id"]] if execution else [])
     await worker.start()
     try:
         run = await claim_foreground_run(services, worker, name, params, wait=wait)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -27,6 +28,7 @@ from batcher.logs import RUN_LOG_SINK, bind_run_context, redact
 from batcher.models import RunOutcome, Services
 from batcher.pipeline import prefetching
 from batcher.runs import RunWriter
+from batcher.store import DB_UNAVAILABLE
 
 log = structlog.get_logger("batcher.runner")
 SHIELD_FINISH_TIMEOUT = 30.0
@@ -127,12 +129,32 @@ class RunExecution:
                   written=result.written, dead_letters=result.dead_lettered)
 
     async def _finish(self, outcome: RunOutcome) -> dict[str, Any]:
+        finishing = asyncio.ensure_future(self._finish_durably(outcome))
         try:
-            row = await asyncio.shield(self.writer.finish(outcome))
+            row = await asyncio.shield(finishing)
         except asyncio.CancelledError:
-            row = await asyncio.wait_for(self.writer.finish(outcome), SHIELD_FINISH_TIMEOUT)
+            row = await asyncio.wait_for(finishing, SHIELD_FINISH_TIMEOUT)
         summary = self.writer.summary(row, outcome)
         log.info("run_finished", **{k: v for k, v in summary.items() if k != "errors"},
                  errors=len(summary["errors"]))
-        await self.writer.flush_final_logs()
+        try:
+            await self.writer.flush_final_logs()
+        except DB_UNAVAILABLE:
+            pass
         return summary
+
+    async def _finish_durably(self, outcome: RunOutcome) -> Mapping[str, Any]:
+        """Record the final status, retrying while the database is unreachable (e.g. restarting) for up to
+        two leases; past that the run is left to the reaper, which recovers it like any lost run."""
+        deadline = time.monotonic() + 2 * self.writer.lease_seconds
+        delay = 0.2
+        while True:
+            try:
+                return await self.writer.finish(outcome)
+            except DB_UNAVAILABLE as exc:
+                if time.monotonic() > deadline:
+                    log.error("run_finish_failed", error=f"{type(exc).__name__}: {exc}")
+                    outcome.status, outcome.reason = "lost", "database_unreachable"
+                    return self.run
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)

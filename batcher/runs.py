@@ -37,6 +37,7 @@ class RunWriter:
         self._id = int(run["id"])
         self._token = run["claim_token"]
         self._lease = lease_seconds
+        self.lease_seconds = lease_seconds
         self._state = state
         self._errors: list[str] = []
         self._root = int(run["root_run_id"] or run["id"])

@@ -6,8 +6,9 @@ same connection. When a worker dies (even ``kill -9``) PostgreSQL frees the lock
 other worker's reaper sees it. When the connection breaks, it reconnects, re-takes the lock, re-LISTENs
 and asks the scheduler for a catch-up tick.
 
-The heartbeat runs every third of the lease: it renews the leases of this worker's running runs that are
-not locked by a batch transaction (``FOR UPDATE SKIP LOCKED``), reports cancel requests, and — if it cannot
+The heartbeat runs every third of the lease: it renews the leases of the runs this process is executing
+(a row left ``running`` by a crashed task is not renewed, so it expires and is reaped) that are not locked
+by a batch transaction (``FOR UPDATE SKIP LOCKED``), reports cancel requests, and — if it cannot
 renew for a whole lease — self-fences (cancels its handlers).
 """
 
@@ -38,7 +39,8 @@ class Worker:
     def __init__(self, database_url: str, pool: asyncpg.Pool, *, lease_seconds: float,
                  queues: tuple[str, ...] | None, on_wakeup: Callable[[], None] | None = None,
                  on_cancel: Callable[[int, str], None] | None = None,
-                 on_lost: Callable[[], None] | None = None, kind: str = "daemon") -> None:
+                 on_lost: Callable[[], None] | None = None, kind: str = "daemon",
+                 active_runs: Callable[[], list[int]] | None = None) -> None:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.lock_key = 0
         self._url = database_url
@@ -49,6 +51,7 @@ class Worker:
         self._on_cancel = on_cancel or (lambda run_id, reason: None)
         self._on_lost = on_lost or (lambda: None)
         self._kind = kind
+        self._active_runs = active_runs or (lambda: [])
         self._conn: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self.last_renewed = time.monotonic()
@@ -111,7 +114,7 @@ class Worker:
         await asyncio.wait_for(self._conn.fetchval("SELECT 1"), self.lease_seconds / 3)
         async with self._pool.acquire() as conn:
             await conn.execute(Q["heartbeat_worker"], self.worker_id)
-            rows = await conn.fetch(Q["renew_leases"], self.worker_id, self.lease_seconds)
+            rows = await conn.fetch(Q["renew_leases"], self.worker_id, self.lease_seconds, self._active_runs())
         for row in rows:
             if row["cancel_requested"]:
                 self._on_cancel(row["id"], row["cancel_requested"])
