@@ -58,19 +58,29 @@ _LEVELS: Final = {"debug": logging.DEBUG, "info": logging.INFO, "warning": loggi
 
 
 class _Secrets:
-    """The registered secret strings and the one regex matching any of them (longest first)."""
+    """The registered secret strings and the one regex matching any of them (longest first).
+
+    Bounded: rotating OAuth tokens are registered on every refresh, so past ``MAX_SECRETS`` forms the
+    oldest (long expired) are forgotten, keeping the regex small for a daemon that runs for months.
+    """
+
+    MAX_SECRETS: Final = 2048
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._values: set[str] = set()
+        self._values: dict[str, None] = {}  # insertion-ordered set
         self.pattern: re.Pattern[str] | None = None
 
     def add(self, value: str) -> None:
-        forms = {value, quote(value, safe=""), quote_plus(value)}
+        forms = [value, quote(value, safe=""), quote_plus(value)]
         with self._lock:
-            self._values |= {f for f in forms if f.strip()}
+            for form in forms:
+                self._values.pop(form, None)
+                self._values[form] = None
+            while len(self._values) > self.MAX_SECRETS:
+                del self._values[next(iter(self._values))]
             ordered = sorted(self._values, key=len, reverse=True)
-            self.pattern = re.compile("|".join(re.escape(v) for v in ordered)) if ordered else None
+            self.pattern = re.compile("|".join(re.escape(v) for v in ordered))
 
     def clear(self) -> None:
         with self._lock:

@@ -227,3 +227,16 @@ def test_failing_or_logging_sink_does_not_break_logging(stream: io.StringIO) -> 
         logs.RUN_LOG_SINK.reset(token)
     assert calls == ["batch_committed"]
     assert [e["event"] for e in entries(stream)] == ["sink_logged", "batch_committed"]
+
+
+def test_registered_secrets_are_bounded_oldest_first() -> None:
+    """Past the cap the oldest secrets are forgotten (rotated tokens), the newest stay redacted."""
+    try:
+        logs.register_secret("first-secret-value")
+        for n in range(logs._Secrets.MAX_SECRETS):
+            logs.register_secret(f"rotated-token-{n:05d}")
+        newest = f"rotated-token-{logs._Secrets.MAX_SECRETS - 1:05d}"
+        assert logs.redact(f"a {newest} b") == "a *** b"
+        assert logs.redact("first-secret-value") == "first-secret-value"
+    finally:
+        logs.forget_secrets()
