@@ -1,0 +1,157 @@
+"""Sink throughput: synthetic records through prefetch + write_batch + a checkpoint upsert per batch, vs
+raw asyncpg ``copy_records_to_table`` of the same rows into a same-shaped table (goal: ≥ 0.8× raw).
+
+Also reports the replay case (every key already present) under ``ignore`` and ``update_if_changed``,
+with each upsert strategy (session temp table, the default, and ``unnest``).
+
+    .venv/bin/python bench/sink.py [--records 1000000] [--batch 5000]
+
+Creates and drops its own database on ``BENCH_DATABASE_URL`` (default
+``postgresql://postgres@127.0.0.1:5432/postgres``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from batcher import sinks, store
+from batcher.handler import Batch, ConflictPolicy, Stream
+from batcher.pipeline import prefetching
+
+BASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+COLUMNS = ("scope_key", "seq", "value", "amount", "attrs")
+CHECKPOINT_SQL = """
+INSERT INTO checkpoints (job_name, stream, scope_key, cursor, run_id) VALUES ($1, $2, '', $3, $4)
+ON CONFLICT (job_name, stream, scope_key) DO UPDATE
+SET cursor = EXCLUDED.cursor, run_id = EXCLUDED.run_id, updated_at = now()
+"""
+
+
+def synthetic_stream(conflict: ConflictPolicy) -> Stream:
+    return Stream(name=f"bench_{conflict}", table="synthetic_records", key_columns=("scope_key", "seq"),
+                  value_columns=("value", "amount", "attrs"), conflict=conflict,
+                  bookkeeping_columns=("ingested_at",), json_columns=("attrs",))
+
+
+async def synthetic_batches(records: int, batch_size: int, scope: str = "bench") -> AsyncIterator[Batch]:
+    """Synthetic-shaped batches, like the synthetic handler's, with a checkpoint each."""
+    for lo in range(0, records, batch_size):
+        hi = min(lo + batch_size, records)
+        rows = [(scope, n, f"v0-{n}", n, {"seed": 0, "n": n, "window": None}) for n in range(lo, hi)]
+        yield Batch(stream="bench", records=rows, checkpoint={"next_seq": hi}, size_bytes=64 * len(rows))
+
+
+@asynccontextmanager
+async def temporary_database(prefix: str) -> AsyncIterator[str]:
+    """A new migrated database on BENCH_DATABASE_URL, dropped on exit."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    parts = urlsplit(BASE_URL)
+    url = urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+    admin = await asyncpg.connect(BASE_URL)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        conn = await store.connect(url)
+        try:
+            await store.migrate(conn)
+        finally:
+            await conn.close()
+        yield url
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def through_pipeline(conn: Any, stream: Stream, records: int, batch_size: int) -> tuple[float, int]:
+    """Prefetched batches, each in its own transaction: write_batch then the checkpoint upsert."""
+    written = 0
+    started = time.perf_counter()
+    async with prefetching(synthetic_batches(records, batch_size), depth=2, max_bytes=64 << 20) as batches:
+        async for batch in batches:
+            async with conn.transaction():
+                result = await sinks.write_batch(conn, stream, batch, job_name="bench", run_id=1)
+                await conn.execute(CHECKPOINT_SQL, "bench", stream.name, batch.checkpoint, 1)
+            written += result.written
+    return time.perf_counter() - started, written
+
+
+async def raw_copy(conn: Any, records: int, batch_size: int, *, prefetched: bool = False,
+                   ) -> tuple[float, int]:
+    """The baseline: the same batches, each one ``copy_records_to_table`` (autocommit).
+
+    ``prefetched`` generates them through the same prefetch as the pipeline, so both overlap generation
+    with the database's work and the ratio isolates the sink's own cost.
+    """
+    await conn.execute("TRUNCATE raw_records")
+    await conn.execute("CHECKPOINT")
+    started = time.perf_counter()
+    source = synthetic_batches(records, batch_size)
+    if prefetched:
+        async with prefetching(source, depth=2, max_bytes=64 << 20) as batches:
+            await copy_all(conn, batches)
+    else:
+        await copy_all(conn, source)
+    return time.perf_counter() - started, records
+
+
+async def copy_all(conn: Any, batches: AsyncIterator[Batch]) -> None:
+    async for batch in batches:
+        await conn.copy_records_to_table("raw_records", records=batch.records, columns=list(COLUMNS))
+
+
+async def timed(label: str, records: int, run: Callable[[], Awaitable[tuple[float, int]]],
+                results: dict[str, Any]) -> float:
+    seconds, written = await run()
+    rate = records / seconds
+    results[label] = {"seconds": round(seconds, 2), "records_per_s": round(rate), "written": written}
+    print(f"{label:<48} {seconds:7.2f} s  {rate:>10,.0f} rec/s  written {written:,}", flush=True)
+    return rate
+
+
+async def main(records: int, batch_size: int) -> dict[str, Any]:
+    results: dict[str, Any] = {"records": records, "batch": batch_size}
+    async with temporary_database("batcher_bench_sink") as url:
+        conn = await store.connect(url)
+        try:
+            await conn.execute("CREATE TABLE raw_records (LIKE synthetic_records INCLUDING ALL)")
+            plain = await timed("raw COPY (baseline)", records, partial(raw_copy, conn, records, batch_size),
+                                results)
+            raw = await timed("raw COPY, prefetched source (baseline)", records,
+                              partial(raw_copy, conn, records, batch_size, prefetched=True), results)
+            await conn.execute("CHECKPOINT")
+            fresh = partial(through_pipeline, conn, synthetic_stream("ignore"), records, batch_size)
+            new = await timed("pipeline, new rows", records, fresh, results)
+            results["ratio_new_vs_raw"] = round(new / plain, 3)
+            results["ratio_new_vs_raw_prefetched"] = round(new / raw, 3)
+            for conflict in ("ignore", "update_if_changed"):
+                for strategy in ("temp_table", "unnest"):
+                    sinks.UPSERT_STRATEGY = strategy  # type: ignore[assignment]
+                    await conn.execute("CHECKPOINT")
+                    replay = partial(through_pipeline, conn, synthetic_stream(conflict), records, batch_size)
+                    rate = await timed(f"pipeline, replay {conflict} ({strategy})", records, replay, results)
+                    results[f"ratio_replay_{conflict}_{strategy}_vs_raw"] = round(rate / plain, 3)
+            sinks.UPSERT_STRATEGY = "temp_table"
+        finally:
+            await conn.close()
+    print(f"pipeline / raw COPY, new rows: {results['ratio_new_vs_raw']:.2f}x; against the prefetched "
+          f"raw COPY {results['ratio_new_vs_raw_prefetched']:.2f}x (goal >= 0.8x)")
+    return results
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--batch", type=int, default=5_000)
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(main(args.records, args.batch))))
