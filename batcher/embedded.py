@@ -251,13 +251,17 @@ def _pg_pid(data_dir: Path) -> int | None:
     return pid
 
 
+def _pg_sockets(data_dir: Path) -> Path:
+    return _socket_dir(data_dir / "postgres", ".s.PGSQL.5432.lock", "pg")
+
+
 def _pg_start(data_dir: Path) -> int:
     pgdata = data_dir / "postgres"
     bin_dir = _pg_bin()
     owner = _pg_owner(bin_dir, data_dir)
     if not (pgdata / "PG_VERSION").exists():
         _pg_initdb(pgdata, bin_dir, owner)
-    sockets = _socket_dir(pgdata, ".s.PGSQL.5432.lock", "pg")
+    sockets = _pg_sockets(data_dir)
     if sockets != pgdata:
         _private_dir(sockets, owner)
     _pg_clear_stale(pgdata, sockets)
@@ -333,14 +337,15 @@ class _Kind:
     pid: Callable[[Path], int | None]
     start: Callable[[Path], int]
     url: Callable[[Path], str]
+    sockets: Callable[[Path], Path]
     stop_signal: int  # PostgreSQL: SIGINT = fast shutdown
     comm: str
 
 
-POSTGRES = _Kind("postgres", "PostgreSQL", "BATCHER_DATABASE_URL", _pg_pid, _pg_start, _pg_url,
+POSTGRES = _Kind("postgres", "PostgreSQL", "BATCHER_DATABASE_URL", _pg_pid, _pg_start, _pg_url, _pg_sockets,
                  signal.SIGINT, "postgres")
 REDIS = _Kind("redis", "Redis", "BATCHER_REDIS_URL", _redis_pid, _redis_start, _redis_url,
-              signal.SIGTERM, "redis-server")
+              lambda data_dir: _redis_socket(data_dir).parent, signal.SIGTERM, "redis-server")
 
 
 @contextlib.contextmanager
@@ -372,6 +377,10 @@ def _stop(data_dir: Path, kind: _Kind, reason: str) -> None:
     if pid is not None:
         _terminate(pid, kind.stop_signal, kind.comm)
         log.info(f"embedded_{kind.name}_stopped", data_dir=str(data_dir), pid=pid, reason=reason)
+    sockets = kind.sockets(data_dir)
+    if not sockets.is_relative_to(data_dir):  # the fallback under the temp dir: remove it once empty
+        with contextlib.suppress(OSError):
+            sockets.rmdir()
 
 
 def _acquire(data_dir: Path, kind: _Kind, start: bool) -> tuple[str, Path]:

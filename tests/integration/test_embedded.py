@@ -11,9 +11,11 @@ import contextlib
 import json
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,10 +24,10 @@ from typing import Any
 import asyncpg
 import pytest
 import redis.asyncio as aredis
-from embedded_user import identify
 
 from batcher import embedded
 from batcher.errors import ServiceUnavailableError
+from tests.integration.embedded_user import identify
 
 pytestmark = pytest.mark.timeout(90)
 HELPER = Path(__file__).with_name("embedded_user.py")
@@ -33,9 +35,21 @@ DEADLINE = 30.0
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[Path]:
+def scratch() -> Iterator[Path]:
+    """A fresh directory in the temp dir, removed afterwards.
+
+    Not pytest's ``tmp_path``: as root the server runs as the ``pgserver`` user, which must traverse the
+    parents of the data dir, and every pytest session starting meanwhile resets /tmp/pytest-of-root to 0700.
+    """
+    path = Path(tempfile.mkdtemp(prefix="batcher-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def data_dir(scratch: Path) -> Iterator[Path]:
     """A fresh data dir whose servers are stopped after the test, whatever happened."""
-    path = tmp_path / "data"
+    path = scratch / "data"
     yield path
     embedded.stop_all(path)
 
@@ -53,6 +67,16 @@ def process_group(pid: int | None) -> int | None:
     with contextlib.suppress(OSError, TypeError):
         return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[2])
     return None
+
+
+def processes_in(directory: Path) -> list[int]:
+    """Live processes working in ``directory`` (a postmaster and its backends work in PGDATA)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            if os.readlink(proc / "cwd") == str(directory) and running(int(proc.name)):
+                found.append(int(proc.name))
+    return found
 
 
 def pid_file(path: Path) -> int | None:
@@ -242,3 +266,34 @@ async def test_stop_all_stops_servers_in_use(data_dir: Path) -> None:
     with pytest.raises(ServiceUnavailableError):
         async with embedded.services(None, None, data_dir, start=False):
             pass
+
+
+async def test_long_data_dir_puts_sockets_in_tmp(scratch: Path) -> None:
+    """A data dir too deep for unix socket paths gets its sockets under the temp dir, and works."""
+    data_dir = scratch / ("deep" * 20) / "data"
+    try:
+        async with embedded.services(None, None, data_dir, start=True) as urls:
+            assert f"host={data_dir}" not in urls.database_url and "batcher-pg-" in urls.database_url
+            assert urls.redis_url.startswith("unix:///") and "batcher-redis-" in urls.redis_url
+            await answer(urls)
+            sockets = [Path(urls.database_url.partition("host=")[2].partition("&")[0]),
+                       Path(urls.redis_url.removeprefix("unix://")).parent]
+    finally:
+        embedded.stop_all(data_dir)
+    assert not any(path.exists() for path in sockets), "the temp socket dirs outlived their servers"
+
+
+async def test_cancelled_start_leaves_no_user_behind(data_dir: Path) -> None:
+    """A task cancelled while its servers are starting still unregisters, so the servers stop."""
+    task = asyncio.create_task(embedded.services(None, None, data_dir, start=True).__aenter__())
+    await eventually(lambda: (data_dir / "postgres.lock").exists(), "the start is under way")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    users, pgdata = data_dir / "postgres.users", data_dir / "postgres"
+
+    def released() -> bool:  # registered, unregistered, and the server gone with its last process
+        return users.is_dir() and not any(users.iterdir()) and not (pgdata / "postmaster.pid").exists()
+
+    await eventually(released, "the abandoned registration is released")
+    await eventually(lambda: not processes_in(pgdata), "no PostgreSQL process is left")
