@@ -61,31 +61,40 @@ class _Secrets:
     """The registered secret strings and the one regex matching any of them (longest first).
 
     Bounded: rotating OAuth tokens are registered on every refresh, so past ``MAX_SECRETS`` forms the
-    oldest (long expired) are forgotten, keeping the regex small for a daemon that runs for months.
+    oldest (long expired) are forgotten. The regex is rebuilt lazily, at the first use after a change.
     """
 
-    MAX_SECRETS: Final = 2048
+    MAX_SECRETS: Final = 1024
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._values: dict[str, None] = {}  # insertion-ordered set
-        self.pattern: re.Pattern[str] | None = None
+        self._pattern: re.Pattern[str] | None = None
+        self._stale = False
 
     def add(self, value: str) -> None:
-        forms = [value, quote(value, safe=""), quote_plus(value)]
         with self._lock:
-            for form in forms:
+            for form in (value, quote(value, safe=""), quote_plus(value)):
                 self._values.pop(form, None)
                 self._values[form] = None
             while len(self._values) > self.MAX_SECRETS:
                 del self._values[next(iter(self._values))]
-            ordered = sorted(self._values, key=len, reverse=True)
-            self.pattern = re.compile("|".join(re.escape(v) for v in ordered))
+            self._stale = True
 
     def clear(self) -> None:
         with self._lock:
             self._values.clear()
-            self.pattern = None
+            self._pattern, self._stale = None, False
+
+    @property
+    def pattern(self) -> re.Pattern[str] | None:
+        if self._stale:
+            with self._lock:
+                if self._stale:
+                    ordered = sorted(self._values, key=len, reverse=True)
+                    self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+                    self._stale = False
+        return self._pattern
 
 
 _SECRETS = _Secrets()
