@@ -7,6 +7,11 @@ This module owns *when* a request may leave, per rate-limit namespace:
   its settings by the longest configured prefix, so ``"hubspot:general:portal-42"`` (a namespace with a
   credential discriminator) uses the ``"hubspot:general:"`` settings but has its own Redis state, since
   upstream limits are per key. A namespace that matches nothing is unlimited: no Redis round trip.
+- Admission is a reservation: the script hands out the next slot (``max(tat - tolerance, now)``) when it
+  lies at most one emission interval ahead (the horizon, 20 ms–1 s) and the caller sleeps until it; a
+  later caller is told when to ask again. Since the slot, not the (slightly late) moment of asking,
+  advances the state, sleep overshoot and round trips cost no allowance; a 429 pause can let through
+  at most the requests already holding a slot (one horizon's worth).
 - The GCRA: emission interval ``T = max(interval_ms / max_in_interval, min_spacing_ms)`` and tolerance
   ``(burst - 1) * T``. With ``burst = 1`` admissions are at least ``T`` apart, so no half-open window of
   ``interval_ms`` ever holds more than ``max_in_interval`` of them. The state lives in
@@ -61,7 +66,9 @@ DEFAULT_RATE_LIMITS: dict[str, RateLimitSettings] = {
     "github:api:": _limit(3_600_000, 5_000),
 }
 
-#: KEYS: tat, paused_until. ARGV acquire: "acquire", T µs, tolerance µs → {admitted, wait µs, now µs}.
+#: KEYS: tat, paused_until.
+#: ARGV acquire: "acquire", T µs, tolerance µs, horizon µs → {1, wait µs, slot µs} when a slot at most
+#: ``horizon`` ahead was reserved, else {0, µs to wait before asking again, now µs}.
 #: ARGV pause: "pause", delay ms → {extended, paused_until ms, now µs}.
 GCRA_SCRIPT = """
 if redis.replicate_commands then pcall(redis.replicate_commands) end
@@ -83,15 +90,17 @@ if paused > now_ms then
 end
 local emission = tonumber(ARGV[2])
 local tolerance = tonumber(ARGV[3])
+local horizon = tonumber(ARGV[4])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
-local allow_at = tat - tolerance
-if now < allow_at then
-  return {0, allow_at - now, now}
+local slot = tat - tolerance
+if slot < now then slot = now end
+if slot - now > horizon then
+  return {0, slot - now - horizon, now}
 end
 local new_tat = tat + emission
 redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.floor((new_tat - now) / 1000) + 1000)
-return {1, 0, now}
+return {1, slot - now, slot}
 """
 
 LiveWorkers = Callable[[], Awaitable[int]]
@@ -115,6 +124,11 @@ class Gcra:
 
     emission_us: int
     tolerance_us: int
+
+    @property
+    def horizon_us(self) -> int:
+        """How far ahead a slot may be reserved: one emission interval, within 20 ms–1 s."""
+        return min(max(self.emission_us, 20_000), 1_000_000)
 
     @classmethod
     def from_settings(cls, s: RateLimitSettings, share: int = 1) -> Gcra:
@@ -145,20 +159,20 @@ class LocalGcra:
     def now_us() -> int:
         return time.monotonic_ns() // 1000
 
-    def try_acquire(self, namespace: str, gcra: Gcra | None) -> int:
-        """0 when admitted now, else the µs to wait before asking again."""
+    def try_acquire(self, namespace: str, gcra: Gcra | None) -> tuple[bool, int]:
+        """``(True, µs until the reserved slot)`` or ``(False, µs to wait before asking again)``."""
         now = self.now_us()
         paused = self._paused.get(namespace, 0)
         if paused > now:
-            return paused - now
+            return False, paused - now
         if gcra is None:
-            return 0
+            return True, 0
         tat = max(self._tat.get(namespace, 0), now)
-        allow_at = tat - gcra.tolerance_us
-        if now < allow_at:
-            return allow_at - now
+        slot = max(tat - gcra.tolerance_us, now)
+        if slot - now > gcra.horizon_us:
+            return False, slot - now - gcra.horizon_us
         self._tat[namespace] = tat + gcra.emission_us
-        return 0
+        return True, slot - now
 
     def pause(self, namespace: str, delay_s: float) -> None:
         target = self.now_us() + int(delay_s * 1_000_000)
@@ -227,12 +241,13 @@ class RateLimiter:
             if cancelled.is_set():
                 raise RunCancelledError("cancelled")
             admitted, wait_us, at_us, shared = await self._attempt(namespace, match)
+            delay = wait_us / 1e6 if admitted else min(wait_us / 1e6, self._max_sleep_s)
+            await wait_or_cancel(delay, cancelled)
             if admitted:
                 waited = time.monotonic() - started
                 if match is not None:
                     metrics.RATELIMIT_WAIT.labels(metrics.namespace_label(namespace)).observe(waited)
                 return Admission(at_us=at_us, waited_s=waited, shared=shared)
-            await wait_or_cancel(min(wait_us / 1e6, self._max_sleep_s), cancelled)
 
     async def pause(self, namespace: str, delay_s: float) -> None:
         """Hold every process's requests in ``namespace`` for ``delay_s`` s (only ever extends)."""
@@ -247,19 +262,20 @@ class RateLimiter:
 
     async def _attempt(self, namespace: str, match: tuple[str, RateLimitSettings] | None,
                        ) -> tuple[bool, int, int, bool]:
-        """``(admitted, wait µs, admission µs epoch, shared)`` from Redis or the local fallback."""
+        """``(admitted, wait µs, slot µs epoch, shared)`` from Redis or the local fallback."""
         if match is not None and self._redis is not None and self._redis_due():
             gcra = Gcra.from_settings(match[1])
             try:
-                ok, value, now = await self._eval(namespace, "acquire", gcra.emission_us, gcra.tolerance_us)
+                ok, value, now = await self._eval(namespace, "acquire", gcra.emission_us, gcra.tolerance_us,
+                                                  gcra.horizon_us)
             except (RedisError, OSError, TimeoutError) as exc:
                 await self._degrade(exc)
             else:
                 self._recovered()
                 return bool(ok), int(value), int(now), True
         local = None if match is None else Gcra.from_settings(match[1], self._share)
-        wait = self._local.try_acquire(namespace, local)
-        return wait == 0, wait, time.time_ns() // 1000, False
+        admitted, wait = self._local.try_acquire(namespace, local)
+        return admitted, wait, time.time_ns() // 1000 + wait, False
 
     def _redis_due(self) -> bool:
         """Use Redis unless degraded; while degraded, let one caller probe every probe interval."""
