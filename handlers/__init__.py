@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from batcher.handler import Handler
 from handlers.synthetic import SyntheticHandler
+from handlers.usage import UsageAggregationHandler
 
 BUILTIN_HANDLERS: dict[str, type[Handler]] = {
     SyntheticHandler.type: SyntheticHandler,
+    UsageAggregationHandler.type: UsageAggregationHandler,
 }
