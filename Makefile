@@ -60,7 +60,11 @@ bench: venv
 	done; \
 	if [ -n "$$failed" ]; then echo "failed:$$failed" >&2; exit 1; fi
 
+# Refuses while an embedded PostgreSQL still runs from .batcher (deleting its data dir would corrupt it).
 clean:
+	@pidfile=.batcher/postgres/postmaster.pid; \
+	if [ -f "$$pidfile" ] && kill -0 "$$(head -n 1 "$$pidfile")" 2>/dev/null; then \
+		echo "embedded PostgreSQL is running from .batcher: stop batcher first" >&2; exit 1; fi
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .batcher \
 		build dist *.egg-info test-artifacts bench/results
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
