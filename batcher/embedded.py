@@ -383,15 +383,21 @@ def _stop(data_dir: Path, kind: _Kind, reason: str) -> None:
             sockets.rmdir()
 
 
+def _not_running(data_dir: Path, kind: _Kind) -> ServiceUnavailableError:
+    return ServiceUnavailableError(
+        f"no embedded {kind.title} server is running in {data_dir}: start `batcher run` with this "
+        f"data dir first, or set {kind.setting} to use an external server")
+
+
 def _acquire(data_dir: Path, kind: _Kind, start: bool) -> tuple[str, Path]:
     """Reuse or (when ``start``) start the server, and register this process as one of its users."""
+    if not start and not data_dir.is_dir():
+        raise _not_running(data_dir, kind)  # and leave no empty data dir behind
     with _locked(data_dir, kind):
         users = _live_users(data_dir, kind)
         pid = kind.pid(data_dir)
         if pid is None and not start:
-            raise ServiceUnavailableError(
-                f"no embedded {kind.title} server is running in {data_dir}: start `batcher run` with this "
-                f"data dir first, or set {kind.setting} to use an external server")
+            raise _not_running(data_dir, kind)
         fields = {"data_dir": str(data_dir), "users": users}
         if pid is None:
             began = time.monotonic()

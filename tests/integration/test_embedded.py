@@ -191,6 +191,7 @@ async def test_reuse_only_without_server_fails_clearly(data_dir: Path) -> None:
         async with embedded.services(None, None, data_dir, start=False):
             pass
     message = str(err.value)
+    assert not data_dir.exists(), "a failed reuse created the data dir"
     assert f"no embedded PostgreSQL server is running in {data_dir}" in message
     assert "batcher run" in message and "BATCHER_DATABASE_URL" in message
     with pytest.raises(ServiceUnavailableError, match="Redis .*BATCHER_REDIS_URL"):
