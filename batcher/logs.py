@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import re
 import sys
 import threading
@@ -53,6 +54,7 @@ _BEARER = re.compile(r"(?P<head>\b(?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=-]{8,}", r
 _THIRD_PARTY_LOGGERS: Final = ("apscheduler", "aiohttp", "asyncpg", "pymongo", "redis")
 _CHATTY_LOGGERS: Final = ("apscheduler",)  # logs every job execution at INFO: quiet unless debug
 _HANDLER_MARK: Final = "_batcher_logs_handler"
+_MAX_DEPTH: Final = 16
 _LEVELS: Final = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
                   "error": logging.ERROR, "critical": logging.CRITICAL}
 
@@ -130,17 +132,29 @@ def is_secret_key(key: str) -> bool:
     return name in _SECRET_KEY_NAMES or name.endswith(("_token", "_key", "_secret", "_password"))
 
 
-def _redact_value(value: Any) -> Any:
-    """A JSON-safe copy of ``value`` with secrets masked (non-JSON types become their ``str``)."""
-    if value is None or isinstance(value, bool | int | float):
+def _redact_value(value: Any, depth: int = 0) -> Any:
+    """A JSON-safe copy of ``value`` with secrets masked, storable in ``jsonb``.
+
+    Non-JSON types become their ``str``, as do NaN/infinity and anything nested deeper than
+    ``_MAX_DEPTH`` (cycles included).
+    """
+    if value is None or isinstance(value, bool | int):
         return value
-    if isinstance(value, str):
-        return redact(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, str) or depth >= _MAX_DEPTH:
+        return _safe_text(str(value))
     if isinstance(value, Mapping):
-        return {str(k): MASK if is_secret_key(str(k)) else _redact_value(v) for k, v in value.items()}
+        return {str(k): MASK if is_secret_key(str(k)) else _redact_value(v, depth + 1)
+                for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
-        return [_redact_value(v) for v in value]
-    return redact(str(value))
+        return [_redact_value(v, depth + 1) for v in value]
+    return _safe_text(str(value))
+
+
+def _safe_text(text: str) -> str:
+    """Redacted, with NUL characters (which ``jsonb`` rejects) escaped as the four characters ``\\x00``."""
+    return redact(text).replace("\x00", "\\x00")
 
 
 def redact_event(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:

@@ -240,3 +240,20 @@ def test_registered_secrets_are_bounded_oldest_first() -> None:
         assert logs.redact("first-secret-value") == "first-secret-value"
     finally:
         logs.forget_secrets()
+
+
+def test_entries_stay_storable_in_jsonb(stream: io.StringIO) -> None:
+    """NUL characters, NaN and cycles reach the sink as text PostgreSQL's jsonb accepts, without failing."""
+    received: list[dict[str, Any]] = []
+    cyclic: list[Any] = []
+    cyclic.append(cyclic)
+    token = logs.RUN_LOG_SINK.set(lambda level, event, fields: received.append(fields))
+    try:
+        logs.get_logger().warning("record_rejected", value="a\x00b", ratio=float("nan"), loop=cyclic)
+    finally:
+        logs.RUN_LOG_SINK.reset(token)
+    [fields] = received
+    assert fields["value"] == "a\\x00b"
+    assert fields["ratio"] == "nan"
+    text = json.dumps(fields, allow_nan=False)
+    assert "\\u0000" not in text
