@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel, SecretStr, ValidationError
 
@@ -21,11 +21,18 @@ from batcher.handler import SECRET_MARKER
 _PLACEHOLDER = "__batcher_secret_placeholder__"
 
 
+def _marks_secret(annotation: Any) -> bool:
+    """Whether a type is ``batcher.Secret``, also inside ``Secret | None`` and other unions."""
+    if any(m is SECRET_MARKER for m in getattr(annotation, "__metadata__", ())):
+        return True
+    return any(_marks_secret(arg) for arg in get_args(annotation))
+
+
 def secret_fields(model: type[BaseModel]) -> set[str]:
-    """Names of the fields of ``model`` declared with the ``batcher.Secret`` type."""
+    """Names of the fields of ``model`` declared with the ``batcher.Secret`` type (optional or not)."""
     out = set()
     for name, info in model.model_fields.items():
-        if any(m is SECRET_MARKER for m in info.metadata):
+        if any(m is SECRET_MARKER for m in info.metadata) or _marks_secret(info.annotation):
             out.add(name)
     return out
 
