@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = dl.add_parser("purge")
     p.add_argument("job")
     p.add_argument("--before", help="only dead letters created before this date (YYYY-MM-DD)")
+    from batcher.aggregate import add_parsers as add_aggregate_parsers
+
+    add_aggregate_parsers(sub)
     return parser
 
 

@@ -9,6 +9,7 @@ from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
+from batcher.aggregate import cmd_aggregate, cmd_aggregate_status
 from batcher.app import Config, load_config, open_services, run_daemon
 from batcher.cli import EXIT_FAILED, EXIT_OK, UsageError, _params, _print_json
 from batcher.commands import (
@@ -252,6 +253,7 @@ COMMANDS: dict[str, Command] = {
     "run": cmd_run, "run-job": cmd_run_job, "trigger": cmd_trigger, "jobs": cmd_jobs, "runs": cmd_runs,
     "pause": cmd_pause, "resume": cmd_resume, "cancel": cmd_cancel, "migrate": cmd_migrate,
     "health": cmd_health, "checkpoints": cmd_checkpoints, "dead-letters": cmd_dead_letters,
+    "aggregate": cmd_aggregate, "aggregate-status": cmd_aggregate_status,
 }
 
 __all__ = ["COMMANDS", "NotFound"]
