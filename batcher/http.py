@@ -34,6 +34,7 @@ import aiohttp
 from batcher import metrics
 from batcher.connections import redis_client
 from batcher.errors import PermanentError, RunCancelledError, TransientError
+from batcher.handler import HttpClient
 from batcher.logs import get_logger
 from batcher.oauth import OAuth2Credentials, OAuth2TokenProvider, TokenProvider, safe_excerpt
 from batcher.ratelimit import RateLimiter, effective_rate_limits, limit_for, wait_or_cancel
@@ -345,3 +346,8 @@ class HttpRuntime:
                 return resp.status, decode_body(raw, resp.headers.get("Content-Encoding"))
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise HttpClientError(f"POST {safe_url(url)}: {type(exc).__name__}") from None
+
+
+def _satisfies_handler_protocol(client: NamespaceClient) -> HttpClient:
+    """Type check only: NamespaceClient implements the handler-facing HttpClient protocol."""
+    return client
