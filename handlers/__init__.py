@@ -7,10 +7,12 @@ Third-party packages add handlers through the ``batcher.handlers`` entry-point g
 from __future__ import annotations
 
 from batcher.handler import Handler
+from handlers.datasync import DataSyncHandler
 from handlers.synthetic import SyntheticHandler
 from handlers.usage import UsageAggregationHandler
 
 BUILTIN_HANDLERS: dict[str, type[Handler]] = {
     SyntheticHandler.type: SyntheticHandler,
+    DataSyncHandler.type: DataSyncHandler,
     UsageAggregationHandler.type: UsageAggregationHandler,
 }
