@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -117,23 +117,41 @@ class User:
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
 
-    @classmethod
-    async def spawn(cls, data_dir: Path, mode: str) -> User:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(HELPER), str(data_dir), mode, stdout=subprocess.PIPE, start_new_session=True)
-        return cls(proc)
-
     async def line(self) -> dict[str, Any]:
         assert self.proc.stdout is not None
         raw = await asyncio.wait_for(self.proc.stdout.readline(), DEADLINE)
         assert raw, f"helper exited with {await self.proc.wait()} before reporting"
         return dict(json.loads(raw))
 
-    async def terminate_group(self) -> tuple[dict[str, Any], int]:
-        """SIGTERM the helper's whole process group; its last report and exit code."""
+    async def terminate_group(self) -> tuple[dict[str, Any], int, str]:
+        """SIGTERM the helper's whole process group; its last report, exit code and log (stderr)."""
+        assert self.proc.stderr is not None
         os.killpg(self.proc.pid, signal.SIGTERM)
         report = await self.line()
-        return report, await asyncio.wait_for(self.proc.wait(), DEADLINE)
+        logged = await asyncio.wait_for(self.proc.stderr.read(), DEADLINE)
+        return report, await asyncio.wait_for(self.proc.wait(), DEADLINE), logged.decode()
+
+
+Spawn = Callable[[str], Awaitable[User]]
+
+
+@pytest.fixture
+async def spawn(data_dir: Path) -> AsyncIterator[Spawn]:
+    """Start helper processes on ``data_dir`` (``start`` or ``reuse``); any left running are killed."""
+    users: list[User] = []
+
+    async def start(mode: str) -> User:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(HELPER), str(data_dir), mode, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            start_new_session=True)
+        users.append(User(proc))
+        return users[-1]
+
+    yield start
+    for user in users:
+        if user.proc.returncode is None:
+            user.proc.kill()
+            await user.proc.wait()
 
 
 async def test_start_connect_and_stop(data_dir: Path) -> None:
@@ -149,7 +167,7 @@ async def test_start_connect_and_stop(data_dir: Path) -> None:
     assert not (data_dir / "redis" / "redis.sock").exists()
 
 
-async def test_users_share_servers_and_last_one_stops_them(data_dir: Path) -> None:
+async def test_users_share_servers_and_last_one_stops_them(data_dir: Path, spawn: Spawn) -> None:
     """A second user, in this process and in another one (reuse only), gets the same servers; they
     outlive the first user's exit and stop when the last user leaves."""
     first, second = contextlib.AsyncExitStack(), contextlib.AsyncExitStack()
@@ -157,7 +175,7 @@ async def test_users_share_servers_and_last_one_stops_them(data_dir: Path) -> No
     pids = server_pids(data_dir)
     again = await second.enter_async_context(embedded.services(None, None, data_dir, start=True))
     assert again == urls and server_pids(data_dir) == pids
-    other = await User.spawn(data_dir, "reuse")
+    other = await spawn("reuse")
     report = await other.line()
     assert (report["database_url"], report["redis_url"]) == (urls.database_url, urls.redis_url)
     assert report["identity"] == await identify(urls) and report["identity"]["redis_pid"] == pids[1]
@@ -167,19 +185,21 @@ async def test_users_share_servers_and_last_one_stops_them(data_dir: Path) -> No
     assert server_pids(data_dir) == pids and all(running(pid) for pid in pids)
     await answer(urls)  # still served for the other process
 
-    final, code = await other.terminate_group()
+    final, code, logged = await other.terminate_group()
     assert code == 0 and final["identity_at_cleanup"] == report["identity"]
+    assert "embedded_postgres_reused" in logged and "embedded_redis_reused" in logged
+    assert "embedded_postgres_stopped" in logged and "embedded_redis_stopped" in logged
     await eventually(lambda: not any(running(pid) for pid in pids), "the last user's exit stops both")
 
 
-async def test_concurrent_starts_share_one_server(data_dir: Path) -> None:
+async def test_concurrent_starts_share_one_server(data_dir: Path, spawn: Spawn) -> None:
     """Two processes starting at once in a fresh data dir end up on one server pair (the flock holds)."""
-    users = [await User.spawn(data_dir, "start") for _ in range(2)]
+    users = [await spawn("start") for _ in range(2)]
     reports = [await user.line() for user in users]
     assert reports[0]["identity"] is not None and reports[0] == reports[1]
     pids = server_pids(data_dir)
     for user in users:
-        _, code = await user.terminate_group()
+        _, code, _ = await user.terminate_group()
         assert code == 0
     await eventually(lambda: not any(running(pid) for pid in pids), "both servers stop")
 
@@ -243,16 +263,16 @@ async def test_sigkill_leaves_stale_pid_files_and_next_start_recovers(data_dir: 
         await squatter.wait()
 
 
-async def test_sigterm_to_users_process_group_spares_servers(data_dir: Path) -> None:
+async def test_sigterm_to_users_process_group_spares_servers(data_dir: Path, spawn: Spawn) -> None:
     """SIGTERM to the process group of the only process using the servers reaches that process, not the
     servers: they still answer during its cleanup, and stop once it has left."""
-    user = await User.spawn(data_dir, "start")
+    user = await spawn("start")
     report = await user.line()
     assert report["identity"] is not None
     pids = server_pids(data_dir)
     assert all(process_group(pid) not in (None, user.proc.pid) for pid in pids)
-    final, code = await user.terminate_group()
-    assert code == 0
+    final, code, logged = await user.terminate_group()
+    assert code == 0 and "embedded_postgres_started" in logged and "embedded_redis_started" in logged
     assert final["identity_at_cleanup"] == report["identity"], "servers died with the process group"
     await eventually(lambda: not any(running(pid) for pid in pids), "the servers stop after their last user")
 
