@@ -37,6 +37,7 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import threading
@@ -92,8 +93,8 @@ def _alive(pid: int, comm: str | None = None) -> bool:
         except PermissionError:
             pass
         return True
-    stat = _proc_stat(pid)
-    return stat is not None and stat[1] not in ("Z", "X") and (comm is None or stat[0] == comm)
+    info = _proc_stat(pid)
+    return info is not None and info[1] not in ("Z", "X") and (comm is None or info[0] == comm)
 
 
 def _identity(pid: int) -> str:
@@ -167,11 +168,11 @@ def _socket_dir(preferred: Path, longest_name: str, tag: str) -> Path:
 def _private_dir(path: Path, owner: tuple[int, int] | None) -> None:
     """A 0700 directory of ``owner`` (default: us); refuses a symlink or another user's directory."""
     path.mkdir(mode=0o700, exist_ok=True)
-    info = path.lstat()
-    if owner is not None and info.st_uid == os.geteuid():
-        os.chown(path, *owner)
-    elif info.st_uid != (owner[0] if owner else os.geteuid()) or not path.is_dir() or path.is_symlink():
+    info, me = path.lstat(), os.geteuid()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid not in (me, owner[0] if owner else me):
         raise ServiceUnavailableError(f"{path} is not a directory of the server's user; remove it")
+    if owner is not None and info.st_uid == me:
+        os.chown(path, *owner)
 
 
 def _pg_bin() -> Path:
@@ -266,8 +267,13 @@ def _pg_start(data_dir: Path) -> int:
         _private_dir(sockets, owner)
     _pg_clear_stale(pgdata, sockets)
     options = f"-c listen_addresses='' -k {shlex.quote(str(sockets))}"
-    _run([str(bin_dir / "pg_ctl"), "-D", str(pgdata), "-w", "-t", str(int(START_TIMEOUT)),
-          "-l", str(pgdata / "server.log"), "-o", options, "start"], "pg_ctl start", owner)
+    server_log = pgdata / "server.log"
+    try:
+        _run([str(bin_dir / "pg_ctl"), "-D", str(pgdata), "-w", "-t", str(int(START_TIMEOUT)),
+              "-l", str(server_log), "-o", options, "start"], "pg_ctl start", owner)
+    except ServiceUnavailableError as exc:
+        tail = server_log.read_text(errors="replace")[-1500:] if server_log.is_file() else "(empty)"
+        raise ServiceUnavailableError(f"{exc}\n{server_log} ends with:\n{tail}") from exc
     pid = _pg_pid(data_dir)
     if pid is None:
         raise ServiceUnavailableError(f"PostgreSQL in {pgdata} exited right after starting; see server.log")
