@@ -303,6 +303,7 @@ def bind_run_context(run_id: int, job: str, attempt: int) -> contextlib.Abstract
 def reset_logging() -> None:
     """Undo :func:`configure_logging`: remove batcher's handler and restore structlog's defaults."""
     _remove_handlers()
+    logging.captureWarnings(False)
     structlog.reset_defaults()
 
 
