@@ -94,7 +94,7 @@ class Scheduler:
 
     async def claim(self) -> int:
         free = self.concurrency - len(self.running)
-        if free <= 0 or self._draining or self.worker.fenced:
+        if free <= 0 or self._draining or self.worker.fenced or not self.worker.holds_lock:
             return 0
         try:
             rows = await self.services.pool.fetch(Q["claim_runs"], self.worker.worker_id, free, self.lease,

@@ -26,6 +26,7 @@ import asyncpg
 import structlog
 
 from batcher import __version__, store
+from batcher.errors import ServiceUnavailableError
 from batcher.store import Q
 
 LOCK_CLASS = 0x42415443  # "BATC": advisory-lock namespace of worker liveness locks
@@ -54,6 +55,7 @@ class Worker:
         self._active_runs = active_runs or (lambda: [])
         self._conn: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
+        self._broken = asyncio.Event()
         self.last_renewed = time.monotonic()
         self.fenced = False
 
@@ -84,24 +86,39 @@ class Worker:
             self.lock_key = 0  # taken (a collision, or our old session not yet gone): pick another
         self.lock_key = key
         await conn.add_listener(WAKEUP_CHANNEL, self._notified)
+        conn.add_termination_listener(self._connection_lost)
         await conn.execute(Q["register_worker"], self.worker_id, socket.gethostname(), os.getpid(),
                            __version__, list(self._queues) if self._queues else None, self.lock_key)
         self._conn = conn
+        self._broken.clear()
 
     def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         if payload.startswith("cancel:") and payload[7:].isdigit():
             self._on_cancel(int(payload[7:]), "cancelled")
         self._on_wakeup()
 
+    @property
+    def holds_lock(self) -> bool:
+        """True while the liveness lock's connection is open (claim only then)."""
+        return self._conn is not None and not self._conn.is_closed()
+
+    def _connection_lost(self, _conn: object) -> None:
+        self._broken.set()
+
     async def _heartbeat_loop(self) -> None:
         interval = max(self.lease_seconds / 3, 0.2)
         while True:
-            await asyncio.sleep(interval)
+            try:
+                await asyncio.wait_for(self._broken.wait(), interval)
+            except TimeoutError:
+                pass
             try:
                 await self.beat()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except (*store.DB_ERRORS, ServiceUnavailableError) as exc:
                 log.warning("heartbeat_failed", error=f"{type(exc).__name__}: {exc}")
                 await self._reconnect()
+                if not self.holds_lock:
+                    await asyncio.sleep(min(interval, 0.5))
             if time.monotonic() - self.last_renewed > self.lease_seconds and not self.fenced:
                 self.fenced = True
                 log.error("worker_self_fenced", worker_id=self.worker_id)
@@ -127,7 +144,7 @@ class Worker:
             self._conn = None
         try:
             await self._connect()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except (*store.DB_ERRORS, ServiceUnavailableError) as exc:
             log.warning("worker_reconnect_failed", error=f"{type(exc).__name__}: {exc}")
             return
         log.info("worker_reconnected", worker_id=self.worker_id)
