@@ -234,8 +234,8 @@ async def test_rejected_key_fails_at_once_without_the_key(events_db: Any, databa
     assert summary["status"] == "failed" and summary["reason"] == "permanent_error"
     assert summary["errors"] == [f"DataSync rejected the API key ({status})"]
     assert len(fake.log) == 1
-    stored = await events_db.fetch("SELECT r::text FROM batch_runs r UNION ALL SELECT l::text FROM run_logs l "
-                                   "UNION ALL SELECT c::text FROM batch_config c")
+    stored = await events_db.fetch("SELECT r::text FROM batch_runs r UNION ALL SELECT l::text FROM run_logs l"
+                                   " UNION ALL SELECT c::text FROM batch_config c")
     assert stored and not any(secret in row[0] for row in stored)
     out, err = capfd.readouterr()
     assert secret not in out + err + json.dumps(summary)
