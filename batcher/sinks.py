@@ -102,6 +102,7 @@ _DATA_ERROR_CLASSES = ("22", "23")
 _CLIENT_DATA_ERRORS = (OverflowError, ValueError, TypeError)
 
 UPSERT_STRATEGY: UpsertStrategy = "temp_table"
+UPSERT_FIRST_BATCHES = 8
 
 
 @dataclass
@@ -129,6 +130,7 @@ class Column:
 
 
 _column_cache: dict[str, dict[str, Column]] = {}
+_upsert_first: dict[str, int] = {}  # table -> writes left that go straight to the upsert
 
 
 async def write_batch(conn: PgConnection, stream: Stream, batch: Batch, *, job_name: str,
@@ -223,15 +225,22 @@ def _context_column(context: str | None) -> str | None:
 
 
 async def _copy_or_upsert(conn: PgConnection, stream: Stream, rows: Sequence[Row]) -> int:
-    """COPY into the target in a savepoint; on a key conflict, upsert in a fresh savepoint."""
-    schema, table = split_table(stream.table)
-    try:
-        async with conn.transaction():
-            await conn.copy_records_to_table(table, schema_name=schema, records=rows,
-                                             columns=list(stream.columns))
-        return len(rows)
-    except asyncpg.UniqueViolationError:
-        pass
+    """COPY into the target in a savepoint; on a key conflict, upsert in a fresh savepoint.
+
+    After a conflict the next ``UPSERT_FIRST_BATCHES`` writes to that table skip the COPY attempt (a
+    replay conflicts batch after batch, and a doomed COPY costs as much as the upsert itself).
+    """
+    left = _upsert_first.get(stream.table, 0)
+    if left <= 0:
+        schema, table = split_table(stream.table)
+        try:
+            async with conn.transaction():
+                await conn.copy_records_to_table(table, schema_name=schema, records=rows,
+                                                 columns=list(stream.columns))
+            return len(rows)
+        except asyncpg.UniqueViolationError:
+            left = UPSERT_FIRST_BATCHES + 1
+    _upsert_first[stream.table] = left - 1
     async with conn.transaction():
         return await upsert(conn, stream, rows)
 
@@ -245,18 +254,24 @@ async def upsert(conn: PgConnection, stream: Stream, rows: Sequence[Row],
             source = "unnest({}) AS s ({})".format(
                 ", ".join(f"${i}::{columns[c].type}[]" for i, c in enumerate(stream.columns, 1)),
                 _names(stream.columns))
-            status = await conn.execute(_upsert_sql(stream, f"SELECT * FROM {source}"),
+            status = await conn.execute(upsert_sql(stream, source),
                                         *(list(col) for col in zip(*rows, strict=True)))
             return int(status.rsplit(" ", 1)[1])
     stage = await _staging_table(conn, stream)
     await conn.copy_records_to_table(stage, records=rows, columns=list(stream.columns))
-    status = await conn.execute(_upsert_sql(stream, f"SELECT {_names(stream.columns)} FROM {stage}"))
+    status = await conn.execute(upsert_sql(stream, f"{stage} AS s"))
     await conn.execute(f"TRUNCATE {stage}")
     return int(status.rsplit(" ", 1)[1])
 
 
-def _upsert_sql(stream: Stream, select: str) -> str:
+def upsert_sql(stream: Stream, source: str) -> str:
+    """``INSERT … SELECT FROM source (aliased s) ON CONFLICT (keys)`` for the stream's policy.
+
+    ``update_if_changed`` also skips unchanged rows before the insert: ``ON CONFLICT … WHERE`` locks every
+    conflicting row even when it then changes nothing, which costs a heap write per row on a replay.
+    """
     target = quote_table(stream.table)
+    select = f"SELECT {', '.join('s.' + quote_ident(c) for c in stream.columns)} FROM {source}"
     sets = [f"{quote_ident(c)} = EXCLUDED.{quote_ident(c)}" for c in stream.value_columns]
     sets += [f"{quote_ident(c)} = now()" for c in stream.bookkeeping_columns]
     if stream.conflict == "ignore" or not sets:
@@ -264,11 +279,17 @@ def _upsert_sql(stream: Stream, select: str) -> str:
     else:
         action = "DO UPDATE SET " + ", ".join(sets)
         if stream.conflict == "update_if_changed" and stream.value_columns:
-            mine = ", ".join(f"{target}.{quote_ident(c)}" for c in stream.value_columns)
-            theirs = ", ".join(f"EXCLUDED.{quote_ident(c)}" for c in stream.value_columns)
-            action += f" WHERE ROW({mine}) IS DISTINCT FROM ROW({theirs})"
+            values = stream.value_columns
+            action += f" WHERE {_row(target, values)} IS DISTINCT FROM {_row('EXCLUDED', values)}"
+            same_key = " AND ".join(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in stream.key_columns)
+            select += (f" WHERE NOT EXISTS (SELECT FROM {target} AS t WHERE {same_key} "
+                       f"AND {_row('t', values)} IS NOT DISTINCT FROM {_row('s', values)})")
     return (f"INSERT INTO {target} ({_names(stream.columns)}) {select} "
             f"ON CONFLICT ({_names(stream.key_columns)}) {action}")
+
+
+def _row(alias: str, columns: Iterable[str]) -> str:
+    return "ROW(" + ", ".join(f"{alias}.{quote_ident(c)}" for c in columns) + ")"
 
 
 async def _staging_table(conn: PgConnection, stream: Stream) -> str:
@@ -290,9 +311,10 @@ async def column_types(conn: PgConnection, table: str) -> dict[str, Column]:
     return cached
 
 
-def forget_column_types() -> None:
-    """Drop the introspection cache (after a migration changed a table, and in tests)."""
+def reset_caches() -> None:
+    """Forget introspected column types and conflict hints (after a migration changed a table; tests)."""
     _column_cache.clear()
+    _upsert_first.clear()
 
 
 def split_table(table: str) -> tuple[str | None, str]:

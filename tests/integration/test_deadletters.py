@@ -50,7 +50,7 @@ async def items(db: asyncpg.Pool) -> AsyncIterator[asyncpg.Pool]:
     """A fresh ``dl_items`` table (with a CHECK constraint to violate) and empty core tables."""
     async with db.acquire() as conn:
         await conn.execute(TABLE_DDL)
-    sinks.forget_column_types()
+    sinks.reset_caches()
     yield db
 
 
