@@ -123,7 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except UsageError as exc:
-        return _fail(str(exc).removeprefix("batcher: "), EXIT_USAGE)
+        return _fail(str(exc).removeprefix("batcher: ").removeprefix("batcher "), EXIT_USAGE)
+    except SystemExit as exc:  # --help / --version: argparse printed its text; return, don't exit
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
     if args.command is None:
         return _fail("missing command (see `batcher --help`)", EXIT_USAGE)
     from batcher.clicommands import COMMANDS
