@@ -46,12 +46,38 @@ def scratch() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+async def initialized_cluster() -> AsyncIterator[Path]:
+    """A PGDATA made once by the embedded start (initdb) and stopped, to copy instead of running initdb."""
+    path = Path(tempfile.mkdtemp(prefix="batcher-test-template-"))
+    try:
+        async with embedded.services(None, "redis://unused", path, start=True):
+            pass
+        yield path / "postgres"
+    finally:
+        embedded.stop_all(path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture
-def data_dir(scratch: Path) -> Iterator[Path]:
-    """A fresh data dir whose servers are stopped after the test, whatever happened."""
+def fresh_data_dir(scratch: Path) -> Iterator[Path]:
+    """A data dir that does not exist yet; its servers are stopped after the test, whatever happened."""
     path = scratch / "data"
     yield path
     embedded.stop_all(path)
+
+
+@pytest.fixture
+def data_dir(fresh_data_dir: Path, initialized_cluster: Path) -> Path:
+    """A data dir holding a stopped, initialized PostgreSQL cluster, as after an earlier run (no initdb)."""
+    seed(fresh_data_dir, initialized_cluster)
+    return fresh_data_dir
+
+
+def seed(data_dir: Path, cluster: Path) -> None:
+    """Copy a stopped cluster into ``data_dir`` keeping owners and modes (as root: the ``pgserver`` user)."""
+    data_dir.mkdir(parents=True)
+    subprocess.run(["cp", "-a", str(cluster), str(data_dir / "postgres")], check=True)
 
 
 def running(pid: int | None) -> bool:
@@ -136,14 +162,14 @@ Spawn = Callable[[str], Awaitable[User]]
 
 
 @pytest.fixture
-async def spawn(data_dir: Path) -> AsyncIterator[Spawn]:
-    """Start helper processes on ``data_dir`` (``start`` or ``reuse``); any left running are killed."""
+async def spawn(fresh_data_dir: Path) -> AsyncIterator[Spawn]:
+    """Start helper processes on the test's data dir (``start`` or ``reuse``); any left running are killed."""
     users: list[User] = []
 
     async def start(mode: str) -> User:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(HELPER), str(data_dir), mode, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True)
+            sys.executable, str(HELPER), str(fresh_data_dir), mode,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         users.append(User(proc))
         return users[-1]
 
@@ -154,8 +180,10 @@ async def spawn(data_dir: Path) -> AsyncIterator[Spawn]:
             await user.proc.wait()
 
 
-async def test_start_connect_and_stop(data_dir: Path) -> None:
-    """With no URLs, both servers start in the data dir, answer on unix sockets, and stop on exit."""
+async def test_start_connect_and_stop(fresh_data_dir: Path) -> None:
+    """With no URLs, both servers start in a new data dir (initdb included), answer on unix sockets, and
+    stop on exit."""
+    data_dir = fresh_data_dir
     async with embedded.services(None, None, data_dir, start=True) as urls:
         assert urls.embedded_postgres and urls.embedded_redis
         assert urls.database_url == f"postgresql://postgres@/postgres?host={data_dir}/postgres&port=5432"
@@ -192,8 +220,9 @@ async def test_users_share_servers_and_last_one_stops_them(data_dir: Path, spawn
     await eventually(lambda: not any(running(pid) for pid in pids), "the last user's exit stops both")
 
 
-async def test_concurrent_starts_share_one_server(data_dir: Path, spawn: Spawn) -> None:
-    """Two processes starting at once in a fresh data dir end up on one server pair (the flock holds)."""
+async def test_concurrent_starts_share_one_server(fresh_data_dir: Path, spawn: Spawn) -> None:
+    """Two processes starting at once in a new data dir end up on one server pair (the flock holds)."""
+    data_dir = fresh_data_dir
     users = [await spawn("start") for _ in range(2)]
     reports = [await user.line() for user in users]
     assert reports[0]["identity"] is not None and reports[0] == reports[1]
@@ -204,9 +233,10 @@ async def test_concurrent_starts_share_one_server(data_dir: Path, spawn: Spawn) 
     await eventually(lambda: not any(running(pid) for pid in pids), "both servers stop")
 
 
-async def test_reuse_only_without_server_fails_clearly(data_dir: Path) -> None:
+async def test_reuse_only_without_server_fails_clearly(fresh_data_dir: Path) -> None:
     """``start=False`` with nothing running raises ServiceUnavailableError naming the data dir and the
     fixes, and starts nothing."""
+    data_dir = fresh_data_dir
     with pytest.raises(ServiceUnavailableError) as err:
         async with embedded.services(None, None, data_dir, start=False):
             pass
@@ -220,8 +250,9 @@ async def test_reuse_only_without_server_fails_clearly(data_dir: Path) -> None:
     assert server_pids(data_dir) == (None, None) and not (data_dir / "postgres").exists()
 
 
-async def test_configured_urls_bypass_embedding(data_dir: Path) -> None:
+async def test_configured_urls_bypass_embedding(fresh_data_dir: Path) -> None:
     """Configured URLs are yielded as given and start nothing; one configured URL embeds only the other."""
+    data_dir = fresh_data_dir
     db, rd = "postgresql://u@db.invalid:5432/x", "redis://cache.invalid:6379/0"
     async with embedded.services(db, rd, data_dir, start=True) as urls:
         assert urls == embedded.ServiceUrls(db, rd, embedded_postgres=False, embedded_redis=False)
@@ -289,9 +320,10 @@ async def test_stop_all_stops_servers_in_use(data_dir: Path) -> None:
             pass
 
 
-async def test_long_data_dir_puts_sockets_in_tmp(scratch: Path) -> None:
+async def test_long_data_dir_puts_sockets_in_tmp(scratch: Path, initialized_cluster: Path) -> None:
     """A data dir too deep for unix socket paths gets its sockets under the temp dir, and works."""
     data_dir = scratch / ("deep" * 20) / "data"
+    await asyncio.to_thread(seed, data_dir, initialized_cluster)
     try:
         async with embedded.services(None, None, data_dir, start=True) as urls:
             assert f"host={data_dir}" not in urls.database_url and "batcher-pg-" in urls.database_url
@@ -304,8 +336,9 @@ async def test_long_data_dir_puts_sockets_in_tmp(scratch: Path) -> None:
     assert not any(path.exists() for path in sockets), "the temp socket dirs outlived their servers"
 
 
-async def test_cancelled_start_leaves_no_user_behind(data_dir: Path) -> None:
+async def test_cancelled_start_leaves_no_user_behind(fresh_data_dir: Path) -> None:
     """A task cancelled while its servers are starting still unregisters, so the servers stop."""
+    data_dir = fresh_data_dir
     task = asyncio.create_task(embedded.services(None, None, data_dir, start=True).__aenter__())
     await eventually(lambda: (data_dir / "postgres.lock").exists(), "the start is under way")
     task.cancel()
