@@ -96,7 +96,6 @@ FROM unnest($1::bigint[], $2::text[]) AS u (id, reason) WHERE d.id = u.id
 
 MAX_REASONS = 5
 MAX_REASON_CHARS = 2000
-_UNIQUE_VIOLATION = "23505"
 _DATA_ERROR_CLASSES = ("22", "23")
 # asyncpg encodes COPY rows client-side: a value it cannot encode raises one of these, not a PostgresError.
 _CLIENT_DATA_ERRORS = (OverflowError, ValueError, TypeError)
