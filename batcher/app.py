@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,11 +18,12 @@ from typing import Any
 import structlog
 
 from batcher import embedded, store
-from batcher.errors import ConfigError
+from batcher.errors import ConfigError, SchemaTooNewError
 from batcher.handler import Handler
 from batcher.jobs import JobSpec, parse_jobs, sync_jobs
 from batcher.logs import configure_logging
 from batcher.models import Services
+from batcher.recovery import count_live_workers
 from batcher.registry import load_registry
 from batcher.settings import Settings, load_settings, systemd_environment
 from batcher.systemd import Notifier
@@ -70,7 +72,8 @@ async def open_services(config: Config, *, start_embedded: bool, migrate: bool =
         if http:
             from batcher.http import HttpRuntime
 
-            services.http = HttpRuntime(s.rate_limits, urls.redis_url)
+            services.http = HttpRuntime(s.rate_limits, urls.redis_url,
+                                        live_workers=functools.partial(count_live_workers, pool))
             await services.http.start()
             stack.push_async_callback(services.http.close)
         stack.push_async_callback(_close_redis, services)
@@ -87,7 +90,7 @@ async def _check_schema(pool: Any) -> None:
         version = await store.schema_version(conn)
     newest = store.code_schema_version()
     if version > newest:
-        raise store.SchemaTooNewError(f"the database schema is version {version}, newer than this batcher "
+        raise SchemaTooNewError(f"the database schema is version {version}, newer than this batcher "
                                       f"(knows up to {newest})")
     if version < newest:
         raise ConfigError(f"the database schema is version {version}; run `batcher migrate` first")
@@ -123,17 +126,11 @@ async def run_daemon(config: Config) -> int:
     async with contextlib.AsyncExitStack() as stack:
         services = await stack.enter_async_context(open_services(config, start_embedded=True, sync=True,
                                                                  http=True))
-        scheduler: Scheduler | None = None
         worker = Worker(services.database_url, services.pool, lease_seconds=s.daemon.lease_seconds,
-                        queues=s.daemon.queues, on_wakeup=lambda: scheduler and scheduler.wakeup(),
-                        on_cancel=lambda rid, why: scheduler and scheduler.cancel_run(rid, why),
-                        on_lost=lambda: scheduler and scheduler.fence_all(),
-                        active_runs=lambda: list(scheduler.running) if scheduler else [])
+                        queues=s.daemon.queues)
+        scheduler = Scheduler(services, worker)
         await worker.start()
         stack.push_async_callback(worker.stop)
-        if services.http is not None:
-            services.http.live_workers = worker.live_workers
-        scheduler = Scheduler(services, worker)
         await scheduler.start()
         await _start_api(stack, services, scheduler)
         watchdog = asyncio.create_task(_watchdog(notifier, scheduler)) if notifier.watchdog_interval else None

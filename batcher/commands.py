@@ -28,7 +28,7 @@ def jsonable(row: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in row.items():
         if isinstance(value, datetime):
             out[key] = value.isoformat()
-        elif value is not None and not isinstance(value, (str, int, float, bool, list, dict)):
+        elif value is not None and not isinstance(value, str | int | float | bool | list | dict):
             out[key] = str(value)
         else:
             out[key] = value

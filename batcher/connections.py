@@ -38,7 +38,7 @@ def redis_client(url: str, *, socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
     )
 
 
-async def redis_health(url: str, timeout: float = 2.0) -> tuple[bool, str]:  # noqa: ASYNC109
+async def redis_health(url: str, timeout: float = 2.0) -> tuple[bool, str]:
     """``(True, "ok")`` when ``PING`` answers within ``timeout`` seconds, else ``(False, reason)``."""
     client = redis_client(url, socket_timeout=timeout, max_connections=1)
     try:

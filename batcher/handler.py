@@ -10,6 +10,7 @@ columns (``ingested_at``…) are set by the sink, never by the handler.
 from __future__ import annotations
 
 import asyncio
+import builtins
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -161,7 +162,7 @@ class Handler(ABC):
 
     type: ClassVar[str]
     display_name: ClassVar[str]
-    Params: ClassVar[type[HandlerParams]]
+    Params: ClassVar[builtins.type[HandlerParams]]
     streams: ClassVar[tuple[Stream, ...]]
     default_interval_minutes: ClassVar[int | None] = 60
     default_cron: ClassVar[str | None] = None

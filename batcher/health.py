@@ -20,7 +20,7 @@ async def _postgres(url: str) -> dict[str, Any]:
             version = await conn.fetchval("SHOW server_version")
         finally:
             await conn.close()
-    except (BatcherError, *store.DB_ERRORS) as exc:
+    except store.DB_OR_CONNECT_ERRORS as exc:
         return {"ok": False, "reason": str(exc)}
     return {"ok": True, "reason": f"PostgreSQL {version}"}
 

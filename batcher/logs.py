@@ -181,7 +181,7 @@ def send_to_run_log(logger: WrappedLogger, method_name: str, event_dict: EventDi
     token = _sink_busy.set(True)  # a sink that logs must not recurse into itself
     try:
         sink(str(event_dict.get("level", method_name)), str(event_dict.get("event", "")), fields)
-    except Exception as exc:  # a broken sink must never break the code that logs
+    except Exception as exc:  # noqa: BLE001 - a broken sink must never break the code that logs
         _report_sink_failure(exc)
     finally:
         _sink_busy.reset(token)

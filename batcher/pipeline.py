@@ -76,7 +76,7 @@ class Prefetcher:
                 self._queue.append((batch, size))
                 self._queued_bytes += size
                 self._ready.set()
-        except Exception as exc:  # the handler failed: handed to the consumer after the batches before it
+        except Exception as exc:  # noqa: BLE001 - the handler failed: handed to the consumer after the batches before it
             self._error = exc
         except asyncio.CancelledError as exc:
             self._error = exc

@@ -29,6 +29,7 @@ Every wait watches the run's ``cancelled`` event and raises :class:`RunCancelled
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -192,6 +193,28 @@ async def wait_or_cancel(delay_s: float, cancelled: asyncio.Event) -> None:
     raise RunCancelledError("cancelled")
 
 
+async def _lock_or_cancel(lock: asyncio.Lock, cancelled: asyncio.Event) -> None:
+    """Acquire ``lock``, or raise :class:`RunCancelledError` (not holding it) once ``cancelled`` is set."""
+    if cancelled.is_set():
+        raise RunCancelledError("cancelled")
+    acquiring = asyncio.ensure_future(lock.acquire())
+    waiter = asyncio.ensure_future(cancelled.wait())
+    try:
+        await asyncio.wait((acquiring, waiter), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        if not acquiring.done():
+            acquiring.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await acquiring
+    acquired = not acquiring.cancelled() and acquiring.exception() is None
+    if acquired and not cancelled.is_set():
+        return
+    if acquired:
+        lock.release()
+    raise RunCancelledError("cancelled")
+
+
 def _keys(namespace: str) -> tuple[str, str]:
     return f"batcher:rl:{{{namespace}}}:tat", f"batcher:rl:{{{namespace}}}:paused_until"
 
@@ -217,6 +240,7 @@ class RateLimiter:
         self._degraded = False
         self._next_probe = 0.0
         self._share = 1
+        self._gates: dict[str, asyncio.Lock] = {}
 
     @property
     def degraded(self) -> bool:
@@ -234,20 +258,32 @@ class RateLimiter:
             await self._degrade(exc)
 
     async def acquire(self, namespace: str, cancelled: asyncio.Event) -> Admission:
-        """Wait until ``namespace`` may send one request; the returned admission says when."""
+        """Wait until ``namespace`` may send one request; the returned admission says when.
+
+        Within a process one task per namespace at a time asks for a slot (the others queue on a
+        lock), so Redis sees one contender per process instead of a thundering herd of tasks.
+        """
         started = time.monotonic()
         match = limit_for(namespace, self.limits)
-        while True:
-            if cancelled.is_set():
-                raise RunCancelledError("cancelled")
-            admitted, wait_us, at_us, shared = await self._attempt(namespace, match)
-            delay = wait_us / 1e6 if admitted else min(wait_us / 1e6, self._max_sleep_s)
-            await wait_or_cancel(delay, cancelled)
-            if admitted:
-                waited = time.monotonic() - started
-                if match is not None:
-                    metrics.RATELIMIT_WAIT.labels(metrics.namespace_label(namespace)).observe(waited)
-                return Admission(at_us=at_us, waited_s=waited, shared=shared)
+        gate = self._gates.setdefault(namespace, asyncio.Lock()) if match is not None else None
+        if gate is not None:
+            await _lock_or_cancel(gate, cancelled)
+        try:
+            while True:
+                if cancelled.is_set():
+                    raise RunCancelledError("cancelled")
+                admitted, wait_us, at_us, shared = await self._attempt(namespace, match)
+                if admitted:
+                    break
+                await wait_or_cancel(min(wait_us / 1e6, self._max_sleep_s), cancelled)
+        finally:
+            if gate is not None:
+                gate.release()
+        await wait_or_cancel(wait_us / 1e6, cancelled)
+        waited = time.monotonic() - started
+        if match is not None:
+            metrics.RATELIMIT_WAIT.labels(metrics.namespace_label(namespace)).observe(waited)
+        return Admission(at_us=at_us, waited_s=waited, shared=shared)
 
     async def pause(self, namespace: str, delay_s: float) -> None:
         """Hold every process's requests in ``namespace`` for ``delay_s`` s (only ever extends)."""
@@ -319,6 +355,6 @@ class RateLimiter:
             return 1
         try:
             return max(1, int(await self._live_workers()))
-        except Exception as exc:  # any failure keeps the previous share
+        except Exception as exc:  # noqa: BLE001 - any failure keeps the previous share
             self._log.warning("live_workers_unknown", error=f"{type(exc).__name__}: {exc}"[:200])
             return max(1, self._share)

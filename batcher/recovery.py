@@ -43,5 +43,10 @@ async def reap_abandoned(pool: Any) -> int:
     return len(rows)
 
 
+async def count_live_workers(pool: Any) -> int:
+    """Workers whose liveness lock is held (at least 1: this process)."""
+    return max(int(await pool.fetchval(Q["live_workers"], LOCK_CLASS) or 0), 1)
+
+
 async def prune_workers(pool: Any, older_than_seconds: float) -> None:
     await pool.execute(Q["prune_dead_workers"], LOCK_CLASS, older_than_seconds)

@@ -69,7 +69,7 @@ async def claim_foreground_run(services: Services, worker: Worker, job_name: str
                 pass
             else:
                 if running is not None:
-                    await abandon_run(conn, running, queue_retry=False)
+                    await abandon_run(conn, dict(running), queue_retry=False)
                     previous = running
                 else:
                     previous = await _resumable_chain(conn, job_name, params)
@@ -115,23 +115,40 @@ async def run_foreground(services: Services, config: Config, job: str, *, job_na
                          wait: bool, handle_signals: bool = True) -> dict[str, Any]:
     """Run one run of JOB here and now; returns the summary. SIGTERM/SIGINT cancel it at once."""
     name = await ensure_job(services, config, job, job_name, params, literal_secrets)
-    execution: RunExecution | None = None
     worker = Worker(services.database_url, services.pool, lease_seconds=services.settings.daemon.lease_seconds,
-                    queues=None, kind="run-job",
-                    on_cancel=lambda _rid, why: execution and execution.request_cancel(why),
-                    on_lost=lambda: execution and execution.request_cancel("lease_lost"),
-                    active_runs=lambda: [execution.run["id"]] if execution else [])
+                    queues=None, kind="run-job")
     await worker.start()
     try:
         run = await claim_foreground_run(services, worker, name, params, wait=wait)
         execution = RunExecution(services, run, lease_seconds=worker.lease_seconds,
                                  literal_secrets=literal_secrets, queue_retries=False)
+        worker.owner = _ForegroundOwner(execution)
         task = asyncio.create_task(execution.execute())
         if handle_signals:
             _cancel_on_signals(task, execution)
         return await task
     finally:
         await worker.stop()
+
+
+class _ForegroundOwner:
+    """The worker's owner for a run-job: one execution, no scheduling loop."""
+
+    def __init__(self, execution: RunExecution) -> None:
+        self.execution = execution
+
+    def wakeup(self) -> None:
+        pass
+
+    def cancel_run(self, run_id: int, reason: str) -> None:
+        if run_id == self.execution.run["id"]:
+            self.execution.request_cancel(reason)
+
+    def fence_all(self) -> None:
+        self.execution.request_cancel("lease_lost")
+
+    def active_runs(self) -> list[int]:
+        return [int(self.execution.run["id"])]
 
 
 def _cancel_on_signals(task: asyncio.Task[Any], execution: RunExecution) -> None:

@@ -20,6 +20,8 @@ from batcher.store import Q
 if TYPE_CHECKING:
     import asyncpg
 
+    from batcher.store import Conn
+
 MAX_ERRORS = 20
 
 
@@ -53,7 +55,7 @@ class RunWriter:
         wanted = {s.name: scope_key(s, self._root) for s in handler.streams}
         return {r["stream"]: r["cursor"] for r in rows if wanted.get(r["stream"]) == r["scope_key"]}
 
-    async def _fence(self, conn: asyncpg.Connection, *, final: bool = False) -> None:
+    async def _fence(self, conn: Conn, *, final: bool = False) -> None:
         row = await conn.fetchrow(Q["fence"], self._id, self._token, self._lease)
         if row is None:
             raise LeaseLostError(f"run {self._id} is no longer ours")
@@ -88,11 +90,12 @@ class RunWriter:
 
     def _take_errors(self, reasons: list[str]) -> list[str]:
         room = MAX_ERRORS - len(self._errors)
-        fresh = [r for r in reasons if r not in self._errors][: max(room, 0)]
+        clean = [r.replace("\x00", "\\u0000") for r in reasons]  # jsonb cannot hold NUL
+        fresh = [r for r in clean if r not in self._errors][: max(room, 0)]
         self._errors.extend(fresh)
         return fresh
 
-    async def _flush_logs(self, conn: asyncpg.Connection) -> None:
+    async def _flush_logs(self, conn: Conn) -> None:
         entries = self._state.take_logs()
         if entries:
             await conn.execute(Q["insert_run_logs"], self._id, [e[0] for e in entries],
@@ -116,7 +119,7 @@ class RunWriter:
             outcome.status, outcome.reason = "lost", "lease_lost"
             return dict(await self._pool.fetchrow(Q["get_run"], self._id) or self._run)
 
-    async def _record_final(self, conn: asyncpg.Connection, outcome: RunOutcome) -> Mapping[str, Any]:
+    async def _record_final(self, conn: Conn, outcome: RunOutcome) -> Mapping[str, Any]:
         calls, ingress = self._state.take_counters()
         errors = self._take_errors(outcome.errors)
         result = {"logs_dropped": max(self._state.logs_total - len(self._state.logs), 0)} \
@@ -134,7 +137,7 @@ class RunWriter:
         return dict(row) if row else dict(self._run)
 
     @staticmethod
-    async def queue_retry(conn: asyncpg.Connection, run: Mapping[str, Any], *, delay: float, attempt: int,
+    async def queue_retry(conn: Conn, run: Mapping[str, Any], *, delay: float, attempt: int,
                           abandons: int | None = None) -> int:
         """A retry is a new row: same root (so the same run-scoped checkpoints), retry_of the old one."""
         root = int(run["root_run_id"] or run["id"])

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.combining import OrTrigger
@@ -144,7 +144,7 @@ class Schedule:
             candidate = trigger.get_next_fire_time(None, cursor + _ONE_US)
             if candidate is None:
                 return None
-            candidate = candidate.astimezone(UTC)
+            candidate = cast(datetime, candidate).astimezone(UTC)
             if candidate <= after or candidate <= cursor:
                 cursor = cursor + timedelta(hours=1)  # APScheduler 3.11 can return a past fold time
                 continue

@@ -11,6 +11,7 @@ boundary, and 5 s later cancel them (their final commit is shielded).
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from datetime import UTC
 from typing import Any
@@ -49,6 +50,10 @@ class Scheduler:
         self._stopped = asyncio.Event()
         self._aps = AsyncIOScheduler(timezone=UTC)
         self._last_prune = 0.0
+        worker.owner = self
+
+    def active_runs(self) -> list[int]:
+        return list(self.running)
 
     def wakeup(self) -> None:
         self._wake.set()
@@ -109,7 +114,7 @@ class Scheduler:
         execution = RunExecution(self.services, run, lease_seconds=self.lease)
         task = asyncio.create_task(execution.execute(), name=f"run {run['id']} {run['job_name']}")
         self.running[run["id"]] = (task, execution)
-        task.add_done_callback(lambda t, rid=run["id"]: self._done(rid, t))
+        task.add_done_callback(functools.partial(self._done, run["id"]))
 
     def _done(self, run_id: int, task: asyncio.Task[dict[str, Any]]) -> None:
         self.running.pop(run_id, None)

@@ -124,8 +124,7 @@ class Settings(BaseSettings):
     log: LogSettings = LogSettings()
     rate_limits: dict[str, RateLimitSettings] = Field(default_factory=dict)
     jobs: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    config_path: Path | None = None  # the TOML file actually read (None: none)
-    job_env_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    config_path: Path | None = None  # the TOML file actually read (None: none); set by load_settings only
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings],
@@ -186,6 +185,8 @@ def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _check_env_only(data: Mapping[str, Any], path: Path) -> None:
+    if "config_path" in data:
+        raise ConfigError("unknown key", file=str(path), key="config_path")
     for section, key in ENV_ONLY:
         if isinstance(data.get(section), Mapping) and key in data[section]:
             raise ConfigError(f"{section}.{key} may only be set in the environment "
@@ -214,7 +215,7 @@ def load_settings(environ: Mapping[str, str] | None = None, config_path: Path | 
     try:
         return Settings(**merged)
     except ValidationError as exc:
-        raise _config_error_from(exc, path) from None
+        raise _config_error_from(exc, path, env_data, env) from None
 
 
 #: The usage aggregation's original environment names (issue 9): aliases for keys of every
@@ -259,9 +260,20 @@ def _usage_env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-def _config_error_from(exc: ValidationError, path: Path) -> ConfigError:
+def _env_name_for(loc: list[str], env_data: Mapping[str, Any], env: Mapping[str, str]) -> str | None:
+    """The environment variable that supplied the value at ``loc``, if one did."""
+    if len(loc) < 2 or loc[1] not in env_data.get(loc[0], {}):
+        return None
+    return next((n for n in ENV_NAMES.get((loc[0], loc[1]), ()) if env.get(n, "").strip()), None)
+
+
+def _config_error_from(exc: ValidationError, path: Path, env_data: Mapping[str, Any],
+                       env: Mapping[str, str]) -> ConfigError:
     err = exc.errors()[0]
     loc = [str(p) for p in err["loc"]]
+    env_name = _env_name_for(loc, env_data, env)
+    if env_name is not None:
+        return ConfigError(f"{err['msg']} (from the environment)", file=env_name, key=".".join(loc))
     job = loc[1] if len(loc) > 1 and loc[0] == "jobs" else None
     key = ".".join(loc[2:] if job else loc) or None
     if err["type"] == "extra_forbidden":

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from batcher.errors import SchemaTooNewError, ServiceUnavailableError
 
@@ -32,7 +33,7 @@ def _load_queries(path: Path) -> dict[str, str]:
     queries: dict[str, str] = {}
     name: str | None = None
     lines: list[str] = []
-    for line in path.read_text().splitlines() + ["-- name: __end__"]:
+    for line in [*path.read_text().splitlines(), "-- name: __end__"]:
         if line.startswith("-- name:"):
             if name is not None:
                 queries[name] = "\n".join(lines).strip().rstrip(";")
@@ -102,7 +103,7 @@ def _pending_migrations(current: int) -> list[tuple[int, str, str]]:
     return out
 
 
-async def migrate(conn: asyncpg.Connection) -> list[str]:
+async def migrate(conn: Conn) -> list[str]:
     """Apply schema.sql (version 1) and the missing numbered migrations, under an advisory xact lock.
 
     Safe to run concurrently from many processes. Refuses a database newer than the code.
@@ -129,13 +130,13 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
     return applied
 
 
-async def schema_version(conn: asyncpg.Connection) -> int:
+async def schema_version(conn: Conn) -> int:
     exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
     return int(await conn.fetchval(Q["schema_version"]) or 0) if exists else 0
 
 
 @asynccontextmanager
-async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+async def transaction(pool: asyncpg.Pool) -> AsyncIterator[Conn]:
     """Acquire a pooled connection and open a transaction on it."""
     async with pool.acquire() as conn, conn.transaction():
         yield conn
@@ -148,3 +149,7 @@ DB_UNAVAILABLE: tuple[type[BaseException], ...] = (
 #: Any database error.
 DB_ERRORS: tuple[type[BaseException], ...] = (*DB_UNAVAILABLE, asyncpg.PostgresError)
 UniqueViolation = asyncpg.UniqueViolationError
+#: Database errors plus "cannot connect" (what a reconnect loop waits out).
+DB_OR_CONNECT_ERRORS: tuple[type[BaseException], ...] = (*DB_ERRORS, ServiceUnavailableError)
+#: A connection of our own or one borrowed from the pool: both run queries the same way.
+Conn = asyncpg.Connection | PoolConnectionProxy

@@ -20,13 +20,12 @@ import secrets
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from typing import Protocol
 
 import asyncpg
 import structlog
 
 from batcher import __version__, store
-from batcher.errors import ServiceUnavailableError
 from batcher.store import Q
 
 LOCK_CLASS = 0x42415443  # "BATC": advisory-lock namespace of worker liveness locks
@@ -34,25 +33,49 @@ WAKEUP_CHANNEL = "batcher_wakeup"
 log = structlog.get_logger("batcher.worker")
 
 
+class WorkerOwner(Protocol):
+    """What a worker reports to: the scheduler of a daemon, or a foreground run-job."""
+
+    def wakeup(self) -> None:
+        """A NOTIFY arrived or the connection came back: run a (catch-up) tick now."""
+
+    def cancel_run(self, run_id: int, reason: str) -> None:
+        """A cancel request for a run this process executes."""
+
+    def fence_all(self) -> None:
+        """Leases could not be renewed for a whole lease: stop every handler."""
+
+    def active_runs(self) -> list[int]:
+        """Ids of the runs this process is executing (only their leases are renewed)."""
+
+
+class _NoOwner:
+    def wakeup(self) -> None:
+        pass
+
+    def cancel_run(self, run_id: int, reason: str) -> None:
+        pass
+
+    def fence_all(self) -> None:
+        pass
+
+    def active_runs(self) -> list[int]:
+        return []
+
+
 class Worker:
     """A worker's identity and liveness. ``start()`` before claiming; ``stop()`` after runs ended."""
 
     def __init__(self, database_url: str, pool: asyncpg.Pool, *, lease_seconds: float,
-                 queues: tuple[str, ...] | None, on_wakeup: Callable[[], None] | None = None,
-                 on_cancel: Callable[[int, str], None] | None = None,
-                 on_lost: Callable[[], None] | None = None, kind: str = "daemon",
-                 active_runs: Callable[[], list[int]] | None = None) -> None:
+                 queues: tuple[str, ...] | None, kind: str = "daemon") -> None:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.lock_key = 0
         self._url = database_url
         self._pool = pool
         self.lease_seconds = lease_seconds
         self._queues = queues
-        self._on_wakeup = on_wakeup or (lambda: None)
-        self._on_cancel = on_cancel or (lambda run_id, reason: None)
-        self._on_lost = on_lost or (lambda: None)
+        self.owner: WorkerOwner = _NoOwner()
         self._kind = kind
-        self._active_runs = active_runs or (lambda: [])
         self._conn: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self._broken = asyncio.Event()
@@ -92,10 +115,10 @@ class Worker:
         self._conn = conn
         self._broken.clear()
 
-    def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        if payload.startswith("cancel:") and payload[7:].isdigit():
-            self._on_cancel(int(payload[7:]), "cancelled")
-        self._on_wakeup()
+    def _notified(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        if isinstance(payload, str) and payload.startswith("cancel:") and payload[7:].isdigit():
+            self.owner.cancel_run(int(payload[7:]), "cancelled")
+        self.owner.wakeup()
 
     @property
     def holds_lock(self) -> bool:
@@ -114,7 +137,7 @@ class Worker:
                 pass
             try:
                 await self.beat()
-            except (*store.DB_ERRORS, ServiceUnavailableError) as exc:
+            except store.DB_OR_CONNECT_ERRORS as exc:
                 log.warning("heartbeat_failed", error=f"{type(exc).__name__}: {exc}")
                 await self._reconnect()
                 if not self.holds_lock:
@@ -122,7 +145,7 @@ class Worker:
             if time.monotonic() - self.last_renewed > self.lease_seconds and not self.fenced:
                 self.fenced = True
                 log.error("worker_self_fenced", worker_id=self.worker_id)
-                self._on_lost()
+                self.owner.fence_all()
 
     async def beat(self) -> None:
         """One heartbeat: check the lock connection, renew leases, report cancel requests."""
@@ -131,10 +154,10 @@ class Worker:
         await asyncio.wait_for(self._conn.fetchval("SELECT 1"), self.lease_seconds / 3)
         async with self._pool.acquire() as conn:
             await conn.execute(Q["heartbeat_worker"], self.worker_id)
-            rows = await conn.fetch(Q["renew_leases"], self.worker_id, self.lease_seconds, self._active_runs())
+            rows = await conn.fetch(Q["renew_leases"], self.worker_id, self.lease_seconds, self.owner.active_runs())
         for row in rows:
             if row["cancel_requested"]:
-                self._on_cancel(row["id"], row["cancel_requested"])
+                self.owner.cancel_run(row["id"], row["cancel_requested"])
         self.last_renewed = time.monotonic()
         self.fenced = False
 
@@ -144,11 +167,9 @@ class Worker:
             self._conn = None
         try:
             await self._connect()
-        except (*store.DB_ERRORS, ServiceUnavailableError) as exc:
+        except store.DB_OR_CONNECT_ERRORS as exc:
             log.warning("worker_reconnect_failed", error=f"{type(exc).__name__}: {exc}")
             return
         log.info("worker_reconnected", worker_id=self.worker_id)
-        self._on_wakeup()
+        self.owner.wakeup()
 
-    async def live_workers(self) -> int:
-        return int(await self._pool.fetchval(Q["live_workers"], LOCK_CLASS) or 1)

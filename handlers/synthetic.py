@@ -31,13 +31,17 @@ from batcher import (
     TransientError,
 )
 
-_COLUMNS = dict(table="synthetic_records", key_columns=("scope_key", "seq"),
-                value_columns=("value", "amount", "attrs"), bookkeeping_columns=("ingested_at",),
-                json_columns=("attrs",))
+_COLUMNS: dict[str, Any] = dict(table="synthetic_records", key_columns=("scope_key", "seq"),
+                                value_columns=("value", "amount", "attrs"),
+                                bookkeeping_columns=("ingested_at",), json_columns=("attrs",))
 
 
 def _stream(scope: Literal["job", "run"], conflict: ConflictPolicy) -> Stream:
-    return Stream(name=f"{scope}_{conflict}", scope=scope, conflict=conflict, **_COLUMNS)  # type: ignore[arg-type]
+    return Stream(name=f"{scope}_{conflict}", scope=scope, conflict=conflict, **_COLUMNS)
+
+
+_SCOPES: tuple[Literal["run", "job"], ...] = ("run", "job")
+_CONFLICTS: tuple[ConflictPolicy, ...] = ("ignore", "update_if_changed", "update")
 
 
 class SyntheticParams(HandlerParams):
@@ -69,11 +73,11 @@ class SyntheticHandler(Handler):
     type = "synthetic"
     display_name = "Synthetic records"
     Params = SyntheticParams
-    streams = tuple(_stream(s, c) for s in ("run", "job") for c in ("ignore", "update_if_changed", "update"))
+    streams = tuple(_stream(s, c) for s in _SCOPES for c in _CONFLICTS)
     default_interval_minutes = 5
     accepts_windows = True
 
-    async def run(self, ctx: RunContext, params: Any) -> AsyncIterator[Batch]:  # type: ignore[override]
+    async def run(self, ctx: RunContext, params: Any) -> AsyncIterator[Batch]:
         p: SyntheticParams = params
         stream = f"{p.scope}_{p.conflict}"
         scope_key = str(ctx.root_run_id) if p.scope == "run" else ctx.job_name

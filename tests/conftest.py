@@ -91,6 +91,11 @@ async def db(pool: asyncpg.Pool) -> asyncpg.Pool:
     return pool
 
 
+_RENEW_IF_OURS = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
+                  "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0")
+_DELETE_IF_OURS = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+
 class _RedisDbLock:
     """Holds the lock on one Redis db number (1–9) and renews it from a thread until released."""
 
@@ -123,16 +128,14 @@ class _RedisDbLock:
         while not self._stop.wait(REDIS_LOCK_MS / 3000):
             assert self.client is not None
             try:
-                if self.client.get(REDIS_LOCK_KEY) == self.token.encode():
-                    self.client.pexpire(REDIS_LOCK_KEY, REDIS_LOCK_MS)
+                self.client.eval(_RENEW_IF_OURS, 1, REDIS_LOCK_KEY, self.token, REDIS_LOCK_MS)
             except redis.RedisError:
                 pass
 
     def release(self) -> None:
         self._stop.set()
         if self.client is not None:
-            if self.client.get(REDIS_LOCK_KEY) == self.token.encode():
-                self.client.delete(REDIS_LOCK_KEY)
+            self.client.eval(_DELETE_IF_OURS, 1, REDIS_LOCK_KEY, self.token)
             self.client.close()
 
 

@@ -4,6 +4,7 @@ two runs whose [started_at, finished_at) overlap — while schedules keep firing
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 from collections import defaultdict
@@ -76,6 +77,6 @@ def _assert_no_overlap(runs: list[dict[str, Any]]) -> None:
             by_job[r["job_name"]].append(r)
     for job, items in by_job.items():
         items.sort(key=lambda r: r["started_at"])
-        for a, b in zip(items, items[1:], strict=False):
+        for a, b in itertools.pairwise(items):
             assert a["finished_at"] is not None and a["finished_at"] <= b["started_at"], \
                 f"{job}: run {a['id']} [{a['started_at']}, {a['finished_at']}) overlaps run {b['id']}"
