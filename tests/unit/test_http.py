@@ -226,3 +226,25 @@ async def test_non_json_body_is_an_invalid_response(runtime: HttpRuntime) -> Non
         m.get(URL, status=200, body=b"<html>maintenance</html>")
         with pytest.raises(InvalidResponseError):
             await c.get_json(URL)
+
+
+async def test_prometheus_counters_use_a_bounded_namespace_label(runtime: HttpRuntime) -> None:
+    """API calls, ingress bytes and 429s are counted per namespace, labelled by "provider:endpoint:"
+    only, so credential discriminators never become label values."""
+    from prometheus_client import REGISTRY
+
+    def sample(name: str) -> float:
+        return REGISTRY.get_sample_value(name, {"namespace": "metrics:test:"}) or 0.0
+
+    before = [sample(n) for n in ("batcher_http_api_calls_total", "batcher_http_ingress_bytes_total",
+                                  "batcher_http_rate_limited_total")]
+    c, _ = client(runtime, "metrics:test:account-1234")
+    with aioresponses() as m:
+        m.get(URL, status=429, headers={"Retry-After": "0"})
+        m.get(URL, status=200, body=b"[1, 2, 3]")
+        assert await c.get_json(URL) == [1, 2, 3]
+    after = [sample(n) for n in ("batcher_http_api_calls_total", "batcher_http_ingress_bytes_total",
+                                 "batcher_http_rate_limited_total")]
+    assert [a - b for a, b in zip(after, before, strict=True)] == [2, len(b"[1, 2, 3]"), 1]  # the 429 had no body
+    assert REGISTRY.get_sample_value("batcher_http_api_calls_total",
+                                     {"namespace": "metrics:test:account-1234"}) is None

@@ -143,3 +143,15 @@ async def test_unlimited_namespace_makes_no_redis_round_trip() -> None:
     lim = RateLimiter({"limited:": rl(max_in_interval=1)}, ExplodingRedis())
     admissions = [await lim.acquire("free:api:", asyncio.Event()) for _ in range(100)]
     assert all(not a.shared and a.waited_s < 0.05 for a in admissions)
+
+
+async def test_redis_health_reports_ok_and_failure_without_password(redis_url: str) -> None:
+    """redis_health answers (True, "ok") for our Redis, and (False, reason) within the timeout for a
+    closed port, never echoing the URL's password."""
+    from batcher.connections import redis_health
+
+    assert await redis_health(redis_url, 2.0) == (True, "ok")
+    started = time.monotonic()
+    ok, reason = await redis_health("redis://:hunter2-secret@127.0.0.1:1/0", 0.5)
+    assert not ok and reason and "hunter2-secret" not in reason
+    assert time.monotonic() - started < 2
