@@ -7,7 +7,9 @@ idempotent ``dead_letters`` insert and the JSON payload encoding of dead letters
 - fast path: ``COPY`` straight into the target table inside a savepoint; on a key conflict the savepoint
   is rolled back and the rows are upserted with the stream's conflict policy: ``COPY`` into a reused
   session temp table, then ``INSERT … SELECT … ON CONFLICT`` (measured 15–30 % faster than ``INSERT …
-  SELECT FROM unnest($1::type[], …)`` on 5,000-row batches; ``bench/sink.py`` prints both);
+  SELECT FROM unnest($1::type[], …)`` on 5,000-row batches; ``bench/sink.py`` prints both). After a
+  conflict the next few writes to that table go straight to the upsert (a replay conflicts every batch);
+  ``update_if_changed`` filters out unchanged rows before ``ON CONFLICT``, which would lock each one;
 - a row the database rejects for its data (SQLSTATE classes 22 and 23, or a value asyncpg cannot
   encode) does not fail the batch: the batch is bisected in savepoints and each offending row becomes a
   dead letter (origin ``database``) carrying the database's message.
@@ -15,6 +17,7 @@ idempotent ``dead_letters`` insert and the JSON payload encoding of dead letters
 Bookkeeping columns (``ingested_at``…) are never sent: they MUST have ``DEFAULT now()`` so ``COPY`` and
 the insert path fill them; the update policies set them to ``now()`` when (and only when) a row changes.
 Value columns must have an equality operator (``jsonb``, not ``json``) for ``update_if_changed``.
+Deferred constraints are checked at the caller's COMMIT, outside the savepoints: they cannot be isolated.
 
 The SQL constants below belong in ``queries.sql``; they live here until the lead moves them.
 """
