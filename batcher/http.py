@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import aiohttp
+from pydantic import ValidationError
 
 from batcher import metrics
 from batcher.connections import redis_client
@@ -42,6 +43,7 @@ from batcher.responses import (
     HttpResponse,
     InvalidResponseError,
     decode_body,
+    describe_validation_error,
     parse_retry_delay,
     safe_url,
     validate_envelope,
@@ -166,6 +168,9 @@ class NamespaceClient:
         """Run the caller's check of a response; an invalid one is a failed attempt (backoff or raise)."""
         try:
             accept(response)
+        except ValidationError as exc:  # a ValueError: say where, never echo the (record) values
+            await self._failed(state, method, url, f"invalid response: {describe_validation_error(exc)}")
+            return False
         except (InvalidResponseError, ValueError) as exc:
             await self._failed(state, method, url, f"invalid response: {exc}")
             return False

@@ -248,3 +248,24 @@ async def test_prometheus_counters_use_a_bounded_namespace_label(runtime: HttpRu
     assert [a - b for a, b in zip(after, before, strict=True)] == [2, len(b"[1, 2, 3]"), 1]  # the 429 had no body
     assert REGISTRY.get_sample_value("batcher_http_api_calls_total",
                                      {"namespace": "metrics:test:account-1234"}) is None
+
+
+async def test_get_json_validate_refetches_an_invalid_envelope(runtime: HttpRuntime) -> None:
+    """get_json(validate=…): an envelope that fails validation is fetched again like a 5xx; the error
+    after the last attempt names the field but not the offending values."""
+    from pydantic import BaseModel
+
+    class Page(BaseModel):
+        results: list[int]
+
+    c, counters = client(runtime, "test:three:")
+    with aioresponses() as m:
+        m.get(URL, status=200, payload={"results": "oops"})
+        m.get(URL, status=200, payload={"results": [1]})
+        assert (await c.get_json(URL, validate=Page.model_validate)).results == [1]
+    assert counters.api_calls == 2
+    with aioresponses() as m:
+        m.get(URL_RE, status=200, payload={"results": "private-value"}, repeat=True)
+        with pytest.raises(HttpClientError) as info:
+            await c.get_json(URL, validate=Page.model_validate)
+    assert "results" in str(info.value) and "private-value" not in str(info.value)
