@@ -109,3 +109,20 @@ def test_invalid_envelope_names_what_is_wrong() -> None:
 def test_safe_url_drops_query_and_credentials() -> None:
     """URLs in logs and errors carry neither the query string nor user info."""
     assert safe_url("https://u:p@api.x.test:8443/a/b?key=secret#f") == "https://api.x.test:8443/a/b"
+
+
+def test_safe_excerpt_masks_credentials_and_stays_short() -> None:
+    """Body excerpts mask Authorization values, bearer tokens, token-like JSON and form fields,
+    secret query parameters and registered secrets, and are cut to the limit on one line."""
+    from batcher.logs import register_secret
+    from batcher.oauth import safe_excerpt
+
+    register_secret("registered-secret-value-42")
+    body = ('{"error": "denied", "access_token": "at-123456", "client_secret": "cs-9"}\n'
+            "Authorization: Bearer abcdefghijklmnop refresh_token=rt-777&x=1 "
+            "https://h.test/p?api_key=k-555 registered-secret-value-42")
+    text = safe_excerpt(body, limit=400)
+    for leaked in ("at-123456", "cs-9", "abcdefghijklmnop", "rt-777", "k-555", "registered-secret-value-42"):
+        assert leaked not in text
+    assert "denied" in text and "\n" not in text
+    assert len(safe_excerpt("x" * 1000, limit=50)) == 51  # 50 characters and an ellipsis
