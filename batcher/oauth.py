@@ -32,8 +32,8 @@ _SECRET_JSON_VALUE = re.compile(
     r'(?P<head>"(?:access_token|refresh_token|id_token|client_secret|password|api_key|apikey|token|secret)"'
     r'\s*:\s*")[^"]*(?P<tail>")', re.IGNORECASE)
 _SECRET_FORM_VALUE = re.compile(
-    r"(?P<head>\b(?:access_token|refresh_token|id_token|client_secret|password|authorization)\s*[=:]\s*(?:(?:Bearer|Basic)\s+)?)"
-    r"[^&\s,;\"']+", re.IGNORECASE)
+    r"(?P<head>\b(?:access_token|refresh_token|id_token|client_secret|password|authorization)"
+    r"\s*[=:]\s*(?:(?:Bearer|Basic)\s+)?)[^&\s,;\"']+", re.IGNORECASE)
 
 
 def safe_excerpt(body: bytes | str, limit: int = 200) -> str:
