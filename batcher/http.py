@@ -113,19 +113,22 @@ class NamespaceClient:
 
     async def get_json(self, url: str, *, params: Mapping[str, str] | None = None,
                        headers: Mapping[str, str] | None = None,
-                       validate: Callable[[Any], Any] | None = None) -> Any:
+                       validate: Callable[[Any], Any] | None = None, raw_body: bool = False) -> Any:
         """GET ``url`` and parse the JSON body.
 
         With ``validate``, the parsed body goes through it and its result is returned. A body that is not
         JSON, or a ``ValueError`` (pydantic's ``ValidationError`` is one) or :class:`InvalidResponseError`
         raised by ``validate``, is an invalid response: fetched again under the namespace's attempt budget
-        and backoff, like a 5xx, then :class:`HttpClientError` naming what was wrong.
+        and backoff, like a 5xx, then :class:`HttpClientError` naming what was wrong. With ``raw_body``,
+        ``validate`` gets the (decompressed) body bytes instead and parses them itself (for handlers that
+        scan the raw text, e.g. for escapes that cannot be stored).
         """
         if validate is None:
             return (await self.request("GET", url, params=params, headers=headers)).json()
         checked: list[Any] = []
         await self.request("GET", url, params=params, headers=headers,
-                           accept=lambda response: checked.append(validate(response.json())))
+                           accept=lambda response: checked.append(
+                               validate(response.body if raw_body else response.json())))
         return checked[-1]
 
     async def request_json(self, method: str, url: str, *, idempotent: bool = False,
