@@ -83,8 +83,20 @@ def validate_params(handler: type[Handler], params: Mapping[str, Any], *, job: s
     except ValidationError as exc:
         err = exc.errors()[0]
         key = "params." + ".".join(str(p) for p in err["loc"]) if err["loc"] else "params"
-        reason = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        reason = "unknown key" if err["type"] == "extra_forbidden" else _reason(err["msg"])
         raise ConfigError(reason, file=file, job=job, key=key) from None
+
+
+def _reason(msg: str) -> str:
+    """pydantic's message without its "Value error, " prefix (our validators' own sentences)."""
+    return msg.removeprefix("Value error, ")
+
+
+def _entry_rule_key(entry: Mapping[str, Any]) -> str | None:
+    """The key a whole-entry rule of JobSpec refers to (pydantic gives those errors no location)."""
+    if entry.get("depends_on"):
+        return "depends_on"
+    return "cron" if "cron" in entry else None
 
 
 def parse_job(name: str, entry: Mapping[str, Any], registry: Mapping[str, type[Handler]],
@@ -94,8 +106,8 @@ def parse_job(name: str, entry: Mapping[str, Any], registry: Mapping[str, type[H
         spec = JobSpec.model_validate(dict(entry))
     except ValidationError as exc:
         err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"]) or None
-        reason = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        key = ".".join(str(p) for p in err["loc"]) or _entry_rule_key(entry)
+        reason = "unknown key" if err["type"] == "extra_forbidden" else _reason(err["msg"])
         raise ConfigError(reason, file=file, job=name, key=key) from None
     if spec.type not in registry:
         known = ", ".join(sorted(registry))

@@ -54,6 +54,11 @@ CASES = [
          "ingest", "timezone", "unknown timezone 'Mars/Olympus'"),
     Case("unknown-type", '[jobs.ingest]\ntype = "no-such-handler"\ninterval_minutes = 5\n', "ingest", "type",
          "unknown job type 'no-such-handler'"),
+    Case("interval-and-cron", JOB_HEAD + 'cron = "0 3 * * *"\n', "ingest", "cron",
+         "set either interval_minutes or cron, not both"),
+    Case("schedule-and-depends-on", JOB_HEAD + '[jobs.after]\ntype = "synthetic"\ninterval_minutes = 5\n'
+         'depends_on = ["ingest"]\n', "after", "depends_on", "no schedule of its own"),
+    Case("bad-overlap", JOB_HEAD + 'overlap = "never"\n', "ingest", "overlap", "'skip' or 'queue_one'"),
     Case("dependency-cycle",
          JOB_HEAD + '[jobs.a]\ntype = "synthetic"\ndepends_on = ["b"]\n'
          '[jobs.b]\ntype = "synthetic"\ndepends_on = ["a"]\n', None, "depends_on", "dependency cycle"),
@@ -70,6 +75,8 @@ CASES = [
          "greater than or equal to 0"),
     Case("params-unknown", JOB_HEAD + "[jobs.ingest.params]\nrecordz = 10\n", "ingest", "params.recordz",
          "unknown key"),
+    Case("params-model-rule", JOB_HEAD + '[jobs.ingest.params]\nstart = "2026-01-05"\nend = "2026-01-01"\n',
+         "ingest", "params", "end is before start"),
     Case("params-wrong-type", JOB_HEAD + '[jobs.ingest.params]\nbatch_size = "many"\n', "ingest",
          "params.batch_size", "integer"),
 ]
@@ -113,6 +120,27 @@ def test_bad_file_stops_start_up_with_exit_2(case: Case, tmp_path: Path, monkeyp
         assert f"key {case.key!r}" in message, message
     assert case.reason in message, message
     assert not (tmp_path / "data").exists(), "an embedded server was started for a bad file"
+
+
+def test_bad_file_starts_no_embedded_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """With no database/Redis URL (the embedded default), a bad file still exits 2 before any embedded
+    server is started: the data dir is not even created."""
+    for name in ("BATCHER_DATABASE_URL", "DATABASE_URL", "BATCHER_REDIS_URL", "REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    data_dir = tmp_path / "data"
+    monkeypatch.setenv("BATCHER_DATA_DIR", str(data_dir))
+
+    async def daemon_must_not_start(config: Any) -> int:
+        raise AssertionError("the configuration was accepted and the daemon was about to start")
+
+    monkeypatch.setattr(clicommands, "run_daemon", daemon_must_not_start)
+    path = tmp_path / "batcher.toml"
+    path.write_text(JOB_HEAD + "[jobs.ingest.params]\nrecords = -1\n")
+    monkeypatch.setenv("BATCHER_CONFIG", str(path))
+    assert main(["run"]) == 2
+    assert "params.records" in capsys.readouterr().err
+    assert not data_dir.exists()
 
 
 @pytest.mark.usefixtures("services_env")
