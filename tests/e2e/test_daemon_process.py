@@ -74,13 +74,13 @@ class Daemon:
             time.sleep(0.05)
         raise AssertionError(f"no {name} event within {timeout} s:\n{self.tail()}")
 
-    def terminate_and_wait(self, timeout: float) -> int:
+    def terminate_and_wait(self, timeout: float, sig: int = signal.SIGTERM) -> int:
         started = time.monotonic()
-        self.popen.send_signal(signal.SIGTERM)
+        self.popen.send_signal(sig)
         try:
             code = self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"daemon still running {timeout} s after SIGTERM:\n{self.tail()}") from None
+            raise AssertionError(f"daemon still running {timeout} s after {sig}:\n{self.tail()}") from None
         self.stop_seconds = time.monotonic() - started
         return code
 
@@ -138,11 +138,12 @@ def fetch(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
     return asyncio.run(go())
 
 
-def test_daemon_on_external_services(tmp_path: Path, database_url: str, redis_url: str,
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_daemon_on_external_services(sig: int, tmp_path: Path, database_url: str, redis_url: str,
                                      start_daemon: Callable[[dict[str, str], Path], Daemon]) -> None:
     """With BATCHER_DATABASE_URL/BATCHER_REDIS_URL set: daemon_ready, the file's synthetic job runs to
-    `succeeded` (its 25 records written), SIGTERM → exit 0 within a few seconds with daemon_stopped, and
-    no embedded server was set up in the data dir."""
+    `succeeded` (its 25 records written), SIGTERM (or SIGINT) → exit 0 within a few seconds with
+    daemon_stopped, and no embedded server was set up in the data dir."""
     fetch(database_url, "TRUNCATE run_logs, dead_letters, checkpoints, batch_runs, batch_config, workers, "
                         "synthetic_records RESTART IDENTITY CASCADE")
     data_dir = tmp_path / "data"
@@ -162,8 +163,8 @@ def test_daemon_on_external_services(tmp_path: Path, database_url: str, redis_ur
     failed = fetch(database_url, "SELECT id, status, reason FROM batch_runs WHERE status = 'failed'")
     assert not failed, failed
 
-    assert daemon.terminate_and_wait(10) == 0, daemon.tail()
-    assert daemon.stop_seconds < 5, f"SIGTERM → exit took {daemon.stop_seconds:.1f} s"
+    assert daemon.terminate_and_wait(10, sig) == 0, daemon.tail()
+    assert daemon.stop_seconds < 5, f"signal → exit took {daemon.stop_seconds:.1f} s"
     names = [e.get("event") for e in daemon.events()]
     assert "daemon_stopped" in names, daemon.tail()
     assert names.index("daemon_ready") < names.index("daemon_stopped")
@@ -231,6 +232,7 @@ def test_daemon_on_embedded_servers(tmp_path: Path, embedded_data_dir: Path,
     poll(succeeded, 20, "a succeeded run of proc-synthetic on embedded PostgreSQL")
 
     assert daemon.terminate_and_wait(15) == 0, daemon.tail()
+    assert daemon.stop_seconds < 8, f"SIGTERM → exit took {daemon.stop_seconds:.1f} s"
     names = [e.get("event") for e in daemon.events()]
     assert "daemon_stopped" in names, daemon.tail()
     poll(lambda: not _alive(pg["pid"]) and not _alive(rd["pid"]), 15, "embedded servers stopped")
