@@ -135,8 +135,8 @@ class Gcra:
     @classmethod
     def from_settings(cls, s: RateLimitSettings, share: int = 1) -> Gcra:
         """Parameters for ``1/share`` of the allowance (``share`` > 1 in degraded mode)."""
-        emission_ms = max(s.interval_ms / s.max_in_interval, float(s.min_spacing_ms))
-        emission = round(emission_ms * 1000) * max(1, share)
+        per_slot = -(-s.interval_ms * 1000 // s.max_in_interval)  # rounded up: never one too many
+        emission = max(per_slot, s.min_spacing_ms * 1000) * max(1, share)
         return cls(emission_us=emission, tolerance_us=(s.burst - 1) * emission)
 
 

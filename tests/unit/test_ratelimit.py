@@ -35,6 +35,8 @@ def test_emission_interval_and_tolerance() -> None:
     assert Gcra.from_settings(spaced).emission_us == 80_000
     assert Gcra.from_settings(rl(interval_ms=1000, max_in_interval=4, burst=3)) == Gcra(250_000, 500_000)
     assert Gcra.from_settings(rl(interval_ms=1000, max_in_interval=20), share=3).emission_us == 150_000
+    # 1000 ms / 3 is rounded up: a 4th admission 3·T later falls outside the 1 s window
+    assert Gcra.from_settings(rl(interval_ms=1000, max_in_interval=3)).emission_us == 333_334
 
 
 def test_longest_prefix_wins_and_toml_overrides_defaults() -> None:
