@@ -179,6 +179,26 @@ def test_health_reports_a_service_down(name: str, url: str, down: str, monkeypat
     assert elapsed < 8, f"health took {elapsed:.1f} s"
 
 
+@pytest.mark.usefixtures("env")
+def test_health_checks_mongodb_when_configured(monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """With a MongoDB URI configured (here an unreachable one), health reports ``mongodb`` down with a
+    reason next to the ok PostgreSQL and Redis, and exits 1 within a few seconds."""
+    monkeypatch.setenv("BATCHER_MONGODB_URI", "mongodb://127.0.0.1:1/batcher")
+    started = time.monotonic()
+    try:
+        code = main(["health"])
+    except ImportError as exc:
+        raise AssertionError(
+            "BUG batcher/health.py _mongo: imports `mongo_health` from batcher.sinks, which does not define "
+            f"it, so `batcher health` with MongoDB configured crashes with a traceback: {exc}") from None
+    report = json_lines(capsys.readouterr().out)[-1]
+    assert code == 1, report
+    assert report["mongodb"]["ok"] is False and report["mongodb"]["reason"], report
+    assert report["postgres"]["ok"] and report["redis"]["ok"], report
+    assert time.monotonic() - started < 10
+
+
 def test_health_does_not_start_embedded_servers(env: Path, monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """With no URLs and no embedded server running, health reports both down (exit 1) and starts none."""
