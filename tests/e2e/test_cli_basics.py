@@ -128,6 +128,9 @@ def test_the_documented_commands_exist() -> None:
     (["checkpoints", "erase"], "invalid choice: 'erase'"),
     (["dead-letters", "list", "--limit", "-1"], "expected a positive integer"),
     (["run", "extra"], "unrecognized arguments: extra"),
+    (["runs", "show"], "runs show needs a RUN_ID"),
+    (["jobs", "--next", "3"], "--next needs a JOB"),
+    (["checkpoints", "reset", "some-job"], "add --yes to confirm"),
 ])
 @pytest.mark.usefixtures("env")
 def test_usage_errors_exit_2_with_one_line(argv: list[str], fragment: str,
