@@ -4,13 +4,15 @@ grants — and a search of every captured log line and error for the tokens, whi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import pytest
+import structlog
 from aiohttp import web
 from structlog.testing import capture_logs
 
@@ -183,15 +185,12 @@ async def test_no_token_or_secret_in_any_log_or_error(fake: tuple[FakeProvider, 
     message or its chain contains a token, the refresh token or the client secret."""
     provider, base = fake
     stream = io.StringIO()
-    logs.configure_logging("json", "debug", stream=stream)
     errors: list[BaseException] = []
-    try:
+    with _logging_to(stream):
         with capture_logs() as raw_events:
             await _exercise(provider, base, runtime, errors)
         logging.getLogger("aiohttp.client").debug("stdlib line for the bridge check")
         await _exercise(provider, base, runtime, errors)
-    finally:
-        logs.reset_logging()
     secrets = [*provider.issued, CLIENT_SECRET, REFRESH_TOKEN]
     assert len(provider.issued) >= 4 and len(errors) >= 6
     texts = [repr(raw_events), stream.getvalue()]
@@ -203,6 +202,27 @@ async def test_no_token_or_secret_in_any_log_or_error(fake: tuple[FakeProvider, 
     for secret in secrets:
         assert not any(secret in text for text in texts), "a secret leaked"
     assert "http_unauthorized_refreshing" in stream.getvalue()
+
+
+@contextlib.contextmanager
+def _logging_to(stream: io.StringIO) -> Iterator[None]:
+    """Route all logging (structlog and stdlib, debug and up) to ``stream`` as JSON, then put the
+    session's logging configuration back exactly as it was."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    libraries = {name: logging.getLogger(name).level for name in ("apscheduler", "aiohttp", "asyncpg",
+                                                                   "pymongo", "redis")}
+    config = structlog.get_config()
+    logs.configure_logging("json", "debug", stream=stream)
+    try:
+        yield
+    finally:
+        logs.reset_logging()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        for name, lib_level in libraries.items():
+            logging.getLogger(name).setLevel(lib_level)
+        structlog.configure(**config)
 
 
 async def _exercise(provider: FakeProvider, base: str, runtime: HttpRuntime,
