@@ -38,7 +38,9 @@ interval_minutes = 60
 [jobs.proc-synthetic.params]
 records = 25
 batch_size = 10
+token_env = "PROC_SYNTHETIC_TOKEN"
 """
+SECRET = "tok-3f9a-never-persisted"
 
 
 class Daemon:
@@ -117,6 +119,19 @@ def base_env(tmp_path: Path, data_dir: Path, config_text: str) -> dict[str, str]
     return env
 
 
+def run_of(url: str, daemon: Daemon) -> Callable[[], list[asyncpg.Record]]:
+    """A poll check: the succeeded run of the test job; fails at once if the daemon died or the run
+    ended otherwise."""
+    def check() -> list[asyncpg.Record]:
+        assert daemon.popen.poll() is None, f"daemon died:\n{daemon.tail()}"
+        rows = fetch(url, "SELECT id, status, reason, records, errors FROM batch_runs "
+                          "WHERE job_name = 'proc-synthetic' AND status IN ('succeeded', 'failed')")
+        assert all(r["status"] == "succeeded" for r in rows), [dict(r) for r in rows]
+        return rows
+
+    return check
+
+
 def poll(check: Callable[[], Any], timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -148,26 +163,28 @@ def test_daemon_on_external_services(sig: int, tmp_path: Path, database_url: str
                         "synthetic_records RESTART IDENTITY CASCADE")
     data_dir = tmp_path / "data"
     env = base_env(tmp_path, data_dir, JOB_TOML)
-    env.update({"BATCHER_DATABASE_URL": database_url, "BATCHER_REDIS_URL": redis_url})
+    env.update({"BATCHER_DATABASE_URL": database_url, "BATCHER_REDIS_URL": redis_url,
+                "PROC_SYNTHETIC_TOKEN": SECRET})
     daemon = start_daemon(env, tmp_path / "daemon.log")
     ready = daemon.wait_event("daemon_ready", 20)
     assert ready["jobs"] == 1
 
-    def succeeded() -> list[asyncpg.Record]:
-        assert daemon.popen.poll() is None, f"daemon died:\n{daemon.tail()}"
-        return fetch(database_url, "SELECT id, status, records FROM batch_runs "
-                                   "WHERE job_name = 'proc-synthetic' AND status = 'succeeded'")
-
-    rows = poll(succeeded, 20, "a succeeded run of proc-synthetic")
+    rows = poll(run_of(database_url, daemon), 20, "a succeeded run of proc-synthetic")
     assert rows[0]["records"] == 25
     failed = fetch(database_url, "SELECT id, status, reason FROM batch_runs WHERE status = 'failed'")
     assert not failed, failed
+    persisted = fetch(database_url, "SELECT (SELECT string_agg(c::text, ' ') FROM batch_config c) || "
+                                    "(SELECT string_agg(r::text, ' ') FROM batch_runs r) || "
+                                    "coalesce((SELECT string_agg(l::text, ' ') FROM run_logs l), '') AS t")
+    assert "PROC_SYNTHETIC_TOKEN" in persisted[0]["t"], "the secret is persisted as its reference"
+    assert SECRET not in persisted[0]["t"], "the secret's value was persisted"
 
     assert daemon.terminate_and_wait(10, sig) == 0, daemon.tail()
     assert daemon.stop_seconds < 5, f"signal → exit took {daemon.stop_seconds:.1f} s"
     names = [e.get("event") for e in daemon.events()]
     assert "daemon_stopped" in names, daemon.tail()
     assert names.index("daemon_ready") < names.index("daemon_stopped")
+    assert SECRET not in daemon.log_path.read_text(), "the secret's value was logged"
     assert not any(str(n).startswith("embedded_") for n in names), names
     for trace in ("postgres", "redis", "postgres.users", "redis.users"):
         assert not (data_dir / trace).exists(), f"embedded {trace} set up despite the configured URLs"
@@ -217,6 +234,7 @@ def test_daemon_on_embedded_servers(tmp_path: Path, embedded_data_dir: Path,
     dir (logged), reaches daemon_ready, runs its job, and on SIGTERM exits 0 with daemon_stopped — and
     both embedded servers are stopped afterwards (no process left using the data dir)."""
     env = base_env(tmp_path, embedded_data_dir, JOB_TOML)
+    env["PROC_SYNTHETIC_TOKEN"] = SECRET
     daemon = start_daemon(env, tmp_path / "daemon.log")
     pg = daemon.wait_event("embedded_postgres_started", 45)
     rd = daemon.wait_event("embedded_redis_started", 20)
@@ -224,12 +242,7 @@ def test_daemon_on_embedded_servers(tmp_path: Path, embedded_data_dir: Path,
     assert (embedded_data_dir / "postgres" / "PG_VERSION").exists()
     assert _alive(pg["pid"]) and _alive(rd["pid"])
 
-    def succeeded() -> list[asyncpg.Record]:
-        assert daemon.popen.poll() is None, f"daemon died:\n{daemon.tail()}"
-        return fetch(pg["url"], "SELECT id FROM batch_runs WHERE job_name = 'proc-synthetic' "
-                                "AND status = 'succeeded'")
-
-    poll(succeeded, 20, "a succeeded run of proc-synthetic on embedded PostgreSQL")
+    poll(run_of(pg["url"], daemon), 20, "a succeeded run of proc-synthetic on embedded PostgreSQL")
 
     assert daemon.terminate_and_wait(15) == 0, daemon.tail()
     assert daemon.stop_seconds < 8, f"SIGTERM → exit took {daemon.stop_seconds:.1f} s"
