@@ -245,3 +245,18 @@ async def test_after_a_conflict_new_rows_still_go_in(items: asyncpg.Pool, strate
     assert sinks._upsert_first["sink_items"] == 0
     async with items.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM sink_items") == 10 * (sinks.UPSERT_FIRST_BATCHES + 3)
+
+
+
+async def test_non_data_database_errors_propagate(items: asyncpg.Pool) -> None:
+    """A lock timeout (SQLSTATE 55P03) during the COPY is not about the rows: it propagates, no bisection,
+    no dead letters."""
+    async with items.acquire() as holder, holder.transaction():
+        await holder.execute("LOCK TABLE sink_items IN ACCESS EXCLUSIVE MODE")
+        async with items.acquire() as conn:
+            with pytest.raises(asyncpg.LockNotAvailableError):
+                async with conn.transaction():
+                    await conn.execute("SET LOCAL lock_timeout = '50ms'")
+                    await sinks.write_batch(conn, item_stream("ignore"),
+                                            Batch(stream="x", records=rows(0, 10)), job_name="job", run_id=7)
+    assert await dead_letters(items) == [] and await snapshot(items) == []
