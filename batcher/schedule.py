@@ -17,6 +17,7 @@ are absolute (every N minutes of real time from the job's anchor).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -32,6 +33,7 @@ _DOW_NAMES = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
 _APS_DOW = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]  # APScheduler accepts these names
 _ONE_US = timedelta(microseconds=1)
 CRON_WALK_CAP = 10_000
+_DST_MARGIN = timedelta(hours=3)  # more than any DST shift
 
 
 def parse_timezone(name: str) -> ZoneInfo:
@@ -125,6 +127,15 @@ class Schedule:
     timezone: str
     anchor: datetime
 
+    @functools.cached_property
+    def _wall_trigger(self) -> Any:
+        assert self.cron is not None
+        return cron_trigger(self.cron, "UTC")
+
+    @functools.cached_property
+    def _trigger(self) -> Any:
+        return self.trigger()
+
     def trigger(self) -> Any:
         if self.interval_minutes is not None:
             return IntervalTrigger(minutes=self.interval_minutes, start_date=self.anchor, timezone=UTC)
@@ -136,30 +147,53 @@ class Schedule:
         return self.cron is not None and parse_crontab(self.cron).fixed_hours
 
     def next_after(self, after: datetime, last_fire: datetime | None = None) -> datetime | None:
-        """The first occurrence strictly after ``after`` (UTC), applying the DST wall-clock rule."""
-        trigger = self.trigger()
-        tz = parse_timezone(self.timezone)
+        """The first occurrence strictly after ``after`` (UTC).
+
+        ``last_fire`` is accepted for callers that know it; the DST rule does not need it: a fixed-hour cron
+        job maps each wall time to exactly one instant (see :meth:`_next_wall_clock`).
+        """
+        if self.wall_clock:
+            return self._next_wall_clock(after)
+        trigger = self._trigger
         cursor = after
         for _ in range(48):
             candidate = trigger.get_next_fire_time(None, cursor + _ONE_US)
             if candidate is None:
                 return None
             candidate = cast(datetime, candidate).astimezone(UTC)
-            if candidate <= after or candidate <= cursor:
-                cursor = cursor + timedelta(hours=1)  # APScheduler 3.11 can return a past fold time
-                continue
-            if (self.wall_clock and last_fire is not None
-                    and _wall(candidate, tz) == _wall(last_fire, tz)):
-                cursor = candidate
-                continue
-            return candidate
+            if candidate > after:
+                return candidate
+            cursor = cursor + timedelta(hours=1)  # APScheduler 3.11 can return a past fold time
         return None
+
+    def _next_wall_clock(self, after: datetime) -> datetime | None:
+        """Fixed-hour cron jobs run once per wall-clock time: each wall time W maps to one instant — the
+        first when W repeats (autumn), W shifted by the gap when W does not exist (spring). Wall times are
+        enumerated from a few hours before ``after``'s and the earliest instant after ``after`` wins (in a
+        spring gap a shifted 02:45 lands after 03:00, so instants are not in wall-time order)."""
+        assert self.cron is not None
+        tz = parse_timezone(self.timezone)
+        walls = self._wall_trigger  # wall times, computed as if they were UTC
+        wall = _wall(after, tz).replace(tzinfo=UTC) - _DST_MARGIN
+        best: datetime | None = None
+        for _ in range(CRON_WALK_CAP):
+            nxt = walls.get_next_fire_time(None, wall + _ONE_US)
+            if nxt is None:
+                break
+            wall = cast(datetime, nxt)
+            if best is not None and wall > _wall(best, tz).replace(tzinfo=UTC) + _DST_MARGIN:
+                break
+            instant = wall.replace(tzinfo=None).replace(tzinfo=tz, fold=0).astimezone(UTC)
+            if instant > after and (best is None or instant < best):
+                best = instant
+        return best
 
     def occurrences_until(self, first: datetime, now: datetime) -> Occurrences:
         """The occurrences in [first, now]; ``first`` is itself an occurrence and ``first <= now``.
 
         Interval schedules are counted arithmetically; cron schedules are walked with a cap of
-        CRON_WALK_CAP (``capped`` True means "at least" the count).
+        CRON_WALK_CAP (``capped`` True means "at least" the count; the latest is then found by walking
+        widening windows back from ``now``).
         """
         if self.interval_minutes is not None:
             step = timedelta(minutes=self.interval_minutes)
@@ -168,11 +202,26 @@ class Schedule:
             return Occurrences(n + 1, latest, latest - step if n else None, False)
         count, latest, prev = 1, first, None
         while count < CRON_WALK_CAP:
-            nxt = self.next_after(latest, latest)
+            nxt = self.next_after(latest)
             if nxt is None or nxt > now:
                 return Occurrences(count, latest, prev, False)
             prev, latest, count = latest, nxt, count + 1
+        latest, prev = self._latest_before(now, first)
         return Occurrences(count, latest, prev, True)
+
+    def _latest_before(self, now: datetime, floor: datetime) -> tuple[datetime, datetime | None]:
+        """The last occurrence <= now (and the one before it), searching windows of growing width."""
+        for days in (1, 8, 32, 367, 3700):
+            start = max(now - timedelta(days=days), floor)
+            latest, prev, at = None, None, start
+            for _ in range(CRON_WALK_CAP):
+                nxt = self.next_after(at)
+                if nxt is None or nxt > now:
+                    break
+                prev, latest, at = latest, nxt, nxt
+            if latest is not None:
+                return latest, prev
+        return floor, None
 
 
 @dataclass(frozen=True)

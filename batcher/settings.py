@@ -125,6 +125,7 @@ class Settings(BaseSettings):
     rate_limits: dict[str, RateLimitSettings] = Field(default_factory=dict)
     jobs: dict[str, dict[str, Any]] = Field(default_factory=dict)
     config_path: Path | None = None  # the TOML file actually read (None: none); set by load_settings only
+    job_env_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)  # set by load_settings only
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings],
@@ -185,8 +186,9 @@ def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _check_env_only(data: Mapping[str, Any], path: Path) -> None:
-    if "config_path" in data:
-        raise ConfigError("unknown key", file=str(path), key="config_path")
+    for key in ("config_path", "job_env_overrides"):
+        if key in data:
+            raise ConfigError("unknown key", file=str(path), key=key)
     for section, key in ENV_ONLY:
         if isinstance(data.get(section), Mapping) and key in data[section]:
             raise ConfigError(f"{section}.{key} may only be set in the environment "

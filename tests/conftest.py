@@ -43,6 +43,19 @@ def _logging() -> None:
     configure_logging("console", "info")
 
 
+@pytest.fixture(autouse=True)
+def _keep_event_loop() -> Iterator[None]:
+    """A sync test that calls ``asyncio.run`` (the CLI does) unsets the thread's event loop when it ends;
+    put the session loop back so the async tests after it still find it."""
+    try:
+        loop: asyncio.AbstractEventLoop | None = asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        loop = None
+    yield
+    if loop is not None and not loop.is_closed():
+        asyncio.set_event_loop(loop)
+
+
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     """A throw-away, migrated PostgreSQL database for this test session."""

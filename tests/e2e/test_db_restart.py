@@ -4,7 +4,9 @@ interrupted run finishes through retries with exact rows."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +20,13 @@ from tests.e2e.procs import Proc, batcher_env, write_config
 
 
 @pytest.fixture
-def pg_dir(tmp_path: Path) -> Iterator[Path]:
-    data = tmp_path / "pg"
+def pg_dir() -> Iterator[Path]:
+    """A data dir outside pytest's tmp tree: pytest makes that 0700 each session, and the embedded server
+    runs as the unprivileged ``pgserver`` user when the tests run as root."""
+    data = Path(tempfile.mkdtemp(prefix="batcher-dbrestart-"))
     yield data
     embedded.stop_all(data)
+    shutil.rmtree(data, ignore_errors=True)
 
 
 async def _poll(url: str, sql: str, timeout: float = 60.0) -> Any:
