@@ -97,8 +97,8 @@ async def _replay_stream(conn: PgConnection, stream: Stream, letters: list[Any],
     async with conn.transaction():
         outcome = await sinks.write_records(conn, stream, [row for _, row in entries]) if entries else None
         poisoned = dict(outcome.poisoned) if outcome else {}
-        failed += [(letter_id, poisoned[i]) for i, (ids, _) in enumerate(entries) if i in poisoned
-                   for letter_id in ids]
+        failed += [(letter_id, sinks.clean_text(poisoned[i])) for i, (ids, _) in enumerate(entries)
+                   if i in poisoned for letter_id in ids]
         resolved = [letter_id for i, (ids, _) in enumerate(entries) if i not in poisoned for letter_id in ids]
         if resolved:
             await conn.execute(sinks.SQL_RESOLVE_DEAD_LETTERS, resolved, run_id)
@@ -130,7 +130,7 @@ def _parse_letters(stream: Stream, columns: Mapping[str, sinks.Column], letters:
             if len(row) != len(stream.columns):
                 raise ValueError(f"parsed {len(row)} values for {len(stream.columns)} columns")
         except ValueError as exc:
-            failed.append((letter["id"], f"replay: {exc}"[: sinks.MAX_REASON_CHARS]))
+            failed.append((letter["id"], sinks.clean_text(f"replay: {exc}")))
             continue
         ids = rows.pop(key_of(row), ([], ()))[0]
         rows[key_of(row)] = ([*ids, letter["id"]], row)

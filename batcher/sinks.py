@@ -114,6 +114,8 @@ class WriteResult:
     written: int
     dead_lettered: int
     reasons: list[str] = field(default_factory=list)
+    #: Rows of this batch the database rejected, whether their dead letter is new or already kept.
+    database_rejected: int = 0
 
 
 @dataclass
@@ -155,7 +157,8 @@ async def write_batch(conn: PgConnection, stream: Stream, batch: Batch, *, job_n
         dead += await write_dead_letters(conn, job_name=job_name, run_id=run_id, stream=stream.name,
                                          items=items, origin="database")
         _collect_reasons(reasons, (r.reason for r in items))
-    return WriteResult(written=outcome.written, dead_lettered=dead, reasons=reasons)
+    return WriteResult(written=outcome.written, dead_lettered=dead, reasons=reasons,
+                       database_rejected=len(outcome.poisoned))
 
 
 def dedupe_by_key(stream: Stream, records: Sequence[Row]) -> Sequence[Row]:
@@ -341,6 +344,7 @@ def _collect_reasons(reasons: list[str], new: Iterable[str]) -> None:
     for reason in new:
         if len(reasons) >= MAX_REASONS:
             return
+        reason = clean_text(reason)
         if reason not in reasons:
             reasons.append(reason)
 
@@ -354,7 +358,7 @@ async def write_dead_letters(conn: PgConnection, *, job_name: str, run_id: int |
     unique: dict[str, tuple[str, str]] = {}
     for item in items:
         payload, digest = encode_payload(item.raw)
-        unique[digest] = (str(item.reason)[:MAX_REASON_CHARS], payload)
+        unique[digest] = (clean_text(str(item.reason)), payload)
     if not unique:
         return 0
     reasons = [r for r, _ in unique.values()]
@@ -362,6 +366,12 @@ async def write_dead_letters(conn: PgConnection, *, job_name: str, run_id: int |
     status = await conn.execute(SQL_INSERT_DEAD_LETTERS, job_name, run_id, stream, origin, reasons,
                                 payloads, list(unique))
     return int(status.rsplit(" ", 1)[1])
+
+
+def clean_text(text: str) -> str:
+    """A reason PostgreSQL text and jsonb can hold: NUL and lone surrogates escaped, length capped."""
+    text = text.replace("\x00", "\\u0000")[:MAX_REASON_CHARS]
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def encode_payload(raw: Any) -> tuple[str, str]:

@@ -164,7 +164,7 @@ async def test_poisoned_rows_are_dead_lettered_and_the_rest_commits(items: async
     assert {d["origin"] for d in letters} == {"database"}
     assert {d["job_name"] for d in letters} == {"job"} and {d["run_id"] for d in letters} == {7}
     assert json.loads(by_key[17]["payload"])["label"] == "nul\x00byte"
-    assert len(result.reasons) == 3
+    assert len(result.reasons) == 3 and result.database_rejected == 3
 
 
 async def test_replaying_a_poisoned_batch_adds_no_duplicate_dead_letter(items: asyncpg.Pool,
@@ -174,7 +174,7 @@ async def test_replaying_a_poisoned_batch_adds_no_duplicate_dead_letter(items: a
     await write(items, stream, Batch(stream=stream.name, records=poisoned_rows()))
     before = await snapshot(items)
     result = await write(items, stream, Batch(stream=stream.name, records=poisoned_rows()))
-    assert (result.written, result.dead_lettered) == (0, 0)
+    assert (result.written, result.dead_lettered, result.database_rejected) == (0, 0, 3)
     assert len(result.reasons) == 3
     assert len(await dead_letters(items)) == 3
     assert await snapshot(items) == before
@@ -260,3 +260,14 @@ async def test_non_data_database_errors_propagate(items: asyncpg.Pool) -> None:
                     await sinks.write_batch(conn, item_stream("ignore"),
                                             Batch(stream="x", records=rows(0, 10)), job_name="job", run_id=7)
     assert await dead_letters(items) == [] and await snapshot(items) == []
+
+
+async def test_reasons_with_nul_and_surrogates_are_kept(items: asyncpg.Pool) -> None:
+    """A handler's reason with a NUL or a lone surrogate is escaped, not a failed batch."""
+    stream = item_stream("ignore")
+    batch = Batch(stream=stream.name, rejected=[Rejected(raw=1, reason="bad \x00 byte"),
+                                                Rejected(raw=2, reason="bad \udcff char")])
+    result = await write(items, stream, batch)
+    assert result.dead_lettered == 2
+    assert result.reasons == ["bad \\u0000 byte", "bad \\udcff char"]
+    assert [d["reason"] for d in await dead_letters(items)] == result.reasons
