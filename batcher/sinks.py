@@ -19,7 +19,8 @@ the insert path fill them; the update policies set them to ``now()`` when (and o
 Value columns must have an equality operator (``jsonb``, not ``json``) for ``update_if_changed``.
 Deferred constraints are checked at the caller's COMMIT, outside the savepoints: they cannot be isolated.
 
-The SQL constants below belong in ``queries.sql``; they live here until the lead moves them.
+The SQL constants below (and those of :mod:`batcher.deadletters`) belong in ``queries.sql``; they live
+here until they are moved there.
 """
 
 from __future__ import annotations
@@ -64,37 +65,6 @@ FROM unnest($5::text[], $6::text[], $7::text[]) AS d (reason, payload, payload_h
 ON CONFLICT (job_name, stream, payload_hash) DO UPDATE
 SET resolved_at = NULL, reason = EXCLUDED.reason, run_id = EXCLUDED.run_id, origin = EXCLUDED.origin
 WHERE dead_letters.resolved_at IS NOT NULL
-"""
-
-#: Dead letters for ``dead-letters list``: newest first, one job or all, unresolved unless asked.
-SQL_LIST_DEAD_LETTERS = """
-SELECT id, job_name, run_id, stream, origin, reason, payload, payload_hash, created_at, resolved_at
-FROM dead_letters
-WHERE ($1::text IS NULL OR job_name = $1) AND ($2::boolean OR resolved_at IS NULL)
-ORDER BY id DESC LIMIT $3
-"""
-
-#: ``dead-letters purge``: a job's dead letters (resolved or not), optionally only those created before $2.
-SQL_PURGE_DEAD_LETTERS = """
-DELETE FROM dead_letters WHERE job_name = $1 AND ($2::timestamptz IS NULL OR created_at < $2)
-"""
-
-#: One page of a job's unresolved dead letters for replay, in id order after the id $2.
-SQL_UNRESOLVED_DEAD_LETTERS = """
-SELECT id, stream, origin, payload FROM dead_letters
-WHERE job_name = $1 AND resolved_at IS NULL AND id > $2
-ORDER BY id LIMIT $3
-"""
-
-#: Mark replayed dead letters resolved (by the replaying run, when there is one).
-SQL_RESOLVE_DEAD_LETTERS = """
-UPDATE dead_letters SET resolved_at = now(), run_id = coalesce($2, run_id) WHERE id = ANY($1::bigint[])
-"""
-
-#: Dead letters that still fail on replay keep their row with the new reason.
-SQL_UPDATE_DEAD_LETTER_REASONS = """
-UPDATE dead_letters AS d SET reason = u.reason, run_id = coalesce($3, d.run_id)
-FROM unnest($1::bigint[], $2::text[]) AS u (id, reason) WHERE d.id = u.id
 """
 
 MAX_REASONS = 5
