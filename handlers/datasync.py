@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -55,6 +56,14 @@ NAMESPACE = "datasync:events:"
 STREAM = "events"
 _TIMESTAMP_SHAPE = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
 _BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
+#: In raw JSON: an escaped NUL or surrogate (a literal prefix: scanned at memchr speed), then, only when
+#: a surrogate escape is present, one that is not half of a pair. A literal ``\\u0000`` in the text
+#: matches too: that only costs a closer look at the page.
+_SUSPECT_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})")
+_UNPAIRED_ESCAPE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])"
+                              rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+PAGES_AHEAD = 2  # pages fetched ahead of validation (the fetch chain never waits for the database)
+CHUNK = 100  # events validated between two yields to the event loop
 
 
 class DataSyncParams(HandlerParams):
@@ -109,6 +118,27 @@ class Page:
     events: list[Any]
     has_more: bool
     next_cursor: str | None
+    suspicious: bool = True  # may hold a NUL or an unpaired surrogate: check every string
+
+
+def parse_body(raw: bytes) -> Page:
+    """The envelope of a raw response body; only a body with suspicious escapes needs a deep check."""
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:  # UnicodeDecodeError is one too
+        raise ValueError(f"the response body is not JSON ({type(exc).__name__})") from None
+    page = parse_page(body)
+    if not _suspect(raw):
+        page = Page(page.events, page.has_more, page.next_cursor, suspicious=False)
+    return page
+
+
+def _suspect(raw: bytes) -> bool:
+    """True when the raw JSON may hold a NUL or an unpaired surrogate."""
+    found = {m.group() for m in _SUSPECT_ESCAPE.finditer(raw)}
+    if not found:
+        return False
+    return b"\\u0000" in found or _UNPAIRED_ESCAPE.search(raw) is not None
 
 
 def parse_page(body: Any) -> Page:
@@ -183,8 +213,11 @@ def _field(raw: dict[str, Any], name: str) -> str:
     return value
 
 
-def event_record(raw: Any) -> tuple[str, str, datetime, Any]:
-    """``(id, type, occurred_at, payload)`` of one event; ``ValueError(reason)`` when it is invalid."""
+def event_record(raw: Any, deep: bool = True) -> tuple[str, str, datetime, Any]:
+    """``(id, type, occurred_at, payload)`` of one event; ``ValueError(reason)`` when it is invalid.
+
+    ``deep=False`` skips the scan of every string for NUL and unpaired surrogates (the raw page had none).
+    """
     if not isinstance(raw, dict):
         raise ValueError(f"the event is {_kind(raw)}, not an object")
     event_id, event_type, stamp = _field(raw, "id"), _field(raw, "type"), _field(raw, "timestamp")
@@ -194,21 +227,18 @@ def event_record(raw: Any) -> tuple[str, str, datetime, Any]:
         occurred_at = parse_timestamp(stamp)
     except ValueError:
         raise ValueError(f"timestamp is not ISO-8601: {stamp[:40]!r}") from None
-    text = repr(raw)  # repr escapes NUL (\x00) and surrogates (\udXXX): a cheap pre-check
-    if "\\x00" in text or "\\ud" in text:
-        problem = _text_problem(raw, "")
-        if problem:
-            raise ValueError(problem)
+    if deep and (problem := _text_problem(raw, "")):
+        raise ValueError(problem)
     return event_id, event_type, occurred_at, raw
 
 
-def validate_events(events: list[Any]) -> tuple[list[tuple[Any, ...]], list[Rejected]]:
+def validate_events(events: list[Any], deep: bool = True) -> tuple[list[tuple[Any, ...]], list[Rejected]]:
     """Each event on its own: the valid ones as records, the others rejected with their reason."""
     records: list[tuple[Any, ...]] = []
     rejected: list[Rejected] = []
     for raw in events:
         try:
-            records.append(event_record(raw))
+            records.append(event_record(raw, deep))
         except ValueError as exc:
             rejected.append(Rejected(raw=raw, reason=f"invalid DataSync event: {exc}"))
     return records, rejected
@@ -216,8 +246,6 @@ def validate_events(events: list[Any]) -> tuple[list[tuple[Any, ...]], list[Reje
 
 def parse_raw_event(text: str) -> tuple[Any, ...]:
     """A dead letter's payload back into a record (``dead-letters replay``)."""
-    import json
-
     return event_record(json.loads(text))
 
 
@@ -241,7 +269,7 @@ def page_fetcher(client: HttpClient, params: DataSyncParams) -> Callable[[str | 
         query = {"limit": limit} if cursor is None else {"limit": limit, "cursor": cursor}
         try:
             page: Page = await client.get_json(url, params=query, headers=headers,  # type: ignore[call-arg]
-                                               validate=parse_page)
+                                               validate=parse_body, raw_body=True)
         except PermanentError as exc:
             status = getattr(exc, "status", None)
             if status in (401, 403):
@@ -264,31 +292,63 @@ class DataSyncHandler(Handler):
 
     async def run(self, ctx: RunContext, params: Any) -> AsyncIterator[Batch]:  # type: ignore[override]
         fetch = page_fetcher(ctx.http(NAMESPACE), params)
-        cursor = stored_cursor(ctx.checkpoint(STREAM))
-        pending = asyncio.ensure_future(fetch(cursor))
         previous_ids: set[str] = set()
         done = 0
-        try:
-            while True:
-                page = await pending
-                if page.has_more:  # the next request goes out now; this page is validated meanwhile
-                    pending = asyncio.ensure_future(fetch(page.next_cursor))
-                records, rejected = validate_events(page.events)
+        async with page_chain(fetch, stored_cursor(ctx.checkpoint(STREAM))) as pages:
+            async for cursor, page in pages:
+                records, rejected = await validate_page(page)
                 fresh = [r for r in records if r[0] not in previous_ids]
                 done += len(fresh) + len(rejected)
                 ctx.report_progress(done=done)
                 yield Batch(stream=STREAM, records=fresh, rejected=rejected, items_checked=len(page.events),
                             checkpoint={"cursor": page.next_cursor if page.has_more else cursor})
-                if not page.has_more:
-                    return
                 previous_ids = {r[0] for r in records}
-                cursor = page.next_cursor
-        finally:
-            await _discard(pending)
 
 
-async def _discard(task: asyncio.Future[Page]) -> None:
-    """Cancel a fetch nobody will read (the run stopped), and collect its outcome."""
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
+async def validate_page(page: Page) -> tuple[list[tuple[Any, ...]], list[Rejected]]:
+    """:func:`validate_events` in chunks, letting the event loop answer the fetch chain in between."""
+    records: list[tuple[Any, ...]] = []
+    rejected: list[Rejected] = []
+    for lo in range(0, len(page.events), CHUNK):
+        good, bad = validate_events(page.events[lo:lo + CHUNK], page.suspicious)
+        records += good
+        rejected += bad
+        await asyncio.sleep(0)
+    return records, rejected
+
+
+@contextlib.asynccontextmanager
+async def page_chain(fetch: Callable[[str | None], Awaitable[Page]], cursor: str | None,
+                     ) -> AsyncIterator[AsyncIterator[tuple[str | None, Page]]]:
+    """Follow the cursor chain in its own task, up to :data:`PAGES_AHEAD` pages ahead of the reader.
+
+    Yields ``(cursor that fetched it, page)`` in order; a fetch error reaches the reader after the pages
+    fetched before it. The task is cancelled when the block ends.
+    """
+    queue: asyncio.Queue[tuple[str | None, Page] | Exception | None] = asyncio.Queue(PAGES_AHEAD)
+
+    async def follow(at: str | None) -> None:
+        try:
+            while True:
+                page = await fetch(at)
+                await queue.put((at, page))
+                if not page.has_more:
+                    break
+                at = page.next_cursor
+            await queue.put(None)
+        except Exception as exc:  # noqa: BLE001 - handed to the reader, raised there
+            await queue.put(exc)
+
+    async def read() -> AsyncIterator[tuple[str | None, Page]]:
+        while (item := await queue.get()) is not None:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+    task = asyncio.create_task(follow(cursor))
+    try:
+        yield read()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task

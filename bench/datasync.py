@@ -1,0 +1,260 @@
+"""DataSync ingestion speed (issue 8): batcher vs the fetch chain's physical limit and the original loop.
+
+Cursor pagination chains the fetches (no page can be requested before the previous answer names its
+cursor), so a client that only fetches and parses is the limit. For each injected latency (default 50 ms
+and 5 ms), with 20,000 events and batch size 500, on the same fake server (its own process):
+
+- (a) fetch-only: request and parse every page, store nothing;
+- (b) the original service's loop, as the baseline: fetch a page → insert its events (``executemany``,
+  ``ON CONFLICT DO NOTHING``) → save the cursor, in one transaction, then the next page;
+- (c) ``batcher run-job datasync`` as a real process: its summary's ``runtime_ms`` (claim → final status).
+
+Printed: the median of ``--repeat`` runs of each, (c)/(a) (goal ≤ 1.1) and (b)/(c).
+
+    .venv/bin/python bench/datasync.py [--events 20000] [--batch 500] [--latency 50,5] [--repeat 3]
+
+Creates and drops its own PostgreSQL database on ``BENCH_DATABASE_URL`` (default
+``postgresql://postgres@127.0.0.1:5432/postgres``) and claims a Redis db among 1–9 on ``BENCH_REDIS_URL``
+(default ``redis://127.0.0.1:6379``) with the tests' lock scheme (``SET lock token NX PX``, flushed
+keeping the lock, renewed while running, released at the end). No rate limits are configured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import asyncpg
+import redis
+
+from batcher import store
+
+REPO = Path(__file__).resolve().parents[1]
+BASE_DB = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+BASE_REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
+LOCK_KEY = "batcher:test-session-lock"
+LOCK_MS = 60_000
+KEY = "bench-key"
+INSERT_SQL = "INSERT INTO events (id, type, occurred_at, payload) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING"
+CHECKPOINT_SQL = """
+INSERT INTO checkpoints (job_name, stream, scope_key, cursor) VALUES ('baseline', 'events', '', $1)
+ON CONFLICT (job_name, stream, scope_key) DO UPDATE SET cursor = EXCLUDED.cursor, updated_at = now()
+"""
+
+
+class RedisDbLock:
+    """A free Redis db among 1–9, claimed with ``SET lock token NX PX`` and renewed until released."""
+
+    def __init__(self, base: str) -> None:
+        self.base, self.token = base.rstrip("/"), uuid.uuid4().hex
+        self.client: redis.Redis | None = None
+        self._stop = threading.Event()
+
+    def acquire(self) -> str:
+        for number in range(1, 10):
+            client = redis.Redis.from_url(self.base, db=number)
+            if client.set(LOCK_KEY, self.token, nx=True, px=LOCK_MS):
+                pipe = client.pipeline(transaction=True)
+                pipe.flushdb()
+                pipe.set(LOCK_KEY, self.token, px=LOCK_MS)
+                pipe.execute()
+                self.client = client
+                threading.Thread(target=self._renew, daemon=True).start()
+                return f"{self.base}/{number}"
+            client.close()
+        raise SystemExit("no free Redis db among 1–9")
+
+    def _renew(self) -> None:
+        while not self._stop.wait(LOCK_MS / 3000):
+            if self.client is not None and self.client.get(LOCK_KEY) == self.token.encode():
+                self.client.pexpire(LOCK_KEY, LOCK_MS)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self.client is not None:
+            if self.client.get(LOCK_KEY) == self.token.encode():
+                self.client.delete(LOCK_KEY)
+            self.client.close()
+
+
+@asynccontextmanager
+async def temporary_database() -> AsyncIterator[str]:
+    """A new migrated database, dropped on exit."""
+    name = f"bench_datasync_{uuid.uuid4().hex[:8]}"
+    parts = urlsplit(BASE_DB)
+    url = urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+    admin = await asyncpg.connect(BASE_DB)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        conn = await store.connect(url)
+        try:
+            await store.migrate(conn)
+        finally:
+            await conn.close()
+        yield url
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@asynccontextmanager
+async def fake_server(events: int) -> AsyncIterator[str]:
+    """The fake DataSync API in its own process (its CPU does not compete with the client's)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "batcher.fakes.datasync", "--port", "0", "--events", str(events),
+        "--api-key", KEY, stdout=asyncio.subprocess.PIPE, cwd=REPO)
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        yield str(json.loads(line)["url"])
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+async def set_latency(url: str, latency_ms: float) -> None:
+    async with aiohttp.ClientSession() as session, \
+            session.post(f"{url}/_control/options", json={"latency_ms": latency_ms}) as resp:
+        resp.raise_for_status()
+
+
+async def fetch_pages(session: aiohttp.ClientSession, url: str, batch: int,
+                      on_page: Callable[[list[Any], str | None], Awaitable[None]] | None = None) -> int:
+    """Follow the cursor chain to the end; ``on_page(events, cursor_to_save)`` after each page."""
+    cursor: str | None = None
+    total = 0
+    headers = {"Authorization": f"Bearer {KEY}"}
+    while True:
+        params = {"limit": str(batch), **({"cursor": cursor} if cursor else {})}
+        async with session.get(f"{url}/events", params=params, headers=headers) as resp:
+            resp.raise_for_status()
+            body = json.loads(await resp.read())
+        page, more, nxt = body["data"], body["pagination"]["hasMore"], body["pagination"]["nextCursor"]
+        total += len(page)
+        if on_page is not None:
+            await on_page(page, nxt if more else cursor)
+        if not more:
+            return total
+        cursor = nxt
+
+
+async def fetch_only(url: str, batch: int) -> float:
+    """(a): seconds to request and parse every page."""
+    async with aiohttp.ClientSession() as session:
+        started = time.perf_counter()
+        n = await fetch_pages(session, url, batch)
+        elapsed = time.perf_counter() - started
+    assert n > 0
+    return elapsed
+
+
+def _row(event: dict[str, Any]) -> tuple[Any, ...]:
+    when = datetime.fromisoformat(event["timestamp"])
+    return event["id"], event["type"], when if when.tzinfo else when.replace(tzinfo=UTC), event
+
+
+async def sequential_baseline(url: str, db_url: str, batch: int) -> float:
+    """(b): the original loop — fetch, insert, save the cursor, one page at a time."""
+    conn = await store.connect(db_url)
+    try:
+        await conn.execute("TRUNCATE events; DELETE FROM checkpoints")
+
+        async def save(page: list[Any], cursor: str | None) -> None:
+            async with conn.transaction():
+                await conn.executemany(INSERT_SQL, [_row(e) for e in page])
+                await conn.execute(CHECKPOINT_SQL, {"cursor": cursor})
+
+        async with aiohttp.ClientSession() as session:
+            started = time.perf_counter()
+            await fetch_pages(session, url, batch, save)
+            return time.perf_counter() - started
+    finally:
+        await conn.close()
+
+
+async def batcher_run_job(url: str, db_url: str, redis_url: str, batch: int, config: Path) -> float:
+    """(c): ``batcher run-job datasync`` as a process; seconds of its summary's ``runtime_ms``."""
+    conn = await store.connect(db_url)
+    try:
+        await conn.execute("TRUNCATE events; DELETE FROM checkpoints")
+    finally:
+        await conn.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHER_")}
+    env.update(BATCHER_DATABASE_URL=db_url, BATCHER_REDIS_URL=redis_url, BATCHER_CONFIG=str(config),
+               BATCHER_API_PORT="0", BATCHER_LOG_LEVEL="warning")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "batcher", "run-job", "datasync", f"--param=base_url={url}",
+        f"--param=api_key={KEY}", f"--param=batch_size={batch}", env=env, cwd=REPO,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    stdout, _ = await proc.communicate()
+    summary = json.loads(stdout.decode().strip().splitlines()[-1])
+    if summary["status"] != "succeeded":
+        raise SystemExit(f"run-job failed: {summary}")
+    return float(summary["runtime_ms"]) / 1000
+
+
+async def bench(args: argparse.Namespace, redis_url: str) -> list[dict[str, Any]]:
+    results = []
+    config = Path(tempfile.mkdtemp(prefix="bench-datasync-")) / "empty.toml"
+    config.write_text("")
+    async with temporary_database() as db_url, fake_server(args.events) as url:
+        for latency in args.latency:
+            await set_latency(url, latency)
+            times: dict[str, list[float]] = {"a": [], "b": [], "c": []}
+            for _ in range(args.repeat):
+                times["a"].append(await fetch_only(url, args.batch))
+                times["b"].append(await sequential_baseline(url, db_url, args.batch))
+                times["c"].append(await batcher_run_job(url, db_url, redis_url, args.batch, config))
+            med = {k: statistics.median(v) for k, v in times.items()}
+            results.append({"latency_ms": latency, "events": args.events, "batch": args.batch,
+                            "fetch_only_s": med["a"], "sequential_s": med["b"], "batcher_s": med["c"],
+                            "c_over_a": med["c"] / med["a"], "b_over_c": med["b"] / med["c"]})
+            report(results[-1])
+    return results
+
+
+def report(r: dict[str, Any]) -> None:
+    goal = "met" if r["c_over_a"] <= 1.1 else "MISSED"
+    print(f"latency {r['latency_ms']:g} ms, {r['events']} events, batch {r['batch']}:\n"
+          f"  (a) fetch-only client      {r['fetch_only_s']:7.3f} s\n"
+          f"  (b) sequential baseline    {r['sequential_s']:7.3f} s\n"
+          f"  (c) batcher run-job        {r['batcher_s']:7.3f} s   (summary runtime_ms)\n"
+          f"  (c)/(a) = {r['c_over_a']:.3f}  (goal ≤ 1.1: {goal})    (b)/(c) = {r['b_over_c']:.2f}×",
+          flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--latency", type=lambda s: [float(x) for x in s.split(",")], default=[50.0, 5.0])
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    lock = RedisDbLock(BASE_REDIS)
+    redis_url = lock.acquire()
+    try:
+        results = asyncio.run(bench(args, redis_url))
+    finally:
+        lock.release()
+    out = REPO / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "datasync.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
