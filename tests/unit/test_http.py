@@ -269,3 +269,20 @@ async def test_get_json_validate_refetches_an_invalid_envelope(runtime: HttpRunt
         with pytest.raises(HttpClientError) as info:
             await c.get_json(URL, validate=Page.model_validate)
     assert "results" in str(info.value) and "private-value" not in str(info.value)
+
+
+async def test_runtime_starts_degraded_when_redis_is_down() -> None:
+    """An unreachable Redis at start-up does not stop the runtime: the limiter starts degraded and
+    limited requests still go out (at the local fallback rate)."""
+    limits = {"down:api:": RateLimitSettings.model_validate({"interval_ms": 1000, "max_in_interval": 50})}
+    rt = HttpRuntime(limits, "redis://127.0.0.1:1/0")
+    await rt.start()
+    try:
+        assert rt.limiter.degraded
+        c, counters = client(rt, "down:api:")
+        with aioresponses() as m:
+            m.get(URL_RE, status=200, payload=1, repeat=True)
+            assert [await c.get_json(URL) for _ in range(3)] == [1, 1, 1]
+        assert counters.api_calls == 3
+    finally:
+        await rt.close()
