@@ -20,6 +20,7 @@ import collections
 import contextlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -166,8 +167,9 @@ async def run_phase(name: str, redis_url: str, duration: float, baseline: bool) 
     (tmp / "go.tmp").rename(tmp / "go")
     await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), duration + 20)
     await runner.cleanup()
-    served = sum(1 for t in api.accepted if start <= t < start + duration)
     calls = sum(json.loads(Path(o).read_text())["api_calls"] for o in outs)
+    shutil.rmtree(tmp, ignore_errors=True)
+    served = sum(1 for t in api.accepted if start <= t < start + duration)
     return {"phase": name, "duration_s": duration, "served": served, "allowance": LIMIT * duration,
             "utilisation": served / (LIMIT * duration), "429s": api.refused, "api_calls": calls}
 
