@@ -10,5 +10,8 @@ CREATE TABLE IF NOT EXISTS merchant_usage (
     PRIMARY KEY (merchant_id, usage_date, metric_type)
 );
 
--- aggregate-status and billing read one date at a time.
-CREATE INDEX IF NOT EXISTS merchant_usage_date_idx ON merchant_usage (usage_date, metric_type);
+-- aggregate-status and billing read one date (or a range) at a time. The index holds the whole key: an index
+-- on a part of it, e.g. (usage_date, metric_type), lures the planner into probing thousands of rows per key
+-- in the sink's NOT EXISTS pre-filter while the table has no statistics yet (measured: 10 s per 10,000
+-- rows instead of 20 ms).
+CREATE INDEX IF NOT EXISTS merchant_usage_date_idx ON merchant_usage (usage_date, merchant_id, metric_type);
