@@ -145,6 +145,7 @@ def parse_page(body: Any) -> Page:
     """The envelope of one response; ``ValueError`` naming what is wrong (the HTTP client retries it)."""
     if not isinstance(body, dict):
         raise ValueError(f"the response is not a JSON object (got {_kind(body)})")
+    model: type[_NestedPage] | type[_FlatPage]
     if "pagination" in body:
         prefix, model = "pagination.", _NestedPage
     elif "hasMore" in body:
@@ -290,7 +291,7 @@ class DataSyncHandler(Handler):
                       parse_raw=parse_raw_event),)
     default_interval_minutes = 5
 
-    async def run(self, ctx: RunContext, params: Any) -> AsyncIterator[Batch]:  # type: ignore[override]
+    async def run(self, ctx: RunContext, params: Any) -> AsyncIterator[Batch]:
         fetch = page_fetcher(ctx.http(NAMESPACE), params)
         previous_ids: set[str] = set()
         done = 0
