@@ -20,7 +20,9 @@ from handlers.datasync import (
     DataSyncHandler,
     DataSyncParams,
     event_record,
+    parse_body,
     parse_page,
+    parse_raw_event,
     parse_timestamp,
     validate_events,
 )
@@ -115,6 +117,26 @@ def test_timestamps_without_zone_are_utc_and_other_fields_are_kept() -> None:
     assert event_record(event) == ("e1", "t", datetime(2026, 1, 1, tzinfo=UTC), event)
     with pytest.raises(ValueError, match="id is empty"):
         event_record({"id": " ", "type": "t", "timestamp": "2026-01-01T00:00:00"})
+
+
+def test_raw_body_scan_flags_only_pages_that_need_a_deep_check() -> None:
+    """The raw page is scanned for escaped NULs and unpaired surrogates; escaped surrogate *pairs*
+    (emoji from an ASCII-only server) and plain unicode need no per-event scan. A dead letter's payload
+    parses back through ``parse_raw`` (replay) or stays rejected with its reason."""
+    def page(text: str) -> bytes:
+        return ('{"data":[{"id":"a","type":"t","timestamp":"2026-01-01T00:00:00Z","x":"' + text
+                + '"}],"hasMore":false}').encode()
+
+    assert [parse_body(page(t)).suspicious for t in ("ü 😀", "\\ud83d\\ude00", "\\u00e9")] == [False] * 3
+    assert all(parse_body(page(t)).suspicious for t in ("\\u0000", "a\\ud800b", "\\udc80", "\\\\u0000"))
+    with pytest.raises(ValueError, match="NUL character in x"):
+        event_record(parse_body(page("\\u0000")).events[0])
+    with pytest.raises(ValueError, match="not JSON"):
+        parse_body(b'{"data": [')
+    good = {"id": "e", "type": "t", "timestamp": "2026-01-01T00:00:00+00:00", "p": {"ü": 1}}
+    assert parse_raw_event(json.dumps(good)) == ("e", "t", datetime(2026, 1, 1, tzinfo=UTC), good)
+    with pytest.raises(ValueError, match="id missing"):
+        parse_raw_event('{"type": "t", "timestamp": "2026-01-01T00:00:00"}')
 
 
 def test_params() -> None:
