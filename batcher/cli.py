@@ -12,6 +12,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from datetime import date
 from typing import Any, NoReturn
 
 from batcher import __version__
@@ -54,6 +55,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _iso_date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date like 2026-01-31, got {text!r}") from None
+
+
 def _add_param(p: argparse.ArgumentParser) -> None:
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="a handler param (repeatable)")
 
@@ -84,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("pause", "resume"):
         sub.add_parser(name, help=f"{name} a job").add_argument("job")
     sub.add_parser("cancel", help="cancel a queued or running run").add_argument("run_id", type=_positive)
+    p = sub.add_parser("backfill", help="queue one run per day window of a date range")
+    p.add_argument("job")
+    p.add_argument("--from", dest="date_from", required=True, type=_iso_date, metavar="DATE")
+    p.add_argument("--to", dest="date_to", required=True, type=_iso_date, metavar="DATE")
+    p.add_argument("--yes", action="store_true", help="confirm a range of more than 366 days")
     sub.add_parser("migrate", help="apply database migrations")
     sub.add_parser("health", help="check PostgreSQL, Redis (and MongoDB when configured)")
     cp = sub.add_parser("checkpoints", help="show or reset checkpoints").add_subparsers(

@@ -185,6 +185,17 @@ async def cmd_cancel(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_backfill(args: argparse.Namespace) -> int:
+    from batcher.commands import queue_backfill
+
+    config = _config()
+    async with open_services(config, start_embedded=False, sync=True) as services:
+        ids = await queue_backfill(services.pool, config.registry, args.job, args.date_from, args.date_to,
+                                   confirmed=args.yes)
+    _print_json({"job": args.job, "queued": len(ids), "run_ids": ids})
+    return EXIT_OK
+
+
 async def cmd_migrate(args: argparse.Namespace) -> int:
     config = _config()
     async with open_services(config, start_embedded=True, migrate=False) as services:
@@ -252,6 +263,7 @@ def _date(text: str) -> datetime:
 COMMANDS: dict[str, Command] = {
     "run": cmd_run, "run-job": cmd_run_job, "trigger": cmd_trigger, "jobs": cmd_jobs, "runs": cmd_runs,
     "pause": cmd_pause, "resume": cmd_resume, "cancel": cmd_cancel, "migrate": cmd_migrate,
+    "backfill": cmd_backfill,
     "health": cmd_health, "checkpoints": cmd_checkpoints, "dead-letters": cmd_dead_letters,
     "aggregate": cmd_aggregate, "aggregate-status": cmd_aggregate_status,
 }

@@ -7,10 +7,10 @@ thin. Errors a user can fix raise :class:`ConfigError` (CLI exit 2) or :class:`N
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
-from batcher.errors import BatcherError
+from batcher.errors import BatcherError, ConfigError
 from batcher.handler import Handler
 from batcher.jobs import validate_params
 from batcher.store import Q
@@ -60,6 +60,39 @@ async def trigger_run(pool: Any, registry: Mapping[str, type[Handler]], job_name
         await conn.execute(Q["set_root_self"], run_id)
         await conn.execute(Q["notify_wakeup"], "")
     return int(run_id), False
+
+
+MAX_BACKFILL_DAYS = 366
+
+
+async def queue_backfill(pool: Any, registry: Mapping[str, type[Handler]], job_name: str, first: date,
+                         last: date, *, confirmed: bool = False) -> list[int]:
+    """Queue one ``backfill`` run per day window (params ``start`` = ``end`` = the day, inclusive) with
+    run-scoped checkpoints. Handlers that take no windows, reversed or over-long ranges: ConfigError."""
+    if last < first:
+        raise ConfigError(f"--to {last} is before --from {first}")
+    days = (last - first).days + 1
+    if days > MAX_BACKFILL_DAYS and not confirmed:
+        raise ConfigError(f"{days} day windows is more than {MAX_BACKFILL_DAYS}; add --yes to queue them all")
+    async with pool.acquire() as conn, conn.transaction():
+        job = await conn.fetchrow(Q["lock_job"], job_name)
+        if job is None:
+            raise NotFound(f"no job named {job_name!r}")
+        handler = registry.get(job["job_type"])
+        if handler is None or not handler.accepts_windows:
+            raise ConfigError(f"job {job_name!r} (type {job['job_type']!r}) does not accept date windows, "
+                              f"so it cannot be backfilled")
+        ids = []
+        for offset in range(days):
+            day = (first + timedelta(days=offset)).isoformat()
+            params = {"start": day, "end": day}
+            validate_params(handler, {**job["params"], **params}, job=job_name)
+            run_id = await conn.fetchval(Q["insert_queued_run"], job_name, job["job_type"], "backfill",
+                                         job["priority"], params, 0.0, None, None, 1, 0, "backfill")
+            await conn.execute(Q["set_root_self"], run_id)
+            ids.append(int(run_id))
+        await conn.execute(Q["notify_wakeup"], "")
+    return ids
 
 
 async def cancel_run(pool: Any, run_id: int) -> str:

@@ -310,3 +310,37 @@ WHERE ($1::text IS NULL OR job_name = $1) ORDER BY job_name, stream, scope_key;
 
 -- name: reset_checkpoints
 DELETE FROM checkpoints WHERE job_name = $1 AND ($2::text IS NULL OR stream = $2) RETURNING stream, scope_key;
+
+-- ===================================================================== dependencies, backfill, retention
+
+-- name: dependents_of
+-- Jobs that depend on $1, locked so concurrent upstream successes queue each dependent once.
+SELECT * FROM batch_config WHERE $1 = ANY(depends_on) ORDER BY job_name FOR UPDATE;
+
+-- name: dependencies_satisfied
+-- True when every upstream of job $1 (names $2) succeeded after the dependent's last run or skip.
+SELECT coalesce(bool_and(d.last_success_at IS NOT NULL AND d.last_success_at > coalesce(
+           (SELECT max(r.queued_at) FROM batch_runs r WHERE r.job_name = $1 AND r.trigger <> 'retry'),
+           '-infinity'::timestamptz)), false)
+FROM batch_config d WHERE d.job_name = ANY($2::text[]);
+
+-- name: has_queued_dependency_run
+SELECT EXISTS (SELECT 1 FROM batch_runs WHERE job_name = $1 AND status = 'queued' AND trigger = 'dependency');
+
+-- name: insert_dependency_skip
+-- The dependent is recorded skipped when an upstream fails for good.
+INSERT INTO batch_runs (job_name, job_type, trigger, status, reason, params, result, finished_at, root_trigger)
+VALUES ($1, $2, 'dependency', 'skipped', 'upstream_failed', '{}'::jsonb, $3, now(), 'dependency')
+RETURNING id;
+
+-- name: prune_finished_runs
+-- Retention: finished runs older than $1 days (their logs go with them by cascade).
+DELETE FROM batch_runs WHERE finished_at < now() - make_interval(days => $1)
+  AND status IN ('succeeded', 'failed', 'cancelled', 'skipped');
+
+-- name: prune_resolved_dead_letters
+DELETE FROM dead_letters WHERE resolved_at IS NOT NULL AND resolved_at < now() - make_interval(days => $1);
+
+-- name: try_maintenance_lock
+-- Only one daemon runs the daily maintenance at a time.
+SELECT pg_try_advisory_xact_lock($1);

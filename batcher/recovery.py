@@ -13,6 +13,7 @@ from typing import Any
 
 import structlog
 
+from batcher.dependencies import on_upstream_failure
 from batcher.runs import RunWriter
 from batcher.store import Q
 from batcher.worker import LOCK_CLASS
@@ -30,6 +31,8 @@ async def abandon_run(conn: Any, run: Mapping[str, Any], *, queue_retry: bool) -
     log.warning("run_abandoned", run_id=run["id"], job=run["job_name"], worker_id=run["worker_id"],
                 abandons=abandons)
     if not queue_retry or job is None or abandons > int(job["max_abandons"]):
+        if queue_retry:
+            await on_upstream_failure(conn, run["job_name"], int(run["id"]), "abandoned")
         return None
     return await RunWriter.queue_retry(conn, run, delay=0.0, attempt=int(run["attempt"]), abandons=abandons)
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from batcher.context import RunState
+from batcher.dependencies import on_upstream_failure, on_upstream_success
 from batcher.errors import LeaseLostError, RunCancelledError
 from batcher.handler import Batch, Handler, Stream
 from batcher.models import RunOutcome
@@ -25,8 +26,10 @@ if TYPE_CHECKING:
 MAX_ERRORS = 20
 
 
-def scope_key(stream: Stream, root_run_id: int) -> str:
-    return "" if stream.scope == "job" else str(root_run_id)
+def scope_key(stream: Stream, root_run_id: int, backfill: bool = False) -> str:
+    """'' for job-scoped streams; the root run id for run-scoped ones — and for every stream of a backfill
+    chain, so a backfill window never moves the job's incremental cursor."""
+    return "" if stream.scope == "job" and not backfill else str(root_run_id)
 
 
 class RunWriter:
@@ -43,6 +46,7 @@ class RunWriter:
         self._state = state
         self._errors: list[str] = []
         self._root = int(run["root_run_id"] or run["id"])
+        self._backfill = run.get("root_trigger") == "backfill"
 
     async def job_config(self) -> Mapping[str, Any]:
         row = await self._pool.fetchrow(Q["get_job"], self._run["job_name"])
@@ -52,7 +56,7 @@ class RunWriter:
 
     async def load_checkpoints(self, handler: type[Handler]) -> dict[str, Any]:
         rows = await self._pool.fetch(Q["get_checkpoints"], self._run["job_name"], ["", str(self._root)])
-        wanted = {s.name: scope_key(s, self._root) for s in handler.streams}
+        wanted = {s.name: scope_key(s, self._root, self._backfill) for s in handler.streams}
         return {r["stream"]: r["cursor"] for r in rows if wanted.get(r["stream"]) == r["scope_key"]}
 
     async def _fence(self, conn: Conn, *, final: bool = False) -> None:
@@ -70,7 +74,7 @@ class RunWriter:
             result = await write_batch(conn, stream, batch, job_name=self._run["job_name"], run_id=self._id)
             if batch.moves_checkpoint:
                 await conn.execute(Q["upsert_checkpoint"], self._run["job_name"], stream.name,
-                                   scope_key(stream, root_run_id), batch.checkpoint, self._id)
+                                   scope_key(stream, root_run_id, self._backfill), batch.checkpoint, self._id)
             new_errors = self._take_errors(result.reasons)
             calls, ingress = self._state.take_counters()
             progress = self._progress(batch, len(batch.records))
@@ -130,6 +134,9 @@ class RunWriter:
         if outcome.status == "succeeded":
             await conn.execute(Q["mark_success"], job)
             await conn.execute(Q["delete_run_checkpoints"], job, str(self._root))
+            await on_upstream_success(conn, job)
+        elif not outcome.retry:
+            await on_upstream_failure(conn, job, self._id, outcome.reason)
         if outcome.retry:
             await self.queue_retry(conn, self._run, delay=outcome.retry_delay,
                                    attempt=int(self._run["attempt"]) + (0 if outcome.status == "cancelled" else 1))

@@ -18,7 +18,9 @@ from typing import Any
 
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
 
+from batcher.maintenance import run_maintenance
 from batcher.materialize import materialize_due, seconds_until_next_due
 from batcher.models import Services
 from batcher.recovery import prune_workers, reap_abandoned
@@ -69,6 +71,15 @@ class Scheduler:
     async def start(self) -> None:
         self._aps.start()
         self._aps.add_job(self._loop, id="batcher-loop", name="batcher loop", max_instances=1)
+        self._aps.add_job(self.maintenance, CronTrigger(hour=3, minute=17, timezone=UTC), id="batcher-maintenance",
+                          name="daily maintenance", max_instances=1, coalesce=True, misfire_grace_time=3600)
+
+    async def maintenance(self) -> None:
+        """The daily retention run (see :mod:`batcher.maintenance`)."""
+        try:
+            await run_maintenance(self.services.pool, self.services.settings.daemon.runs_retention_days)
+        except DB_ERRORS as exc:
+            log.warning("maintenance_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def _loop(self) -> None:
         while not self._draining:
