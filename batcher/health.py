@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,24 +33,30 @@ async def _redis(url: str) -> dict[str, Any]:
     return {"ok": ok, "reason": reason}
 
 
-async def _mongo(uri: str) -> dict[str, Any]:
+async def _mongo(uri: str, params: str | None) -> dict[str, Any]:
     from batcher.sinks import mongo_health
 
-    ok, reason = await mongo_health(uri, TIMEOUT)
+    ok, reason = await mongo_health(uri, TIMEOUT, params)
     return {"ok": ok, "reason": reason}
 
 
 async def check_health(settings: Settings) -> dict[str, dict[str, Any]]:
-    """Each backing service's status; embedded servers are reused, never started, by a health check."""
-    report: dict[str, dict[str, Any]] = {}
+    """Each backing service's status; embedded servers are reused, never started, by a health check.
+    Each service is resolved on its own, so a missing embedded PostgreSQL does not mask Redis's status."""
     data_dir: Path = settings.daemon.data_dir
+    return {
+        "postgres": await _resolved(settings.database.url, data_dir, "postgres", _postgres),
+        "redis": await _resolved(settings.redis.url, data_dir, "redis", _redis),
+        **({"mongodb": await _mongo(settings.mongo.uri, settings.mongo.params)} if settings.mongo.uri else {}),
+    }
+
+
+async def _resolved(url: str | None, data_dir: Path, which: str,
+                    check: Callable[[str], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    placeholder = "unused://"  # the other service is not looked up
     try:
-        async with embedded.services(settings.database.url, settings.redis.url, data_dir, start=False) as urls:
-            report["postgres"] = await _postgres(urls.database_url)
-            report["redis"] = await _redis(urls.redis_url)
+        async with embedded.services(url if which == "postgres" else placeholder,
+                                     url if which == "redis" else placeholder, data_dir, start=False) as urls:
+            return await check(urls.database_url if which == "postgres" else urls.redis_url)
     except BatcherError as exc:
-        report.setdefault("postgres", {"ok": False, "reason": str(exc)})
-        report.setdefault("redis", {"ok": False, "reason": str(exc)})
-    if settings.mongo.uri:
-        report["mongodb"] = await _mongo(settings.mongo.uri)
-    return report
+        return {"ok": False, "reason": str(exc)}
