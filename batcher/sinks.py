@@ -399,7 +399,7 @@ def mongo_uri(uri: str, params: str | None) -> str:
     return f"{uri}{'&' if '?' in uri else '?'}{params.lstrip('?&')}"
 
 
-async def mongo_health(uri: str, timeout: float, params: str | None = None) -> tuple[bool, str]:  # noqa: ASYNC109
+async def mongo_health(uri: str, timeout: float, params: str | None = None) -> tuple[bool, str]:
     """Ping MongoDB with a short server-selection timeout: (ok, reason). The URI (credentials) is never
     part of the reason."""
     from pymongo import AsyncMongoClient
