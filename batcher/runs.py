@@ -78,7 +78,7 @@ class RunWriter:
             new_errors = self._take_errors(result.reasons)
             calls, ingress = self._state.take_counters()
             progress = self._progress(batch, len(batch.records))
-            await conn.execute(Q["add_run_counters"], self._id, len(batch.records) - _db_rejects(result, batch),
+            await conn.execute(Q["add_run_counters"], self._id, len(batch.records) - result.database_rejected,
                                result.dead_lettered, batch.items_checked, batch.items_updated, calls, ingress,
                                progress, new_errors or None)
             await self._flush_logs(conn)
@@ -162,10 +162,6 @@ class RunWriter:
                 "api_calls": int(row.get("api_calls") or 0), "ingress_bytes": int(row.get("ingress_bytes") or 0),
                 "runtime_ms": int(row.get("runtime_ms") or 0), "errors": [str(e) for e in errors][:MAX_ERRORS],
                 "retry_queued": outcome.retry}
-
-
-def _db_rejects(result: WriteResult, batch: Batch) -> int:
-    return max(result.dead_lettered - len(batch.rejected), 0)
 
 
 def _json(value: Any) -> str:

@@ -14,6 +14,7 @@ import os
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -47,13 +48,21 @@ def _logging() -> None:
 def _keep_event_loop() -> Iterator[None]:
     """A sync test that calls ``asyncio.run`` (the CLI does) unsets the thread's event loop when it ends;
     put the session loop back so the async tests after it still find it."""
-    try:
-        loop: asyncio.AbstractEventLoop | None = asyncio.get_event_loop_policy().get_event_loop()
-    except RuntimeError:
-        loop = None
+    local = getattr(asyncio.get_event_loop_policy(), "_local", None)  # peek: get_event_loop() would create one
+    loop: asyncio.AbstractEventLoop | None = getattr(local, "_loop", None)
     yield
     if loop is not None and not loop.is_closed():
         asyncio.set_event_loop(loop)
+
+
+def _run_aside(coro: Any) -> None:
+    """Run a coroutine on a private loop, leaving the thread's current event loop alone (asyncio.run would
+    unset it and break the async tests that follow)."""
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(coro)
+    finally:
+        loop.close()
 
 
 @pytest.fixture(scope="session")
@@ -83,9 +92,9 @@ def database_url() -> Iterator[str]:
         finally:
             await conn.close()
 
-    asyncio.run(create())
+    _run_aside(create())
     yield _with_database(TEST_DATABASE_URL, name)
-    asyncio.run(drop())
+    _run_aside(drop())
 
 
 @pytest.fixture(scope="session")
