@@ -162,6 +162,26 @@ def test_autumn_repeated_wall_time_runs_once() -> None:
         "the repeated 02:30 (01:30Z) must not fire a second time"
 
 
+def test_dst_rule_does_not_depend_on_last_fire() -> None:
+    """After a restart (no last firing known) the rule still holds: from the first 02:30 the next is the
+    26th, and from inside the gap / the repeated hour the answer is the same instant."""
+    schedule = Schedule(None, "30 2 * * *", BERLIN, utc(2026, 1, 1))
+    assert schedule.next_after(utc(2026, 10, 25, 0, 30)) == utc(2026, 10, 26, 1, 30)
+    assert schedule.next_after(utc(2026, 10, 25, 1, 0)) == utc(2026, 10, 26, 1, 30)  # 02:00 CET
+    assert schedule.next_after(utc(2026, 3, 29, 0, 59)) == utc(2026, 3, 29, 1, 30)  # 01:59 CET
+    assert schedule.next_after(utc(2026, 3, 29, 1, 0)) == utc(2026, 3, 29, 1, 30)  # 03:00 CEST
+
+
+def test_other_zone_new_york() -> None:
+    """The same rules in America/New_York (2026-03-08 and 2026-11-01): ``30 2 * * *`` runs shifted in
+    spring (03:30 EDT = 07:30Z); ``30 1 * * *`` runs once in autumn, at the first 01:30 (EDT, 05:30Z),
+    not again at 01:30 EST (06:30Z)."""
+    assert fires("30 2 * * *", utc(2026, 3, 7, 12), 2, "America/New_York") == [
+        utc(2026, 3, 8, 7, 30), utc(2026, 3, 9, 6, 30)]
+    assert fires("30 1 * * *", utc(2026, 10, 31, 12), 2, "America/New_York") == [
+        utc(2026, 11, 1, 5, 30), utc(2026, 11, 2, 6, 30)]
+
+
 def test_autumn_fixed_hour_range_runs_each_wall_time_once() -> None:
     """``30 1-3 * * *`` on 2026-10-25: 01:30 CEST, 02:30 CEST, 03:30 CET; the repeated 02:30 is skipped."""
     got = fires("30 1-3 * * *", utc(2026, 10, 24, 22), 4, BERLIN)
@@ -174,9 +194,8 @@ def test_autumn_several_minutes_in_the_repeated_hour_run_once_each() -> None:
     repeated 02:00/02:30 CET (01:00Z, 01:30Z) must not run (DESIGN §5: once per wall-clock time)."""
     got = fires("0,30 2 * * *", utc(2026, 10, 24, 12), 3, BERLIN)
     assert got == [utc(2026, 10, 25, 0, 0), utc(2026, 10, 25, 0, 30), utc(2026, 10, 26, 1, 0)], (
-        "BUG batcher/schedule.py Schedule.next_after: the wall-clock rule only skips a candidate equal to "
-        "the *last* firing's wall time, so a fixed-hour job with several minutes in the repeated hour "
-        f"fires each of them twice: {[t.isoformat() for t in got]}")
+        "a fixed-hour job with several minutes in the repeated hour must fire each wall time once "
+        f"(the first instant): {[t.isoformat() for t in got]}")
 
 
 def test_spring_several_missing_wall_times_each_run_shifted() -> None:
@@ -184,8 +203,8 @@ def test_spring_several_missing_wall_times_each_run_shifted() -> None:
     03:15 and 03:45 CEST (01:15Z, 01:45Z) — DESIGN §5: a missing wall time runs shifted by the gap."""
     got = fires("15,45 2 * * *", utc(2026, 3, 28, 12), 3, BERLIN)
     assert got == [utc(2026, 3, 29, 1, 15), utc(2026, 3, 29, 1, 45), utc(2026, 3, 30, 0, 15)], (
-        "BUG batcher/schedule.py (APScheduler CronTrigger): only the first missing wall time of the "
-        f"spring gap runs; 02:45 → 03:45 is dropped: {[t.isoformat() for t in got]}")
+        "every wall time of the spring gap must run, shifted by the gap (02:45 → 03:45 too): "
+        f"{[t.isoformat() for t in got]}")
 
 
 def test_hourly_follows_real_time_in_autumn() -> None:
@@ -285,7 +304,7 @@ def test_capped_cron_walk_still_reports_the_real_latest_occurrence() -> None:
     now = first + timedelta(days=10)
     occ = Schedule(None, "* * * * *", "UTC", first).occurrences_until(first, now)
     assert occ.latest == now, (
-        "BUG batcher/schedule.py Schedule.occurrences_until: a capped cron walk returns the 10,000th "
-        f"occurrence ({occ.latest.isoformat()}) as `latest`, so materialize.py queues a run for a stale "
-        "time (and misfire_grace measures from it) instead of the latest occurrence "
-        f"({now.isoformat()})")
+        f"a capped cron walk must still report the latest occurrence ({now.isoformat()}), not the "
+        f"10,000th ({occ.latest.isoformat()}): materialize.py queues the run for `latest` and measures "
+        "misfire_grace from it")
+    assert occ.previous == now - timedelta(minutes=1)
