@@ -26,6 +26,13 @@ from batcher.ratelimit import Admission, RateLimiter
 from batcher.settings import RateLimitSettings
 
 
+@pytest.fixture(autouse=True)
+def _session_loop_is_current(_session_event_loop: asyncio.AbstractEventLoop) -> None:
+    """Run these tests in pytest-asyncio's session loop, where the async fixtures run (guards against a
+    conftest fixture leaving another event loop current between tests)."""
+    asyncio.set_event_loop(_session_event_loop)
+
+
 class OwnRedis:
     """A redis-server on a unix socket that the test can stop and start again."""
 

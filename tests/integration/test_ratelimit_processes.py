@@ -15,6 +15,14 @@ import pytest
 import redis
 from aiohttp import web
 
+
+@pytest.fixture(autouse=True)
+def _session_loop_is_current(_session_event_loop: asyncio.AbstractEventLoop) -> None:
+    """Run these tests in pytest-asyncio's session loop, where the async fixtures run (guards against a
+    conftest fixture leaving another event loop current between tests)."""
+    asyncio.set_event_loop(_session_event_loop)
+
+
 WORKER = Path(__file__).with_name("ratelimit_worker.py")
 ROOT = Path(__file__).resolve().parents[2]
 

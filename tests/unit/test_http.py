@@ -20,6 +20,14 @@ from batcher.errors import PermanentError, RunCancelledError, TransientError
 from batcher.http import HttpClientError, HttpRuntime, HttpStatusError, NamespaceClient
 from batcher.settings import RateLimitSettings
 
+
+@pytest.fixture(autouse=True)
+def _session_loop_is_current(_session_event_loop: asyncio.AbstractEventLoop) -> None:
+    """Run these tests in pytest-asyncio's session loop, where the async fixtures run (guards against a
+    conftest fixture leaving another event loop current between tests)."""
+    asyncio.set_event_loop(_session_event_loop)
+
+
 URL = "https://api.example.test/v1/items"
 URL_RE = re.compile(r"^https://api\.example\.test/v1/items.*$")
 

@@ -16,6 +16,14 @@ from aiohttp import web
 from batcher.errors import RunCancelledError
 from batcher.http import HttpRuntime
 
+
+@pytest.fixture(autouse=True)
+def _session_loop_is_current(_session_event_loop: asyncio.AbstractEventLoop) -> None:
+    """Run these tests in pytest-asyncio's session loop, where the async fixtures run (guards against a
+    conftest fixture leaving another event loop current between tests)."""
+    asyncio.set_event_loop(_session_event_loop)
+
+
 PAYLOAD = {"results": [{"id": i, "name": f"item-{i}", "text": "lorem ipsum " * 20} for i in range(200)]}
 RAW = json.dumps(PAYLOAD).encode()
 GZIPPED = gzip.compress(RAW)

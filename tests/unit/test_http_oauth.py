@@ -21,6 +21,14 @@ from batcher.errors import BatcherError, PermanentError
 from batcher.http import HttpRuntime, HttpStatusError
 from batcher.oauth import OAuth2Credentials, OAuth2TokenProvider
 
+
+@pytest.fixture(autouse=True)
+def _session_loop_is_current(_session_event_loop: asyncio.AbstractEventLoop) -> None:
+    """Run these tests in pytest-asyncio's session loop, where the async fixtures run (guards against a
+    conftest fixture leaving another event loop current between tests)."""
+    asyncio.set_event_loop(_session_event_loop)
+
+
 CLIENT_SECRET = "cs-" + uuid.uuid4().hex
 REFRESH_TOKEN = "rt-" + uuid.uuid4().hex
 

@@ -24,6 +24,13 @@ from batcher.ratelimit import (
 from batcher.settings import RateLimitSettings
 
 
+@pytest.fixture(autouse=True)
+def _session_loop_is_current(_session_event_loop: asyncio.AbstractEventLoop) -> None:
+    """Run these tests in pytest-asyncio's session loop, where the async fixtures run (guards against a
+    conftest fixture leaving another event loop current between tests)."""
+    asyncio.set_event_loop(_session_event_loop)
+
+
 def rl(**values: int) -> RateLimitSettings:
     return RateLimitSettings.model_validate(values)
 
