@@ -344,3 +344,80 @@ DELETE FROM dead_letters WHERE resolved_at IS NOT NULL AND resolved_at < now() -
 -- name: try_maintenance_lock
 -- Only one daemon runs the daily maintenance at a time.
 SELECT pg_try_advisory_xact_lock($1);
+
+-- ===== admin API
+-- Queries of batcher.commands used by the admin API (batcher.api) and of the /metrics scrape
+-- (batcher.metrics). Ids and limits are validated before they get here.
+
+-- name: db_now
+SELECT now();
+
+-- name: jobs_of_type
+-- Configured jobs of a type (ad-hoc and orphaned jobs are addressed by name only): jobType resolution.
+SELECT job_name FROM batch_config WHERE job_type = $1 AND NOT adhoc AND NOT orphaned ORDER BY job_name;
+
+-- name: update_job_api
+-- An API edit: source='api', file_hash kept, so the file sync leaves the job alone until the file's entry
+-- changes (upsert_file_job only overwrites on a new hash). $2 enabled, $3 interval, $4 cron, $5 tz,
+-- $6 params, $7 queue, $8 priority, $9 max_retries, $10 max_abandons, $11 retry_base, $12 timeout,
+-- $13 overlap, $14 misfire_grace, $15 prefetch, $16 paused, $17 schedule_anchor, $18 next_run_at
+UPDATE batch_config SET enabled = $2, interval_minutes = $3, cron = $4, timezone = $5, params = $6, queue = $7,
+    priority = $8, max_retries = $9, max_abandons = $10, retry_base_seconds = $11, timeout_seconds = $12,
+    overlap = $13, misfire_grace_seconds = $14, prefetch_batches = $15, paused = $16, source = 'api',
+    schedule_anchor = $17, next_run_at = $18, updated_at = now()
+WHERE job_name = $1
+RETURNING *;
+
+-- name: page_runs
+-- Newest first, filtered by job, status and queued_at >= since; $5 cursor: only ids below it.
+SELECT * FROM batch_runs
+WHERE ($1::text IS NULL OR job_name = $1) AND ($2::text IS NULL OR status = $2)
+  AND ($3::timestamptz IS NULL OR queued_at >= $3) AND ($5::bigint IS NULL OR id < $5)
+ORDER BY id DESC LIMIT $4;
+
+-- name: latest_run
+SELECT * FROM batch_runs WHERE ($1::text IS NULL OR job_name = $1) ORDER BY id DESC LIMIT 1;
+
+-- name: latest_run_per_job
+-- The newest run of every job that has one (one index probe per job).
+SELECT r.* FROM batch_config c
+CROSS JOIN LATERAL (SELECT * FROM batch_runs x WHERE x.job_name = c.job_name ORDER BY x.id DESC LIMIT 1) r
+ORDER BY c.job_name;
+
+-- name: status_jobs
+-- Every job with whether it has a timer (enabled, unpaused, scheduled) and its latest start.
+SELECT c.job_name, (c.enabled AND NOT c.paused AND c.next_run_at IS NOT NULL) AS timer,
+       (SELECT x.started_at FROM batch_runs x WHERE x.job_name = c.job_name AND x.started_at IS NOT NULL
+        ORDER BY x.id DESC LIMIT 1) AS last_run_at
+FROM batch_config c ORDER BY c.job_name;
+
+-- name: running_job_names
+SELECT DISTINCT job_name FROM batch_runs WHERE status = 'running' ORDER BY job_name;
+
+-- name: list_workers
+-- Every registered worker, alive when its liveness lock is held ($1: the lock class).
+SELECT w.worker_id, w.host, w.pid, w.version, w.queues, w.started_at, w.heartbeat_at, EXISTS (
+    SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
+      AND l.classid = $1::oid AND l.objid = w.lock_key::oid AND l.objsubid = 2) AS alive
+FROM workers w ORDER BY w.started_at, w.worker_id;
+
+-- name: metrics_watermark
+-- The feed's next watermark: the database's now() minus the commit lag allowance ($1 seconds).
+SELECT now() - make_interval(secs => $1);
+
+-- name: metrics_finished_runs
+-- Runs that reached a final status in ($1, $2]: fed once into the run counters and histograms.
+-- lag_seconds: due (scheduled_for, else not_before) → start.
+SELECT job_name, status, runtime_ms, records, api_calls, dead_letters,
+       extract(epoch FROM started_at - coalesce(scheduled_for, not_before))::float8 AS lag_seconds
+FROM batch_runs WHERE finished_at > $1 AND finished_at <= $2;
+
+-- name: metrics_jobs
+-- Scrape-time gauges per job: last success, claimable queued runs, running runs, unresolved dead letters.
+SELECT c.job_name, c.queue, c.last_success_at,
+       (SELECT count(*) FROM batch_runs r WHERE r.job_name = c.job_name AND r.status = 'queued'
+          AND r.not_before <= now()) AS queued,
+       (SELECT count(*) FROM batch_runs r WHERE r.job_name = c.job_name AND r.status = 'running') AS running,
+       (SELECT count(*) FROM dead_letters d WHERE d.job_name = c.job_name AND d.resolved_at IS NULL)
+           AS dead_letters
+FROM batch_config c;
