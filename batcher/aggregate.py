@@ -82,9 +82,7 @@ def run_params(args: argparse.Namespace, today: dt.date | None = None) -> dict[s
         raise UsageError("aggregate: --date cannot be combined with --from/--to")
     if (args.start is None) != (args.end is None):
         raise UsageError("aggregate: --from and --to go together")
-    if args.merchant is not None and (not args.merchant or ":" in args.merchant):
-        raise UsageError(f"aggregate: --merchant {args.merchant!r} is not a merchant id "
-                         "(empty, or contains ':')")
+    check_merchant("aggregate", args.merchant)
     params: dict[str, Any] = {}
     if args.start is not None:
         if args.start > args.end:
@@ -100,6 +98,12 @@ def run_params(args: argparse.Namespace, today: dt.date | None = None) -> dict[s
     if args.merchant is not None:
         params["merchant"] = args.merchant
     return params
+
+
+def check_merchant(command: str, merchant: str | None) -> None:
+    """A merchant id is non-empty and has no ':' (it separates the key's parts)."""
+    if merchant is not None and (not merchant or ":" in merchant):
+        raise UsageError(f"{command}: --merchant {merchant!r} is not a merchant id (empty, or contains ':')")
 
 
 async def usage_jobs(pool: Any) -> dict[str, Mapping[str, Any]]:
@@ -159,6 +163,7 @@ async def cmd_aggregate_status(args: argparse.Namespace) -> int:
     from batcher.app import open_services
     from batcher.connections import redis_client
 
+    check_merchant("aggregate-status", args.merchant)
     config = _load_config()
     async with open_services(config, start_embedded=False, migrate=False) as services:
         jobs = await usage_jobs(services.pool)

@@ -44,6 +44,7 @@ _INTEGER = re.compile(rb"0|-?[1-9][0-9]{0,18}")  # what Redis' string2ll accepts
 _INT64 = (-(2**63), 2**63 - 1)
 _GLOB_SPECIAL = frozenset(b"*?[]\\")
 _VALUE_EXCERPT = 64
+MAX_SCANS_PER_PAGE = 50
 
 
 class MalformedKey(ValueError):
@@ -194,15 +195,18 @@ class UsageReader:
         return day is None or day in self.dates
 
     async def pages(self, cursor: int = 0) -> AsyncIterator[Page]:
-        """Scan from ``cursor`` to the end; each page holds at least ``batch_size`` keys (the last: any)."""
+        """Scan from ``cursor`` to the end. A page closes at ``batch_size`` wanted keys, after
+        ``MAX_SCANS_PER_PAGE`` SCAN calls (so the cursor moves on through keys of other dates) or at the end."""
         pattern = match_pattern(self.key_prefix, self.merchant)
         pending: list[bytes] = []
+        scans = 0
         while True:
             cursor, keys = await self.redis.scan(cursor=cursor, match=pattern, count=self.scan_count)
             pending.extend(k for k in keys if self.wanted(k))
-            if len(pending) >= self.batch_size or cursor == 0:
+            scans += 1
+            if len(pending) >= self.batch_size or scans >= MAX_SCANS_PER_PAGE or cursor == 0:
                 yield await self.read(int(cursor), pending)
-                pending = []
+                pending, scans = [], 0
             if cursor == 0:
                 return
 

@@ -116,6 +116,7 @@ def test_aggregate_defaults_to_yesterday_utc(cli: Cli, redis_db: redis.Redis) ->
      "cannot be combined"),
     (["aggregate", "--merchant", "a:b"], "is not a merchant id"),
     (["aggregate-status", "2025-02-30"], "'2025-02-30' is not a valid date"),
+    (["aggregate-status", "2025-11-01", "--merchant", "a:b"], "is not a merchant id"),
 ])
 def test_bad_input_exits_2_with_a_specific_message(argv: list[str], message: str,
                                                    capsys: pytest.CaptureFixture[str]) -> None:

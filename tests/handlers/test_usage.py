@@ -17,9 +17,11 @@ import redis
 
 from batcher.testing import run_job_once, test_settings
 from handlers.usage import (
+    MAX_SCANS_PER_PAGE,
     MalformedKey,
     UsageAggregationHandler,
     UsageParams,
+    UsageReader,
     glob_escape,
     key_date,
     match_pattern,
@@ -219,6 +221,26 @@ async def test_one_aggregation_at_a_time(usage_db: Any, usage_redis: redis.Redis
     runs = await usage_db.fetch("SELECT id, started_at, finished_at FROM batch_runs ORDER BY id")
     assert len(runs) == 2 and runs[1]["started_at"] >= runs[0]["finished_at"]
     assert await usage_db.fetchval("SELECT count(*) FROM merchant_usage") == 20_000
+
+
+async def test_cursor_moves_through_keys_of_other_dates(usage_redis: redis.Redis, redis_url: str) -> None:
+    """With no wanted key for a long stretch, a page still closes every MAX_SCANS_PER_PAGE SCAN calls, so
+    the committed cursor keeps moving (a resumed run does not rescan that stretch)."""
+    import redis.asyncio
+
+    pipe = usage_redis.pipeline(transaction=False)
+    for n in range(2000):
+        pipe.set(f"usage:m{n}:2025-10-01:queries", n)
+    pipe.execute()
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        reader = UsageReader(client, [DATES[0]], scan_count=5)
+        pages = [page async for page in reader.pages()]
+    finally:
+        await client.aclose()
+    assert len(pages) >= 2000 // 5 // MAX_SCANS_PER_PAGE
+    assert all(not p.records and not p.rejected for p in pages) and pages[-1].cursor == 0
+    assert all(p.cursor != 0 for p in pages[:-1])
 
 
 async def _poll(pool: Any, sql: str, within: float = 20.0) -> Any:
