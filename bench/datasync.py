@@ -11,6 +11,16 @@ and 5 ms), with 20,000 events and batch size 500, on the same fake server (its o
 
 Printed: the median of ``--repeat`` runs of each, (c)/(a) (goal ≤ 1.1) and (b)/(c).
 
+With ``--dlt-python PATH`` (or ``BENCH_DLT_PYTHON``), the Python of a separate environment where ``dlt[postgres]``
+is installed (never this project's), also (d): a dlt pipeline on the same fake and data — dlt's REST API
+source with its cursor paginator, ``merge`` on ``id`` into PostgreSQL, nested ``properties`` kept as one
+JSON column (``max_table_nesting=0``), load format ``--dlt-format`` (default ``csv``, dlt's COPY path for
+PostgreSQL; ``insert_values`` is its default) — timed around ``pipeline.run`` (extract, normalize, load).
+Printed: (d)/(c) (goals ≥ 2 at 50 ms, ≥ 4 at 5 ms). For example::
+
+    python3 -m venv /tmp/dlt-venv && /tmp/dlt-venv/bin/pip install "dlt[postgres]"
+    .venv/bin/python bench/datasync.py --dlt-python /tmp/dlt-venv/bin/python
+
     .venv/bin/python bench/datasync.py [--events 20000] [--batch 500] [--latency 50,5] [--repeat 3]
 
 Creates and drops its own PostgreSQL database on ``BENCH_DATABASE_URL`` (default
@@ -51,6 +61,29 @@ LOCK_KEY = "batcher:test-session-lock"
 LOCK_MS = 60_000
 KEY = "bench-key"
 INSERT_SQL = "INSERT INTO events (id, type, occurred_at, payload) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING"
+#: Run by the dlt environment's Python: argv = url, database url, key, batch size, load format.
+DLT_RUNNER = """
+import json, sys, tempfile, time, uuid
+import dlt
+from dlt.sources.rest_api import rest_api_source
+
+url, db_url, key, batch, fmt = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+source = rest_api_source({
+    "client": {"base_url": url, "auth": {"type": "bearer", "token": key},
+               "paginator": {"type": "cursor", "cursor_path": "pagination.nextCursor", "cursor_param": "cursor"}},
+    "resource_defaults": {"primary_key": "id", "write_disposition": "merge",
+                          "endpoint": {"params": {"limit": batch}}},
+    "resources": [{"name": "events", "endpoint": {"path": "events", "data_selector": "data"}}],
+}, max_table_nesting=0)
+pipeline = dlt.pipeline(pipeline_name="bench_" + uuid.uuid4().hex[:8], pipelines_dir=tempfile.mkdtemp(),
+                        destination=dlt.destinations.postgres(db_url), dataset_name="dlt_" + uuid.uuid4().hex[:8])
+started = time.perf_counter()
+pipeline.run(source, loader_file_format=fmt)
+elapsed = time.perf_counter() - started
+with pipeline.sql_client() as client:
+    rows = client.execute_sql("SELECT count(*) FROM events")[0][0]
+print(json.dumps({"seconds": elapsed, "rows": rows}))
+"""
 CHECKPOINT_SQL = """
 INSERT INTO checkpoints (job_name, stream, scope_key, cursor) VALUES ('baseline', 'events', '', $1)
 ON CONFLICT (job_name, stream, scope_key) DO UPDATE SET cursor = EXCLUDED.cursor, updated_at = now()
@@ -208,22 +241,46 @@ async def batcher_run_job(url: str, db_url: str, redis_url: str, batch: int, con
     return float(summary["runtime_ms"]) / 1000
 
 
+async def dlt_pipeline(args: argparse.Namespace, url: str, db_url: str, runner: Path) -> float:
+    """(d): dlt's REST API source merged into PostgreSQL (a new dataset each time); its seconds."""
+    parts = urlsplit(db_url)
+    netloc = parts.netloc
+    if parts.username and parts.password is None:  # dlt insists on a password; trust auth ignores it
+        netloc = netloc.replace("@", ":unused@", 1)
+    dsn = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    proc = await asyncio.create_subprocess_exec(
+        args.dlt_python, str(runner), url, dsn, KEY, str(args.batch), args.dlt_format, cwd=runner.parent,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    stdout, stderr = await proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"dlt failed:\n{stderr.decode()[-2000:]}")
+    result = json.loads(stdout.decode().strip().splitlines()[-1])
+    if result["rows"] != args.events:
+        raise SystemExit(f"dlt loaded {result['rows']} rows, not {args.events}")
+    return float(result["seconds"])
+
+
 async def bench(args: argparse.Namespace, redis_url: str) -> list[dict[str, Any]]:
     results = []
     config = Path(tempfile.mkdtemp(prefix="bench-datasync-")) / "empty.toml"
     config.write_text("")
+    runner = config.parent / "dlt_runner.py"
+    runner.write_text(DLT_RUNNER)
     async with temporary_database() as db_url, fake_server(args.events) as url:
         for latency in args.latency:
             await set_latency(url, latency)
-            times: dict[str, list[float]] = {"a": [], "b": [], "c": []}
+            times: dict[str, list[float]] = {"a": [], "b": [], "c": [], "d": []}
             for _ in range(args.repeat):
                 times["a"].append(await fetch_only(url, args.batch))
                 times["b"].append(await sequential_baseline(url, db_url, args.batch))
                 times["c"].append(await batcher_run_job(url, db_url, redis_url, args.batch, config))
-            med = {k: statistics.median(v) for k, v in times.items()}
+                if args.dlt_python:
+                    times["d"].append(await dlt_pipeline(args, url, db_url, runner))
+            med = {k: statistics.median(v) for k, v in times.items() if v}
             results.append({"latency_ms": latency, "events": args.events, "batch": args.batch,
                             "fetch_only_s": med["a"], "sequential_s": med["b"], "batcher_s": med["c"],
-                            "c_over_a": med["c"] / med["a"], "b_over_c": med["b"] / med["c"]})
+                            "c_over_a": med["c"] / med["a"], "b_over_c": med["b"] / med["c"],
+                            **({"dlt_s": med["d"], "d_over_c": med["d"] / med["c"]} if "d" in med else {})})
             report(results[-1])
     return results
 
@@ -236,6 +293,11 @@ def report(r: dict[str, Any]) -> None:
           f"  (c) batcher run-job        {r['batcher_s']:7.3f} s   (summary runtime_ms)\n"
           f"  (c)/(a) = {r['c_over_a']:.3f}  (goal ≤ 1.1: {goal})    (b)/(c) = {r['b_over_c']:.2f}×",
           flush=True)
+    if "dlt_s" in r:
+        target = 2.0 if r["latency_ms"] >= 50 else 4.0
+        print(f"  (d) dlt pipeline           {r['dlt_s']:7.3f} s\n"
+              f"  (d)/(c) = {r['d_over_c']:.2f}×  (goal ≥ {target:g}: "
+              f"{'met' if r['d_over_c'] >= target else 'MISSED'})", flush=True)
 
 
 def main() -> None:
@@ -244,6 +306,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--latency", type=lambda s: [float(x) for x in s.split(",")], default=[50.0, 5.0])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--dlt-python", default=os.environ.get("BENCH_DLT_PYTHON"),
+                        help="the Python of an environment with dlt[postgres] installed: also run dlt")
+    parser.add_argument("--dlt-format", default="csv", choices=["csv", "insert_values", "parquet"])
     args = parser.parse_args()
     lock = RedisDbLock(BASE_REDIS)
     redis_url = lock.acquire()
