@@ -13,7 +13,7 @@ import functools
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
@@ -50,21 +50,23 @@ def load_config(settings: Settings | None = None) -> Config:
 
 
 @contextlib.asynccontextmanager
-async def open_services(config: Config, *, start_embedded: bool, migrate: bool = True,
+async def open_services(config: Config, *, start_embedded: bool,
+                        schema: Literal["migrate", "check", "none"] = "migrate",
                         sync: bool = False, http: bool = False) -> AsyncIterator[Services]:
-    """Embedded servers (when no URL is set), the pool, the schema, optionally the file sync and HTTP."""
+    """Embedded servers (when no URL is set), the pool, the schema (migrated, checked, or left to the
+    caller as ``batcher migrate`` does), optionally the file sync and HTTP."""
     s = config.settings
     async with contextlib.AsyncExitStack() as stack:
         urls = await stack.enter_async_context(
             embedded.services(s.database.url, s.redis.url, s.daemon.data_dir, start=start_embedded))
         pool = await store.create_pool(urls.database_url, size=s.database.pool_size)
         stack.push_async_callback(pool.close)
-        if migrate:
+        if schema == "migrate":
             async with pool.acquire() as conn:
                 applied = await store.migrate(conn)
             if applied:
                 log.info("schema_migrated", applied=applied)
-        else:
+        elif schema == "check":
             await _check_schema(pool)
         if sync:
             await sync_jobs(pool, config.jobs, s.jobs, config.registry)

@@ -109,7 +109,7 @@ def _run_summary(row: dict[str, Any]) -> dict[str, Any]:
 
 async def cmd_jobs(args: argparse.Namespace) -> int:
     config = _config()
-    async with open_services(config, start_embedded=False, migrate=False) as services:
+    async with open_services(config, start_embedded=False, schema="check") as services:
         if args.next:
             if not args.job:
                 raise UsageError("--next needs a JOB")
@@ -148,7 +148,7 @@ async def _print_next(pool: Any, job: str, n: int) -> int:
 
 async def cmd_runs(args: argparse.Namespace) -> int:
     config = _config()
-    async with open_services(config, start_embedded=False, migrate=False) as services:
+    async with open_services(config, start_embedded=False, schema="check") as services:
         if args.show:
             if args.run_id is None:
                 raise UsageError("runs show needs a RUN_ID")
@@ -163,7 +163,7 @@ async def cmd_runs(args: argparse.Namespace) -> int:
 
 async def _pause(args: argparse.Namespace, paused: bool) -> int:
     config = _config()
-    async with open_services(config, start_embedded=False, migrate=False) as services:
+    async with open_services(config, start_embedded=False, schema="check") as services:
         await set_paused(services.pool, args.job, paused)
     _print_json({"job": args.job, "paused": paused})
     return EXIT_OK
@@ -179,7 +179,7 @@ async def cmd_resume(args: argparse.Namespace) -> int:
 
 async def cmd_cancel(args: argparse.Namespace) -> int:
     config = _config()
-    async with open_services(config, start_embedded=False, migrate=False) as services:
+    async with open_services(config, start_embedded=False, schema="check") as services:
         result = await cancel_run(services.pool, args.run_id)
     _print_json({"run_id": args.run_id, "result": result})
     return EXIT_OK
@@ -198,7 +198,7 @@ async def cmd_backfill(args: argparse.Namespace) -> int:
 
 async def cmd_migrate(args: argparse.Namespace) -> int:
     config = _config()
-    async with open_services(config, start_embedded=True, migrate=False) as services:
+    async with open_services(config, start_embedded=True, schema="none") as services:
         from batcher import store
 
         async with services.pool.acquire() as conn:
@@ -219,7 +219,7 @@ async def cmd_health(args: argparse.Namespace) -> int:
 
 async def cmd_checkpoints(args: argparse.Namespace) -> int:
     config = _config()
-    async with open_services(config, start_embedded=False, migrate=False) as services:
+    async with open_services(config, start_embedded=False, schema="check") as services:
         if args.action == "show":
             for row in await list_checkpoints(services.pool, args.job):
                 _print_json(row)
@@ -235,7 +235,7 @@ async def cmd_dead_letters(args: argparse.Namespace) -> int:
     from batcher import deadletters
 
     config = _config()
-    async with open_services(config, start_embedded=False, migrate=False) as services:
+    async with open_services(config, start_embedded=False, schema="check") as services:
         pool = services.pool
         if args.action == "list":
             for row in await deadletters.list_dead_letters(pool, args.job, args.limit):
