@@ -47,6 +47,7 @@ class Scheduler:
         self.aging = daemon.aging_per_minute
         self.running: dict[int, tuple[asyncio.Task[dict[str, Any]], RunExecution]] = {}
         self.ticks = 0
+        self.last_tick = time.monotonic()  # when the last pass began (/healthz)
         self._wake = asyncio.Event()
         self._draining = False
         self._stopped = asyncio.Event()
@@ -99,6 +100,7 @@ class Scheduler:
     async def tick(self) -> float | None:
         """One pass: materialize, reap, claim. Returns seconds until the next due occurrence."""
         self.ticks += 1
+        self.last_tick = time.monotonic()
         pool = self.services.pool
         await materialize_due(pool)
         await reap_abandoned(pool)
