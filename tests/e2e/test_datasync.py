@@ -107,9 +107,11 @@ async def test_sigkill_at_10_random_moments_then_exactly_once(events_db: Any, en
     options = FakeOptions(events=20_000, invalid_every=45, overlap=4, gzip=True, latency_ms=2,
                           rate_limit_every=11, rate_limit_delay_s=0.1, error_every=13)
     params = ("batch_size=500", f"api_key={KEY}")
-    kills = 0
+    kills = starts = 0
     async with FakeDataSync(options) as fake:
         while kills < 10:
+            starts += 1
+            assert starts <= 30, f"only {kills} kills landed in {starts - 1} runs"
             seen = len(fake.log)
             proc = await start_run_job(env, f"base_url={fake.url}", *params, stderr=tmp_path / "stderr.log")
             target = seen + rng.randint(1, 4)
