@@ -32,7 +32,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from aiohttp import web
 
@@ -300,6 +300,9 @@ class FakeDataSync:
         return web.json_response(asdict(self.options))
 
 
+_CHOICES: dict[str, tuple[str, ...]] = {"Shape": get_args(Shape), "RateLimitHeaders": get_args(RateLimitHeaders)}
+
+
 def _parse_args(argv: list[str] | None) -> tuple[FakeOptions, str, int]:
     parser = argparse.ArgumentParser(prog="python -m batcher.fakes.datasync",
                                      description="A fake DataSync events API.")
@@ -311,7 +314,9 @@ def _parse_args(argv: list[str] | None) -> tuple[FakeOptions, str, int]:
             parser.add_argument(flag, action="store_true")
         else:
             kind = {"int": int, "float": float}.get(str(f.type), str)
-            parser.add_argument(flag, type=kind, default=f.default)
+            choices = _CHOICES.get(str(f.type))
+            parser.add_argument(flag, type=kind, default=f.default, choices=choices,
+                                help=f"default: {f.default}")
     args = vars(parser.parse_args(argv))
     host, port = args.pop("host"), args.pop("port")
     return FakeOptions(**args), host, port
