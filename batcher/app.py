@@ -122,6 +122,9 @@ async def run_daemon(config: Config) -> int:
 
     s = config.settings
     configure_logging(s.log.format, s.log.level)
+    from batcher.api import check_bind
+
+    check_bind(s.api)  # a non-loopback API without a token: refuse before doing any work (exit 2)
     stop = asyncio.Event()
     _install_signals(stop)
     notifier = Notifier(*systemd_environment())
@@ -150,5 +153,7 @@ async def run_daemon(config: Config) -> int:
 
 
 async def _start_api(stack: contextlib.AsyncExitStack, services: Services, scheduler: Any) -> None:
-    """The admin API arrives with its own issue; until then the daemon serves none."""
-    return None
+    """The admin API on BATCHER_API_HOST:BATCHER_API_PORT (port 0: none), served until the stack closes."""
+    from batcher.api import start_api
+
+    await start_api(stack, services, scheduler)
