@@ -111,10 +111,25 @@ class RunExecution:
         depth = int(job["prefetch_batches"] or daemon.prefetch_batches)
         source: AsyncIterator[Batch] = handler_cls().run(ctx, params)
         async with prefetching(source, depth=depth, max_bytes=daemon.prefetch_bytes) as batches:
-            async for batch in batches:
+            while (batch := await self._next_batch(batches)) is not None:
                 self._check_cancel()
                 await self._commit(handler_cls, ctx, batch)
                 self._check_cancel()
+
+    async def _next_batch(self, batches: AsyncIterator[Batch]) -> Batch | None:
+        """The next batch (None at the end); a cancel signal interrupts the wait for it (DESIGN §5: waits
+        watch the signal), so a handler sleeping or blocked between batches stops at once."""
+        waiter = asyncio.ensure_future(anext(batches, None))
+        signal = asyncio.ensure_future(self.state.cancelled.wait())
+        try:
+            await asyncio.wait((waiter, signal), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            signal.cancel()
+            if not waiter.done():
+                waiter.cancel()
+        if not waiter.done():  # the signal came first: the wait was cancelled above
+            self._check_cancel()
+        return waiter.result()
 
     def _check_cancel(self) -> None:
         if self.state.cancelled.is_set():
