@@ -92,7 +92,7 @@ async def _follow(pool: Any, run_id: int) -> dict[str, Any]:
     while True:
         row = await pool.fetchrow(Q["get_run"], current)
         if row["status"] in FINAL:
-            retry = await pool.fetchval("SELECT id FROM batch_runs WHERE retry_of = $1", current)
+            retry = await pool.fetchval(Q["retry_of"], current)
             if retry is None:
                 return dict(row)
             current = retry

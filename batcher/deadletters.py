@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from batcher import sinks
 from batcher.handler import Stream
+from batcher.store import Q
 
 if TYPE_CHECKING:
     import asyncpg
@@ -37,37 +38,6 @@ if TYPE_CHECKING:
     from batcher.sinks import PgConnection
 
 REPLAY_PAGE = 1000
-
-#: Dead letters for ``dead-letters list``: newest first, one job or all, unresolved unless asked.
-SQL_LIST_DEAD_LETTERS = """
-SELECT id, job_name, run_id, stream, origin, reason, payload, payload_hash, created_at, resolved_at
-FROM dead_letters
-WHERE ($1::text IS NULL OR job_name = $1) AND ($2::boolean OR resolved_at IS NULL)
-ORDER BY id DESC LIMIT $3
-"""
-
-#: ``dead-letters purge``: a job's dead letters (resolved or not), optionally only those created before $2.
-SQL_PURGE_DEAD_LETTERS = """
-DELETE FROM dead_letters WHERE job_name = $1 AND ($2::timestamptz IS NULL OR created_at < $2)
-"""
-
-#: One page of a job's unresolved dead letters for replay, in id order after the id $2.
-SQL_UNRESOLVED_DEAD_LETTERS = """
-SELECT id, stream, origin, payload FROM dead_letters
-WHERE job_name = $1 AND resolved_at IS NULL AND id > $2
-ORDER BY id LIMIT $3
-"""
-
-#: Mark replayed dead letters resolved (by the replaying run, when there is one).
-SQL_RESOLVE_DEAD_LETTERS = """
-UPDATE dead_letters SET resolved_at = now(), run_id = coalesce($2, run_id) WHERE id = ANY($1::bigint[])
-"""
-
-#: Dead letters that still fail on replay keep their row with the new reason.
-SQL_UPDATE_DEAD_LETTER_REASONS = """
-UPDATE dead_letters AS d SET reason = u.reason, run_id = coalesce($3, d.run_id)
-FROM unnest($1::bigint[], $2::text[]) AS u (id, reason) WHERE d.id = u.id
-"""
 
 #: Rows to write, each with the ids of the dead letters it replays (newest last).
 _Entries = list[tuple[list[int], tuple[Any, ...]]]
@@ -88,14 +58,14 @@ async def list_dead_letters(pool: asyncpg.Pool[Any], job: str | None, limit: int
                             include_resolved: bool = False) -> list[dict[str, Any]]:
     """Newest first: one job's dead letters (or every job's), unresolved unless asked otherwise."""
     async with pool.acquire() as conn:
-        rows = await conn.fetch(SQL_LIST_DEAD_LETTERS, job, include_resolved, limit)
+        rows = await conn.fetch(Q["list_dead_letters"], job, include_resolved, limit)
     return [dict(r) for r in rows]
 
 
 async def purge_dead_letters(pool: asyncpg.Pool[Any], job: str, before: datetime | None) -> int:
     """Delete a job's dead letters (created before ``before`` when given); returns how many."""
     async with pool.acquire() as conn:
-        status = await conn.execute(SQL_PURGE_DEAD_LETTERS, job, before)
+        status = await conn.execute(Q["purge_dead_letters"], job, before)
     return int(status.rsplit(" ", 1)[1])
 
 
@@ -106,7 +76,7 @@ async def replay_dead_letters(pool: asyncpg.Pool[Any], job_name: str, streams: M
     after = 0
     while True:
         async with pool.acquire() as conn:
-            page = await conn.fetch(SQL_UNRESOLVED_DEAD_LETTERS, job_name, after, REPLAY_PAGE)
+            page = await conn.fetch(Q["unresolved_dead_letters"], job_name, after, REPLAY_PAGE)
             if not page:
                 return result
             after = page[-1]["id"]
@@ -133,9 +103,9 @@ async def _replay_stream(conn: PgConnection, stream: Stream, letters: list[Any],
                    if i in poisoned for letter_id in ids]
         resolved = [letter_id for i, (ids, _) in enumerate(entries) if i not in poisoned for letter_id in ids]
         if resolved:
-            await conn.execute(SQL_RESOLVE_DEAD_LETTERS, resolved, run_id)
+            await conn.execute(Q["resolve_dead_letters"], resolved, run_id)
         if failed:
-            await conn.execute(SQL_UPDATE_DEAD_LETTER_REASONS, [f[0] for f in failed],
+            await conn.execute(Q["update_dead_letter_reasons"], [f[0] for f in failed],
                                [f[1] for f in failed], run_id)
     result.resolved += len(resolved)
     result.written += outcome.written if outcome else 0

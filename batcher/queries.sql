@@ -421,3 +421,52 @@ SELECT c.job_name, c.queue, c.last_success_at,
        (SELECT count(*) FROM dead_letters d WHERE d.job_name = c.job_name AND d.resolved_at IS NULL)
            AS dead_letters
 FROM batch_config c;
+
+
+-- ===================================================================== sinks and dead letters
+
+-- name: column_types
+-- Each column's name, type (without typmod, for ``$n::type[]`` casts) and whether it is an array.
+SELECT a.attname, format_type(a.atttypid, NULL), (a.attndims > 0 OR t.typcategory = 'A')
+FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped;
+
+-- name: insert_dead_letters
+-- Idempotent dead letters: a conflict reopens a resolved row (new reason and run), else does nothing.
+-- The command tag counts rows created or reopened.
+INSERT INTO dead_letters (job_name, run_id, stream, origin, reason, payload, payload_hash)
+SELECT $1, $2, $3, $4, d.reason, d.payload, d.payload_hash
+FROM unnest($5::text[], $6::text[], $7::text[]) AS d (reason, payload, payload_hash)
+ON CONFLICT (job_name, stream, payload_hash) DO UPDATE
+SET resolved_at = NULL, reason = EXCLUDED.reason, run_id = EXCLUDED.run_id, origin = EXCLUDED.origin
+WHERE dead_letters.resolved_at IS NOT NULL;
+
+-- name: list_dead_letters
+-- Dead letters for ``dead-letters list``: newest first, one job or all, unresolved unless asked.
+SELECT id, job_name, run_id, stream, origin, reason, payload, payload_hash, created_at, resolved_at
+FROM dead_letters
+WHERE ($1::text IS NULL OR job_name = $1) AND ($2::boolean OR resolved_at IS NULL)
+ORDER BY id DESC LIMIT $3;
+
+-- name: purge_dead_letters
+-- ``dead-letters purge``: a job's dead letters (resolved or not), optionally only those created before $2.
+DELETE FROM dead_letters WHERE job_name = $1 AND ($2::timestamptz IS NULL OR created_at < $2);
+
+-- name: unresolved_dead_letters
+-- One page of a job's unresolved dead letters for replay, in id order after the id $2.
+SELECT id, stream, origin, payload FROM dead_letters
+WHERE job_name = $1 AND resolved_at IS NULL AND id > $2
+ORDER BY id LIMIT $3;
+
+-- name: resolve_dead_letters
+-- Mark replayed dead letters resolved (by the replaying run, when there is one).
+UPDATE dead_letters SET resolved_at = now(), run_id = coalesce($2, run_id) WHERE id = ANY($1::bigint[]);
+
+-- name: update_dead_letter_reasons
+-- Dead letters that still fail on replay keep their row with the new reason.
+UPDATE dead_letters AS d SET reason = u.reason, run_id = coalesce($3, d.run_id)
+FROM unnest($1::bigint[], $2::text[]) AS u (id, reason) WHERE d.id = u.id;
+
+-- name: retry_of
+-- The retry row that continues a run, if any (trigger --wait follows a chain).
+SELECT id FROM batch_runs WHERE retry_of = $1 ORDER BY id LIMIT 1;

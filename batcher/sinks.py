@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 import asyncpg
 
 from batcher.handler import Batch, Rejected, Stream
+from batcher.store import Q
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -48,24 +49,6 @@ Row = tuple[Any, ...]
 PgConnection: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
 DeadLetterOrigin = Literal["handler", "database"]
 UpsertStrategy = Literal["unnest", "temp_table"]
-
-#: Each column's name, type (without typmod, for ``$n::type[]`` casts) and whether it is an array.
-SQL_COLUMN_TYPES = """
-SELECT a.attname, format_type(a.atttypid, NULL), (a.attndims > 0 OR t.typcategory = 'A')
-FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped
-"""
-
-#: Idempotent dead letters: a conflict reopens a resolved row (new reason and run), else does nothing.
-#: The command tag counts rows created or reopened.
-SQL_INSERT_DEAD_LETTERS = """
-INSERT INTO dead_letters (job_name, run_id, stream, origin, reason, payload, payload_hash)
-SELECT $1, $2, $3, $4, d.reason, d.payload, d.payload_hash
-FROM unnest($5::text[], $6::text[], $7::text[]) AS d (reason, payload, payload_hash)
-ON CONFLICT (job_name, stream, payload_hash) DO UPDATE
-SET resolved_at = NULL, reason = EXCLUDED.reason, run_id = EXCLUDED.run_id, origin = EXCLUDED.origin
-WHERE dead_letters.resolved_at IS NOT NULL
-"""
 
 MAX_REASONS = 5
 MAX_REASON_CHARS = 2000
@@ -280,7 +263,7 @@ async def column_types(conn: PgConnection, table: str) -> dict[str, Column]:
     """The table's columns, introspected once per table name and cached for the process."""
     cached = _column_cache.get(table)
     if cached is None:
-        rows = await conn.fetch(SQL_COLUMN_TYPES, quote_table(table))
+        rows = await conn.fetch(Q["column_types"], quote_table(table))
         cached = {r[0]: Column(r[0], r[1], bool(r[2])) for r in rows}
         _column_cache[table] = cached
     return cached
@@ -333,7 +316,7 @@ async def write_dead_letters(conn: PgConnection, *, job_name: str, run_id: int |
         return 0
     reasons = [r for r, _ in unique.values()]
     payloads = [p for _, p in unique.values()]
-    status = await conn.execute(SQL_INSERT_DEAD_LETTERS, job_name, run_id, stream, origin, reasons,
+    status = await conn.execute(Q["insert_dead_letters"], job_name, run_id, stream, origin, reasons,
                                 payloads, list(unique))
     return int(status.rsplit(" ", 1)[1])
 
