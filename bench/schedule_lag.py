@@ -1,0 +1,401 @@
+"""Schedule lag (issue 6): 10,000 one-minute interval jobs, 2 daemons with concurrency 8 each.
+
+The jobs (synthetic, ``records = 0``: no-op runs) are inserted straight into ``batch_config`` with
+``source = 'api'`` (the daemons' job file is empty, and its sync only orphans ``source = 'file'`` jobs).
+Their anchors are spread evenly over the minute (one every 6 ms: ~167 runs/s). Two ``python -m batcher
+run`` processes (concurrency 8, default tick, lease and log settings) run them for ``--seconds`` (default
+150); then the script stops them (SIGTERM) and prints, for the scheduled runs due in the measured window
+(after a ``--warmup`` of 20 s):
+
+- p50 / p90 / p99 / max of due → start (``started_at - scheduled_for``), and how many due runs had not
+  started when the window closed (counted as lag beyond the window, so they push p99 up, never down);
+- runs per second (scheduled runs finished per second of the window), the count of ``skipped``/``overlap``
+  and ``skipped``/``missed`` rows, failed runs;
+- each daemon's CPU use (share of one core), sampled from ``/proc`` while it ran;
+- where the time goes: EXPLAIN ANALYZE of the per-tick statements on the 10,000-job table and the runs
+  table the benchmark left behind, and the wall time of one ``materialize_due`` of a minute's 6th (167
+  due jobs). With ``--py-spy PATH`` (or ``BENCH_PY_SPY``) a py-spy binary also records each daemon for
+  20 s (``--format raw``) and the top frames are printed.
+
+Goal: p99 ≤ 1 s. Creates and drops its own PostgreSQL database on ``BENCH_DATABASE_URL`` (default
+``postgresql://postgres@127.0.0.1:5432/postgres``); uses ``BATCHER_REDIS_URL`` if set, else claims a
+Redis db among 1–9 on ``BENCH_REDIS_URL`` (default ``redis://127.0.0.1:6379``) with the tests' lock
+scheme. Bounded: about ``--seconds`` + 40 s.
+
+    .venv/bin/python bench/schedule_lag.py [--jobs 10000] [--seconds 150] [--daemons 2] [--concurrency 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import redis
+
+from batcher import store
+from batcher.materialize import materialize_due
+from batcher.store import Q
+
+REPO = Path(__file__).resolve().parents[1]
+BASE_DB = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+BASE_REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
+LOCK_KEY = "batcher:test-session-lock"
+LOCK_MS = 60_000
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class RedisDbLock:
+    """A free Redis db among 1–9, claimed with ``SET lock token NX PX`` and renewed until released."""
+
+    def __init__(self, base: str) -> None:
+        self.base, self.token = base.rstrip("/"), uuid.uuid4().hex
+        self.client: redis.Redis | None = None  # type: ignore[type-arg]
+        self._stop = threading.Event()
+
+    def acquire(self) -> str:
+        for number in range(1, 10):
+            client = redis.Redis.from_url(self.base, db=number)
+            if client.set(LOCK_KEY, self.token, nx=True, px=LOCK_MS):
+                pipe = client.pipeline(transaction=True)
+                pipe.flushdb()
+                pipe.set(LOCK_KEY, self.token, px=LOCK_MS)
+                pipe.execute()
+                self.client = client
+                threading.Thread(target=self._renew, daemon=True).start()
+                return f"{self.base}/{number}"
+            client.close()
+        raise SystemExit("no free Redis db among 1–9")
+
+    def _renew(self) -> None:
+        while not self._stop.wait(LOCK_MS / 3000):
+            if self.client is not None and self.client.get(LOCK_KEY) == self.token.encode():
+                self.client.pexpire(LOCK_KEY, LOCK_MS)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self.client is not None:
+            if self.client.get(LOCK_KEY) == self.token.encode():
+                self.client.delete(LOCK_KEY)
+            self.client.close()
+
+
+@contextlib.asynccontextmanager
+async def temporary_database() -> AsyncIterator[str]:
+    """A new migrated database, dropped on exit."""
+    name = f"bench_schedule_lag_{uuid.uuid4().hex[:8]}"
+    parts = urlsplit(BASE_DB)
+    url = urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+    admin = await asyncpg.connect(BASE_DB)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        conn = await store.connect(url)
+        try:
+            await store.migrate(conn)
+        finally:
+            await conn.close()
+        yield url
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def insert_jobs(conn: Any, n: int) -> None:
+    """n one-minute synthetic no-op jobs, disabled until :func:`arm` spreads their phases."""
+    await conn.execute(
+        "INSERT INTO batch_config (job_name, job_type, enabled, interval_minutes, params, source, next_run_at) "
+        "SELECT format('lag-%s', lpad(g::text, 5, '0')), 'synthetic', false, 1, '{\"records\": 0}'::jsonb, "
+        "'api', NULL FROM generate_series(0, $1 - 1) AS g", n)
+    await conn.execute("ANALYZE batch_config")
+
+
+async def arm(conn: Any, n: int, lead: float) -> float:
+    """Enable the jobs with anchors ``lead`` s from now, one every 60/n s; returns the epoch of the first."""
+    t0: float = await conn.fetchval("SELECT extract(epoch FROM now())::float8 + $1", lead)
+    await conn.execute(
+        "UPDATE batch_config SET enabled = true, "
+        "  schedule_anchor = to_timestamp($2) + make_interval(secs => 60.0 * substr(job_name, 5)::int / $1), "
+        "  next_run_at = to_timestamp($2) + make_interval(secs => 60.0 * substr(job_name, 5)::int / $1)", n, t0)
+    return t0
+
+
+class Daemon:
+    """One ``python -m batcher run`` process with its JSON log in a file."""
+
+    def __init__(self, name: str, env: dict[str, str], workdir: Path) -> None:
+        self.log_path = workdir / f"{name}.log"
+        self._log = self.log_path.open("wb")
+        self.popen = subprocess.Popen([sys.executable, "-m", "batcher", "run"], env=env, cwd=REPO,
+                                      stdout=subprocess.DEVNULL, stderr=self._log, start_new_session=True)
+
+    def ready(self) -> bool:
+        if self.popen.poll() is not None:
+            raise SystemExit(f"daemon exited ({self.popen.returncode}):\n{self.log_path.read_text()[-3000:]}")
+        return '"daemon_ready"' in self.log_path.read_text(errors="replace")
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def stop(self) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(10)
+        self._log.close()
+        return self.popen.returncode
+
+    def warnings(self) -> Counter[str]:
+        events: Counter[str] = Counter()
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if entry.get("level") in ("warning", "error", "critical"):
+                    events[entry.get("event", "?")] += 1
+        return events
+
+
+def daemon_env(db_url: str, redis_url: str, workdir: Path, concurrency: int) -> dict[str, str]:
+    config = workdir / "batcher.toml"
+    config.write_text("")  # no jobs in the file: the benchmark's jobs are source = 'api'
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("BATCHER_") and k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(BATCHER_DATABASE_URL=db_url, BATCHER_REDIS_URL=redis_url, BATCHER_CONFIG=str(config),
+               BATCHER_DATA_DIR=str(workdir / "data"), BATCHER_API_PORT="0", BATCHER_LOG_FORMAT="json",
+               BATCHER_CONCURRENCY=str(concurrency), PYTHONUNBUFFERED="1")
+    return env
+
+
+async def wait_ready(daemons: list[Daemon], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(d.ready() for d in daemons):
+        if time.monotonic() > deadline:
+            raise SystemExit("daemons not ready within 60 s")
+        await asyncio.sleep(0.1)
+
+
+def start_spies(py_spy: str, daemons: list[Daemon], workdir: Path) -> list[subprocess.Popen[bytes]]:
+    """py-spy recording each daemon for 20 s (raw collapsed stacks, 100 Hz, without pausing it)."""
+    return [subprocess.Popen([py_spy, "record", "--pid", str(d.popen.pid), "--duration", "20", "--rate", "100",
+                              "--format", "raw", "--output", str(workdir / f"spy{i}.txt"), "--nonblocking"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for i, d in enumerate(daemons)]
+
+
+async def observe(conn: Any, daemons: list[Daemon], seconds: float,
+                  py_spy: str | None, workdir: Path) -> list[float]:
+    """Print progress every 10 s for ``seconds``; returns each daemon's CPU share over the run."""
+    cpu0, started = [d.cpu_seconds() for d in daemons], time.monotonic()
+    spies = start_spies(py_spy, daemons, workdir) if py_spy else []
+    while (elapsed := time.monotonic() - started) < seconds:
+        await asyncio.sleep(min(10.0, seconds - elapsed))
+        row = await conn.fetchrow(
+            "SELECT count(*) FILTER (WHERE status = 'queued' AND not_before <= now()) AS queued, "
+            "count(*) FILTER (WHERE status = 'running') AS running, "
+            "count(*) FILTER (WHERE status = 'succeeded') AS succeeded, "
+            "count(*) FILTER (WHERE status = 'skipped') AS skipped FROM batch_runs")
+        print(f"  t={time.monotonic() - started:5.0f} s  queued {row['queued']:5}  running {row['running']:3}  "
+              f"succeeded {row['succeeded']:6}  skipped {row['skipped']:5}", flush=True)
+    for spy in spies:
+        await asyncio.to_thread(spy.wait, 60)
+    wall = time.monotonic() - started
+    return [(d.cpu_seconds() - c0) / wall for d, c0 in zip(daemons, cpu0, strict=True)]
+
+
+async def lag_stats(conn: Any, t_from: float, t_to: float) -> dict[str, Any]:
+    """due → start of the scheduled runs due in [t_from, t_to); unstarted ones count as lag past t_to."""
+    row = await conn.fetchrow("""
+        WITH w AS (
+            SELECT r.*, extract(epoch FROM coalesce(r.started_at, to_timestamp($2) + interval '1 hour')
+                                         - r.scheduled_for) AS lag
+            FROM batch_runs r
+            WHERE r.trigger = 'schedule' AND r.scheduled_for >= to_timestamp($1)
+              AND r.scheduled_for < to_timestamp($2))
+        SELECT count(*) FILTER (WHERE status <> 'skipped') AS runs,
+               count(*) FILTER (WHERE status <> 'skipped' AND started_at IS NULL) AS not_started,
+               count(*) FILTER (WHERE status = 'failed') AS failed,
+               count(*) FILTER (WHERE reason = 'overlap') AS overlap,
+               count(*) FILTER (WHERE reason = 'missed') AS missed,
+               percentile_cont(0.5) WITHIN GROUP (ORDER BY lag) FILTER (WHERE status <> 'skipped') AS p50,
+               percentile_cont(0.9) WITHIN GROUP (ORDER BY lag) FILTER (WHERE status <> 'skipped') AS p90,
+               percentile_cont(0.99) WITHIN GROUP (ORDER BY lag) FILTER (WHERE status <> 'skipped') AS p99,
+               max(lag) FILTER (WHERE status <> 'skipped' AND started_at IS NOT NULL) AS max_started,
+               avg(runtime_ms) AS runtime_ms
+        FROM w""", t_from, t_to)
+    finished = await conn.fetchval(
+        "SELECT count(*) FROM batch_runs WHERE trigger = 'schedule' AND status = 'succeeded' "
+        "AND finished_at >= to_timestamp($1) AND finished_at < to_timestamp($2)", t_from, t_to)
+    return {**dict(row), "runs_per_second": finished / (t_to - t_from), "window_seconds": t_to - t_from}
+
+
+EXPLAINED = {  # statement → arguments (worker, slots, lease, queues, aging …)
+    "due_jobs": (1000,),
+    "claim_runs": ("bench-explain", 8, 60.0, None, 1.0),
+    "abandoned_runs": (0x42415443,),
+    "seconds_until_next_due": (),
+    "job_busy": ("lag-05000",),
+    "list_runs": (None, None, 20, None),
+}
+
+
+async def where_time_goes(pool: asyncpg.Pool, n: int) -> None:
+    """EXPLAIN ANALYZE of the per-tick statements (in rolled-back transactions that make a minute's 6th of
+    the jobs due and queue 16 runs), then one real materialize_due of 167 due jobs, timed."""
+    print("\nwhere the time goes (statements on the tables the run left behind):")
+    print(f"  batch_runs rows: {await pool.fetchval('SELECT count(*) FROM batch_runs')}, "
+          f"run_logs rows: {await pool.fetchval('SELECT count(*) FROM run_logs')}")
+    await pool.execute("ANALYZE")
+    due = max(n // 60, 1)
+    async with pool.acquire() as conn:
+        for name, args in EXPLAINED.items():
+            tx = conn.transaction()
+            await tx.start()
+            await conn.execute("UPDATE batch_config SET next_run_at = now() - interval '1 second' "
+                               "WHERE job_name IN (SELECT job_name FROM batch_config ORDER BY job_name LIMIT $1)", due)
+            await conn.execute("INSERT INTO batch_runs (job_name, job_type, trigger, root_trigger) SELECT job_name, "
+                               "'synthetic', 'manual', 'manual' FROM batch_config ORDER BY job_name DESC LIMIT 16")
+            plan = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {Q[name]}", *args)
+            await tx.rollback()
+            lines = [r[0] for r in plan]
+            total = next((ln for ln in lines if ln.startswith("Execution Time")), "?")
+            print(f"  {name:24} {total}")
+            for ln in lines[:6] if name in ("due_jobs", "claim_runs", "abandoned_runs") else []:
+                print(f"      {ln[:150]}")
+    await pool.execute("UPDATE batch_config SET next_run_at = now() - interval '1 second' "
+                       "WHERE job_name IN (SELECT job_name FROM batch_config ORDER BY job_name LIMIT $1)", due)
+    started = time.perf_counter()
+    handled = await materialize_due(pool)
+    took = time.perf_counter() - started
+    print(f"  materialize_due of {handled} due jobs: {took * 1000:.0f} ms ({took / max(handled, 1) * 1000:.2f} ms/job, "
+          f"one transaction; the jobs are due at {n / 60:.0f}/s)")
+
+
+def print_spy(workdir: Path, top: int = 15) -> None:
+    """Each daemon's py-spy raw profile: batcher/asyncpg functions by inclusive share, leaf functions by
+    exclusive share (samples of non-idle threads only)."""
+    for path in sorted(workdir.glob("spy*.txt")):
+        inclusive: Counter[str] = Counter()
+        leaves: Counter[str] = Counter()
+        total = 0
+        for line in path.read_text(errors="replace").splitlines():
+            stack, _, samples = line.rpartition(" ")
+            if not samples.isdigit():
+                continue
+            total += int(samples)
+            frames = [_frame_name(f) for f in stack.split(";")]
+            leaves[frames[-1]] += int(samples)
+            for frame in set(frames):
+                if "/batcher/" in frame or "/handlers/" in frame or "asyncpg/" in frame:
+                    inclusive[frame] += int(samples)
+        print(f"\npy-spy {path.stem}: {total} non-idle samples at 100 Hz over 20 s")
+        for title, counter in (("inclusive (batcher, handlers, asyncpg)", inclusive), ("exclusive (leaf)", leaves)):
+            print(f"  {title}:")
+            for frame, hits in counter.most_common(top):
+                print(f"    {100 * hits / max(total, 1):5.1f}%  {frame[:130]}")
+
+
+def _frame_name(frame: str) -> str:
+    """``func (path/file.py:123)`` → ``func (…/package/file.py)``."""
+    func, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    return f"{func} ({'/'.join(path.split('/')[-2:])})"
+
+
+async def bench(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
+    async with temporary_database() as db_url:
+        pool = await store.create_pool(db_url, size=4)
+        try:
+            async with pool.acquire() as conn:
+                await insert_jobs(conn, args.jobs)
+            with tempfile.TemporaryDirectory(prefix="bench-lag-") as tmp:
+                workdir = Path(tmp)
+                return await measure(args, pool, db_url, redis_url, workdir)
+        finally:
+            await pool.close()
+
+
+async def measure(args: argparse.Namespace, pool: asyncpg.Pool, db_url: str, redis_url: str,
+                  workdir: Path) -> dict[str, Any]:
+    env = daemon_env(db_url, redis_url, workdir, args.concurrency)
+    daemons = [Daemon(f"daemon{i}", env, workdir) for i in range(args.daemons)]
+    try:
+        await wait_ready(daemons)
+        async with pool.acquire() as conn:
+            t0 = await arm(conn, args.jobs, lead=2.0)
+            print(f"{args.jobs} jobs armed; {args.daemons} daemons × concurrency {args.concurrency}; "
+                  f"running {args.seconds:.0f} s", flush=True)
+            cpu = await observe(conn, daemons, args.seconds, args.py_spy, workdir)
+            t_end = time.time()
+    finally:
+        codes = [d.stop() for d in daemons]
+    warnings = sum((d.warnings() for d in daemons), Counter())
+    stats = await lag_stats(pool, t0 + args.warmup, t_end - 2.0)
+    report(stats, cpu, codes, warnings)
+    await where_time_goes(pool, args.jobs)
+    if args.py_spy:
+        print_spy(workdir)
+    return {**{k: (float(v) if v is not None else None) for k, v in stats.items()}, "daemon_cpu": cpu}
+
+
+def report(stats: dict[str, Any], cpu: list[float], codes: list[int], warnings: Counter[str]) -> None:
+    def secs(v: Any) -> str:
+        return "n/a" if v is None else f"{float(v):.3f} s"
+
+    print(f"\nscheduled runs due in the {stats['window_seconds']:.0f} s window: {stats['runs']} "
+          f"(not started by its end: {stats['not_started']}, failed: {stats['failed']})")
+    print(f"due → start  p50 {secs(stats['p50'])}  p90 {secs(stats['p90'])}  p99 {secs(stats['p99'])}  "
+          f"max(started) {secs(stats['max_started'])}   goal p99 ≤ 1 s: "
+          f"{'met' if stats['p99'] is not None and stats['p99'] <= 1.0 else 'MISSED'}")
+    print(f"runs per second: {stats['runs_per_second']:.1f} (due: ~{stats['runs'] / stats['window_seconds']:.1f}/s)"
+          f"   mean runtime_ms {float(stats['runtime_ms'] or 0):.1f}")
+    print(f"skipped/overlap rows: {stats['overlap']}   skipped/missed rows: {stats['missed']}")
+    print(f"daemon CPU (share of one core): {', '.join(f'{c:.2f}' for c in cpu)}   exit codes {codes}   "
+          f"cores: {os.cpu_count()}")
+    if warnings:
+        print(f"daemon warnings/errors: {dict(warnings.most_common(8))}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--seconds", type=float, default=150.0)
+    parser.add_argument("--warmup", type=float, default=20.0)
+    parser.add_argument("--daemons", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--py-spy", default=os.environ.get("BENCH_PY_SPY"), help="a py-spy binary: profile the daemons")
+    args = parser.parse_args()
+    lock: RedisDbLock | None = None
+    redis_url = os.environ.get("BATCHER_REDIS_URL")
+    if not redis_url:
+        lock = RedisDbLock(BASE_REDIS)
+        redis_url = lock.acquire()
+    try:
+        results = asyncio.run(bench(args, redis_url))
+    finally:
+        if lock is not None:
+            lock.release()
+    out = REPO / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "schedule_lag.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()
