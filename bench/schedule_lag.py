@@ -303,7 +303,7 @@ def print_spy(workdir: Path, top: int = 15) -> None:
             frames = [_frame_name(f) for f in stack.split(";")]
             leaves[frames[-1]] += int(samples)
             for frame in set(frames):
-                if "/batcher/" in frame or "/handlers/" in frame or "asyncpg/" in frame:
+                if any(f"({pkg}/" in frame for pkg in ("batcher", "handlers", "asyncpg", "apscheduler")):
                     inclusive[frame] += int(samples)
         print(f"\npy-spy {path.stem}: {total} non-idle samples at 100 Hz over 20 s")
         for title, counter in (("inclusive (batcher, handlers, asyncpg)", inclusive), ("exclusive (leaf)", leaves)):
