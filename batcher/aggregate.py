@@ -165,7 +165,7 @@ async def cmd_aggregate_status(args: argparse.Namespace) -> int:
 
     check_merchant("aggregate-status", args.merchant)
     config = _load_config()
-    async with open_services(config, start_embedded=False, migrate=False) as services:
+    async with open_services(config, start_embedded=False, schema="check") as services:
         jobs = await usage_jobs(services.pool)
         prefix = status_prefix(jobs, args.job)
         redis = redis_client(services.redis_url, socket_timeout=30.0)
