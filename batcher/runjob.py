@@ -70,7 +70,8 @@ async def claim_foreground_run(services: Services, worker: Worker, job_name: str
             else:
                 if running is not None:
                     await abandon_run(conn, dict(running), queue_retry=False)
-                    previous = running
+                    if dict(running["params"] or {}) == dict(params):
+                        previous = running  # same work: continue its chain from its checkpoint
                 else:
                     previous = await _resumable_chain(conn, job_name, params)
                 return await _insert_claimed(conn, services, worker, job, params, previous)
