@@ -69,9 +69,12 @@ async def claim_foreground_run(services: Services, worker: Worker, job_name: str
                 pass
             else:
                 if running is not None:
-                    await abandon_run(conn, dict(running), queue_retry=False)
-                    if dict(running["params"] or {}) == dict(params):
-                        previous = running  # same work: continue its chain from its checkpoint
+                    same_work = dict(running["params"] or {}) == dict(params)
+                    # same work: this run continues the dead run's chain from its checkpoint; other work: the
+                    # dead run is recovered as any daemon recovers it (a retry unless it was a run-job chain)
+                    await abandon_run(conn, dict(running),
+                                      queue_retry=not same_work and running["root_trigger"] != "cli")
+                    previous = running if same_work else None
                 else:
                     previous = await _resumable_chain(conn, job_name, params)
                 return await _insert_claimed(conn, services, worker, job, params, previous)
