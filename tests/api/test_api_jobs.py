@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -176,7 +177,7 @@ async def test_next_occurrences(client: Client) -> None:
     cron in its timezone; a dependent job has none; n outside 1..100 is a 400; unknown job 404."""
     body = await ok(await client.get("/api/batch/jobs/alpha/next", params={"n": "3"}))
     times = [datetime.fromisoformat(t) for t in body["next"]]
-    assert len(times) == 3 and all(b - a == timedelta(minutes=60) for a, b in zip(times, times[1:], strict=False))
+    assert len(times) == 3 and all(b - a == timedelta(minutes=60) for a, b in itertools.pairwise(times))
     body = await ok(await client.get("/api/batch/jobs/beta/next"))
     assert len(body["next"]) == 5
     assert all(datetime.fromisoformat(t).astimezone(ZoneInfo("Europe/Berlin")).hour == 3 for t in body["next"])
