@@ -217,7 +217,8 @@ async def upsert(conn: PgConnection, stream: Stream, rows: Sequence[Row],
             return int(status.rsplit(" ", 1)[1])
     stage = await _staging_table(conn, stream)
     await conn.copy_records_to_table(stage, records=rows, columns=list(stream.columns))
-    status = await conn.execute(upsert_sql(stream, f"{stage} AS s"))
+    await conn.execute(f"ANALYZE {stage}")  # temp tables get no autovacuum stats: without them the anti-join
+    status = await conn.execute(upsert_sql(stream, f"{stage} AS s"))  # may scan the whole target per batch
     await conn.execute(f"TRUNCATE {stage}")
     return int(status.rsplit(" ", 1)[1])
 
