@@ -44,7 +44,8 @@ async def make_client(services: Services) -> AsyncIterator[MakeClient]:
 
     async def make(*, token: str | None = TOKEN, scheduler: Any = None, svc: Services | None = None,
                    **options: Any) -> Client:
-        app = create_app(svc or services, scheduler, token=token, commit_lag=0.0, **options)
+        options.setdefault("commit_lag", 0.0)  # count a finished run on the next scrape
+        app = create_app(svc or services, scheduler, token=token, **options)
         client = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
         clients.append(client)
