@@ -62,7 +62,7 @@ _BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
 _SUSPECT_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})")
 _UNPAIRED_ESCAPE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])"
                               rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}")
-PAGES_AHEAD = 2  # pages fetched ahead of validation (the fetch chain never waits for the database)
+PAGES_AHEAD = 4  # pages fetched ahead of validation (the fetch chain never waits for the database)
 CHUNK = 100  # events validated between two yields to the event loop
 
 
@@ -293,17 +293,33 @@ class DataSyncHandler(Handler):
 
     async def run(self, ctx: RunContext, params: Any) -> AsyncIterator[Batch]:
         fetch = page_fetcher(ctx.http(NAMESPACE), params)
-        previous_ids: set[str] = set()
+        seen: set[str] = set()  # ids of the previous batch's last page: overlaps are dropped here
         done = 0
-        async with page_chain(fetch, stored_cursor(ctx.checkpoint(STREAM))) as pages:
-            async for cursor, page in pages:
-                records, rejected = await validate_page(page)
-                fresh = [r for r in records if r[0] not in previous_ids]
-                done += len(fresh) + len(rejected)
+        async with page_chain(fetch, stored_cursor(ctx.checkpoint(STREAM))) as groups:
+            async for group in groups:
+                batch, seen = await build_batch(group, seen)
+                done += len(batch.records) + len(batch.rejected)
                 ctx.report_progress(done=done)
-                yield Batch(stream=STREAM, records=fresh, rejected=rejected, items_checked=len(page.events),
-                            checkpoint={"cursor": page.next_cursor if page.has_more else cursor})
-                previous_ids = {r[0] for r in records}
+                yield batch
+
+
+async def build_batch(group: list[tuple[str | None, Page]], seen: set[str]) -> tuple[Batch, set[str]]:
+    """One batch of consecutive pages, checkpointed after the last of them; also the ids of that page.
+
+    An event already seen on the page before (pages overlap at their boundaries) is left out.
+    """
+    records: list[tuple[Any, ...]] = []
+    rejected: list[Rejected] = []
+    for _, page in group:
+        good, bad = await validate_page(page)
+        records += [r for r in good if r[0] not in seen]
+        rejected += bad
+        seen = {r[0] for r in good}
+    cursor, last = group[-1]
+    batch = Batch(stream=STREAM, records=records, rejected=rejected,
+                  items_checked=sum(len(page.events) for _, page in group),
+                  checkpoint={"cursor": last.next_cursor if last.has_more else cursor})
+    return batch, seen
 
 
 async def validate_page(page: Page) -> tuple[list[tuple[Any, ...]], list[Rejected]]:
@@ -320,11 +336,13 @@ async def validate_page(page: Page) -> tuple[list[tuple[Any, ...]], list[Rejecte
 
 @contextlib.asynccontextmanager
 async def page_chain(fetch: Callable[[str | None], Awaitable[Page]], cursor: str | None,
-                     ) -> AsyncIterator[AsyncIterator[tuple[str | None, Page]]]:
+                     ) -> AsyncIterator[AsyncIterator[list[tuple[str | None, Page]]]]:
     """Follow the cursor chain in its own task, up to :data:`PAGES_AHEAD` pages ahead of the reader.
 
-    Yields ``(cursor that fetched it, page)`` in order; a fetch error reaches the reader after the pages
-    fetched before it. The task is cancelled when the block ends.
+    Yields groups of ``(cursor that fetched it, page)`` in order: the next page, and every page already
+    fetched after it — so when the database is the bottleneck, batches grow and commits get fewer. A
+    fetch error reaches the reader after the pages fetched before it. The task is cancelled when the
+    block ends.
     """
     queue: asyncio.Queue[tuple[str | None, Page] | Exception | None] = asyncio.Queue(PAGES_AHEAD)
 
@@ -340,11 +358,18 @@ async def page_chain(fetch: Callable[[str | None], Awaitable[Page]], cursor: str
         except Exception as exc:  # noqa: BLE001 - handed to the reader, raised there
             await queue.put(exc)
 
-    async def read() -> AsyncIterator[tuple[str | None, Page]]:
-        while (item := await queue.get()) is not None:
-            if isinstance(item, Exception):
-                raise item
-            yield item
+    async def read() -> AsyncIterator[list[tuple[str | None, Page]]]:
+        while True:
+            items = [await queue.get()]
+            while isinstance(items[-1], tuple) and not queue.empty():
+                items.append(queue.get_nowait())
+            group = [item for item in items if isinstance(item, tuple)]
+            if group:
+                yield group
+            if isinstance(items[-1], Exception):
+                raise items[-1]
+            if items[-1] is None:
+                return
 
     task = asyncio.create_task(follow(cursor))
     try:

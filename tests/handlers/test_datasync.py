@@ -8,6 +8,7 @@ request log.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -17,9 +18,13 @@ import pytest
 from batcher.fakes.datasync import INVALID_KINDS, FakeDataSync, FakeOptions, make_event
 from batcher.testing import run_job_once, test_settings
 from handlers.datasync import (
+    PAGES_AHEAD,
     DataSyncHandler,
     DataSyncParams,
+    Page,
+    build_batch,
     event_record,
+    page_chain,
     parse_body,
     parse_page,
     parse_raw_event,
@@ -137,6 +142,40 @@ def test_raw_body_scan_flags_only_pages_that_need_a_deep_check() -> None:
     assert parse_raw_event(json.dumps(good)) == ("e", "t", datetime(2026, 1, 1, tzinfo=UTC), good)
     with pytest.raises(ValueError, match="id missing"):
         parse_raw_event('{"type": "t", "timestamp": "2026-01-01T00:00:00"}')
+
+
+async def test_pages_fetched_ahead_are_grouped_and_errors_come_after_them() -> None:
+    """While the reader is busy (the database is the bottleneck) the chain fetches up to PAGES_AHEAD
+    pages; the reader then takes them as one group, checkpointed after the last; a fetch error reaches
+    the reader only after the pages fetched before it."""
+    full = asyncio.Event()
+    calls: list[str | None] = []
+
+    async def fetch(cursor: str | None) -> Page:
+        calls.append(cursor)
+        n = int(cursor or 0)
+        if len(calls) == PAGES_AHEAD + 1:
+            full.set()  # the queue holds PAGES_AHEAD pages; this fetch waits for room
+        if n == 7:
+            raise RuntimeError("boom")
+        events = [{"id": f"e{i}", "type": "t", "timestamp": "2026-01-01T00:00:00Z"} for i in (n, n + 1)]
+        return Page(events, True, str(n + 1), suspicious=False)
+
+    async with page_chain(fetch, None) as groups:
+        await full.wait()
+        first = await anext(groups)
+        assert [c for c, _ in first] == [None, "1", "2", "3"][:PAGES_AHEAD]
+        batch, seen = await build_batch(first, set())
+        assert [r[0] for r in batch.records] == [f"e{i}" for i in range(PAGES_AHEAD + 1)]  # overlaps dropped
+        assert batch.checkpoint == {"cursor": str(PAGES_AHEAD)} and batch.items_checked == 2 * PAGES_AHEAD
+        rest = [c for group in [g async for g in _until_error(groups)] for c, _ in group]
+    assert rest == [str(n) for n in range(PAGES_AHEAD, 7)]
+
+
+async def _until_error(groups: Any) -> Any:
+    with pytest.raises(RuntimeError, match="boom"):
+        async for group in groups:
+            yield group
 
 
 def test_params() -> None:
