@@ -117,6 +117,17 @@ async def test_interval_jobs_are_absolute_across_dst(db: Any, clock: ClockPool) 
             at += timedelta(hours=1)
 
 
+async def test_cron_with_hour_star_follows_real_time_across_dst(db: Any, clock: ClockPool) -> None:
+    """`30 * * * *` Europe/Berlin is not a fixed-hour job: it fires every real hour through the autumn
+    change (02:30 CEST and 02:30 CET both run) and the spring change (01:30 CET, then 03:30 CEST)."""
+    for name, start in (("half-past-autumn", "2026-10-24T23:30:00"), ("half-past-spring", "2026-03-28T23:30:00")):
+        await _add_job(db, name, utc(start), cron="30 * * * *", timezone="Europe/Berlin")
+        at = utc(start)
+        for _ in range(4):
+            assert await _fire(clock, db, name, at + timedelta(seconds=1)) == ([at], at + timedelta(hours=1)), at
+            at += timedelta(hours=1)
+
+
 @pytest.fixture
 def cli_env(tmp_path: Path, database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Environment for the in-process CLI: the test services and a config file with no jobs."""
