@@ -192,6 +192,51 @@ async def wait_ready(daemons: list[Daemon], timeout: float = 60.0) -> None:
         await asyncio.sleep(0.1)
 
 
+class ActivitySampler:
+    """A poor man's profiler of the database: every 20 ms, which statements the other sessions of this
+    database are executing and what they wait on (``pg_stat_activity``; pg_stat_statements is not loaded)."""
+
+    def __init__(self) -> None:
+        self.samples: Counter[tuple[str, str]] = Counter()
+        self.ticks = 0
+        self._by_prefix = {" ".join(sql.split())[:60]: name for name, sql in Q.items()}
+
+    def name(self, query: str) -> str:
+        text = " ".join(query.split())
+        return self._by_prefix.get(text[:60]) or next(
+            (n for p, n in self._by_prefix.items() if text.startswith(p[:40])), text[:50])
+
+    async def run(self, conn: Any, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            rows = await conn.fetch(
+                "SELECT query, coalesce(wait_event_type || ':' || wait_event, 'on CPU') AS wait FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() AND state = 'active'")
+            self.ticks += 1
+            for r in rows:
+                self.samples[(self.name(r["query"]), r["wait"])] += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.02)
+
+    def report(self, top: int = 14) -> None:
+        busy = sum(self.samples.values())
+        print(f"\ndatabase sessions busy (sampled every 20 ms, {self.ticks} samples): "
+              f"{busy / max(self.ticks, 1):.2f} statements executing on average")
+        for (name, wait), n in self.samples.most_common(top):
+            print(f"  {100 * n / max(busy, 1):5.1f}%  {name:28} {wait}")
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU seconds of every PostgreSQL process on this host, from /proc (0 when it runs elsewhere)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            head, _, rest = stat.read_text().rpartition(")")
+            if head.split("(", 1)[1] in ("postgres", "postmaster"):
+                fields = rest.split()
+                total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
+
+
 def start_spies(py_spy: str, daemons: list[Daemon], workdir: Path) -> list[subprocess.Popen[bytes]]:
     """py-spy recording each daemon for 20 s (raw collapsed stacks, 100 Hz, without pausing it)."""
     return [subprocess.Popen([py_spy, "record", "--pid", str(d.popen.pid), "--duration", "20", "--rate", "100",
@@ -200,11 +245,15 @@ def start_spies(py_spy: str, daemons: list[Daemon], workdir: Path) -> list[subpr
             for i, d in enumerate(daemons)]
 
 
-async def observe(conn: Any, daemons: list[Daemon], seconds: float,
+async def observe(conn: Any, conn_url: str, daemons: list[Daemon], seconds: float,
                   py_spy: str | None, workdir: Path) -> list[float]:
-    """Print progress every 10 s for ``seconds``; returns each daemon's CPU share over the run."""
-    cpu0, started = [d.cpu_seconds() for d in daemons], time.monotonic()
+    """Print progress every 10 s for ``seconds`` while sampling the database's activity; returns each
+    daemon's CPU share over the run, then PostgreSQL's (all its processes on this host)."""
+    cpu0, pg0, started = [d.cpu_seconds() for d in daemons], postgres_cpu_seconds(), time.monotonic()
     spies = start_spies(py_spy, daemons, workdir) if py_spy else []
+    sampler, stop = ActivitySampler(), asyncio.Event()
+    sampler_conn = await asyncpg.connect(conn_url)
+    sampling = asyncio.create_task(sampler.run(sampler_conn, stop))
     while (elapsed := time.monotonic() - started) < seconds:
         await asyncio.sleep(min(10.0, seconds - elapsed))
         row = await conn.fetchrow(
@@ -214,18 +263,25 @@ async def observe(conn: Any, daemons: list[Daemon], seconds: float,
             "count(*) FILTER (WHERE status = 'skipped') AS skipped FROM batch_runs")
         print(f"  t={time.monotonic() - started:5.0f} s  queued {row['queued']:5}  running {row['running']:3}  "
               f"succeeded {row['succeeded']:6}  skipped {row['skipped']:5}", flush=True)
+    stop.set()
+    await sampling
+    await sampler_conn.close()
+    wall = time.monotonic() - started
+    cpu = [(d.cpu_seconds() - c0) / wall for d, c0 in zip(daemons, cpu0, strict=True)]
+    cpu.append((postgres_cpu_seconds() - pg0) / wall)
     for spy in spies:
         await asyncio.to_thread(spy.wait, 60)
-    wall = time.monotonic() - started
-    return [(d.cpu_seconds() - c0) / wall for d, c0 in zip(daemons, cpu0, strict=True)]
+    sampler.report()
+    return cpu
 
 
 async def lag_stats(conn: Any, t_from: float, t_to: float) -> dict[str, Any]:
-    """due → start of the scheduled runs due in [t_from, t_to); unstarted ones count as lag past t_to."""
+    """due → start of the scheduled runs due in [t_from, t_to); a run not started by then counts as an
+    infinite lag (a percentile that lands on one prints as "not started")."""
     row = await conn.fetchrow("""
         WITH w AS (
-            SELECT r.*, extract(epoch FROM coalesce(r.started_at, to_timestamp($2) + interval '1 hour')
-                                         - r.scheduled_for) AS lag
+            SELECT r.*, coalesce(extract(epoch FROM r.started_at - r.scheduled_for)::float8,
+                                 'Infinity'::float8) AS lag
             FROM batch_runs r
             WHERE r.trigger = 'schedule' AND r.scheduled_for >= to_timestamp($1)
               AND r.scheduled_for < to_timestamp($2))
@@ -234,9 +290,9 @@ async def lag_stats(conn: Any, t_from: float, t_to: float) -> dict[str, Any]:
                count(*) FILTER (WHERE status = 'failed') AS failed,
                count(*) FILTER (WHERE reason = 'overlap') AS overlap,
                count(*) FILTER (WHERE reason = 'missed') AS missed,
-               percentile_cont(0.5) WITHIN GROUP (ORDER BY lag) FILTER (WHERE status <> 'skipped') AS p50,
-               percentile_cont(0.9) WITHIN GROUP (ORDER BY lag) FILTER (WHERE status <> 'skipped') AS p90,
-               percentile_cont(0.99) WITHIN GROUP (ORDER BY lag) FILTER (WHERE status <> 'skipped') AS p99,
+               percentile_disc(0.5) WITHIN GROUP (ORDER BY lag) FILTER (WHERE status <> 'skipped') AS p50,
+               percentile_disc(0.9) WITHIN GROUP (ORDER BY lag) FILTER (WHERE status <> 'skipped') AS p90,
+               percentile_disc(0.99) WITHIN GROUP (ORDER BY lag) FILTER (WHERE status <> 'skipped') AS p99,
                max(lag) FILTER (WHERE status <> 'skipped' AND started_at IS NOT NULL) AS max_started,
                avg(runtime_ms) AS runtime_ms
         FROM w""", t_from, t_to)
@@ -277,7 +333,7 @@ async def where_time_goes(pool: asyncpg.Pool, n: int) -> None:
             lines = [r[0] for r in plan]
             total = next((ln for ln in lines if ln.startswith("Execution Time")), "?")
             print(f"  {name:24} {total}")
-            for ln in lines[:6] if name in ("due_jobs", "claim_runs", "abandoned_runs") else []:
+            for ln in lines if name == "claim_runs" else lines[:4] if name == "due_jobs" else []:
                 print(f"      {ln[:150]}")
     await pool.execute("UPDATE batch_config SET next_run_at = now() - interval '1 second' "
                        "WHERE job_name IN (SELECT job_name FROM batch_config ORDER BY job_name LIMIT $1)", due)
@@ -325,9 +381,11 @@ async def bench(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
         try:
             async with pool.acquire() as conn:
                 await insert_jobs(conn, args.jobs)
+            if args.keep_logs:
+                Path(args.keep_logs).mkdir(parents=True, exist_ok=True)
+                return await measure(args, pool, db_url, redis_url, Path(args.keep_logs))
             with tempfile.TemporaryDirectory(prefix="bench-lag-") as tmp:
-                workdir = Path(tmp)
-                return await measure(args, pool, db_url, redis_url, workdir)
+                return await measure(args, pool, db_url, redis_url, Path(tmp))
         finally:
             await pool.close()
 
@@ -342,7 +400,7 @@ async def measure(args: argparse.Namespace, pool: asyncpg.Pool, db_url: str, red
             t0 = await arm(conn, args.jobs, lead=2.0)
             print(f"{args.jobs} jobs armed; {args.daemons} daemons × concurrency {args.concurrency}; "
                   f"running {args.seconds:.0f} s", flush=True)
-            cpu = await observe(conn, daemons, args.seconds, args.py_spy, workdir)
+            cpu = await observe(conn, db_url, daemons, args.seconds, args.py_spy, workdir)
             t_end = time.time()
     finally:
         codes = [d.stop() for d in daemons]
@@ -352,12 +410,13 @@ async def measure(args: argparse.Namespace, pool: asyncpg.Pool, db_url: str, red
     await where_time_goes(pool, args.jobs)
     if args.py_spy:
         print_spy(workdir)
-    return {**{k: (float(v) if v is not None else None) for k, v in stats.items()}, "daemon_cpu": cpu}
+    return {**{k: (float(v) if v is not None else None) for k, v in stats.items()}, "daemon_cpu": cpu,
+            "args": vars(args)}
 
 
 def report(stats: dict[str, Any], cpu: list[float], codes: list[int], warnings: Counter[str]) -> None:
     def secs(v: Any) -> str:
-        return "n/a" if v is None else f"{float(v):.3f} s"
+        return "n/a" if v is None else "not started" if v == float("inf") else f"{float(v):.3f} s"
 
     print(f"\nscheduled runs due in the {stats['window_seconds']:.0f} s window: {stats['runs']} "
           f"(not started by its end: {stats['not_started']}, failed: {stats['failed']})")
@@ -367,8 +426,8 @@ def report(stats: dict[str, Any], cpu: list[float], codes: list[int], warnings: 
     print(f"runs per second: {stats['runs_per_second']:.1f} (due: ~{stats['runs'] / stats['window_seconds']:.1f}/s)"
           f"   mean runtime_ms {float(stats['runtime_ms'] or 0):.1f}")
     print(f"skipped/overlap rows: {stats['overlap']}   skipped/missed rows: {stats['missed']}")
-    print(f"daemon CPU (share of one core): {', '.join(f'{c:.2f}' for c in cpu)}   exit codes {codes}   "
-          f"cores: {os.cpu_count()}")
+    print(f"CPU (share of one core): daemons {', '.join(f'{c:.2f}' for c in cpu[:-1])}, PostgreSQL {cpu[-1]:.2f}"
+          f"   ({os.cpu_count()} cores)   daemon exit codes {codes}")
     if warnings:
         print(f"daemon warnings/errors: {dict(warnings.most_common(8))}")
 
@@ -380,6 +439,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=20.0)
     parser.add_argument("--daemons", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--keep-logs", metavar="DIR", help="keep the daemons' logs (and profiles) in DIR")
     parser.add_argument("--py-spy", default=os.environ.get("BENCH_PY_SPY"), help="a py-spy binary: profile the daemons")
     args = parser.parse_args()
     lock: RedisDbLock | None = None
