@@ -11,10 +11,10 @@ numbers are bounded to what their columns hold, so bad input is a 400, never a d
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 BIGINT_MAX = 2**63 - 1
@@ -117,11 +117,17 @@ class RunsQuery(_Query):
     since: datetime | None = Field(None, description="only runs queued at or after this time (ISO 8601)")
     cursor: RunId | None = Field(None, description="the nextCursor of the previous page")
 
-    @model_validator(mode="after")
-    def _aware(self) -> RunsQuery:
-        if self.since is not None and self.since.tzinfo is None:
-            raise ValueError("since needs a timezone (e.g. 2024-01-01T00:00:00Z)")
-        return self
+    @field_validator("since")
+    @classmethod
+    def _aware(cls, since: datetime | None) -> datetime | None:
+        if since is None:
+            return None
+        if since.tzinfo is None:
+            raise ValueError("needs a timezone (e.g. 2024-01-01T00:00:00Z)")
+        try:
+            return since.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("out of range") from None
 
 
 class LatestQuery(_Query):
