@@ -117,6 +117,13 @@ class RunsQuery(_Query):
     since: datetime | None = Field(None, description="only runs queued at or after this time (ISO 8601)")
     cursor: RunId | None = Field(None, description="the nextCursor of the previous page")
 
+    @field_validator("since", mode="before")
+    @classmethod
+    def _iso(cls, value: Any) -> Any:
+        if value is not None and not (isinstance(value, str) and "-" in value[:8]):
+            raise ValueError("must be an ISO 8601 date-time (e.g. 2024-01-01T00:00:00Z)")
+        return value
+
     @field_validator("since")
     @classmethod
     def _aware(cls, since: datetime | None) -> datetime | None:

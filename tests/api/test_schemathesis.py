@@ -17,13 +17,13 @@ import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, settings
-from schemathesis import checks
+from schemathesis import GenerationMode, checks
 
 from tests.e2e.procs import Proc, batcher_env, write_config
 
 TOKEN = "schemathesis-token-0123456789"
 CHECKS = [checks.not_a_server_error, checks.status_code_conformance, checks.content_type_conformance,
-          checks.response_headers_conformance, checks.response_schema_conformance]
+          checks.response_headers_conformance, checks.response_schema_conformance, checks.negative_data_rejection]
 
 
 def _free_port() -> int:
@@ -78,7 +78,10 @@ def live_schema(live_daemon: str) -> Any:
     while requests.get(f"{live_daemon}/healthz", timeout=5).status_code != 200:
         assert time.monotonic() < deadline, "the daemon's loop never ticked"
         time.sleep(0.1)
-    return schemathesis.openapi.from_url(f"{live_daemon}/api/openapi.json")
+    loaded = schemathesis.openapi.from_url(f"{live_daemon}/api/openapi.json")
+    # Both valid and schema-violating requests; strings may hold NUL (PostgreSQL rejects it: must be a 400).
+    loaded.config.generation.update(modes=list(GenerationMode), allow_x00=True)
+    return loaded
 
 
 schema = schemathesis.pytest.from_fixture("live_schema")
