@@ -114,7 +114,11 @@ class HttpClient(Protocol):
     """The rate-limited, retrying HTTP client bound to one namespace (implemented by batcher.http)."""
 
     async def get_json(self, url: str, *, params: Mapping[str, str] | None = None,
-                       headers: Mapping[str, str] | None = None) -> Any: ...
+                       headers: Mapping[str, str] | None = None,
+                       validate: Callable[[Any], Any] | None = None, raw_body: bool = False) -> Any:
+        """GET and parse JSON. ``validate`` (given the parsed body, or the raw bytes with ``raw_body``)
+        returns the value to hand back; a ValueError from it counts as a failed attempt and the page is
+        fetched again under the namespace's retry policy."""
 
     async def request_json(self, method: str, url: str, *, idempotent: bool = False,
                            params: Mapping[str, str] | None = None, json: Any = None,

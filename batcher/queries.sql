@@ -470,3 +470,7 @@ FROM unnest($1::bigint[], $2::text[]) AS u (id, reason) WHERE d.id = u.id;
 -- name: retry_of
 -- The retry row that continues a run, if any (trigger --wait follows a chain).
 SELECT id FROM batch_runs WHERE retry_of = $1 ORDER BY id LIMIT 1;
+
+-- name: applied_versions
+-- Every applied schema version (migrations apply by set difference, never by "above the highest").
+SELECT coalesce(array_agg(version), '{}') FROM schema_migrations;

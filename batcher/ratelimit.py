@@ -90,6 +90,9 @@ end
 if paused > now_ms then
   return {0, (paused - now_ms) * 1000, now}
 end
+if ARGV[1] == 'check' then
+  return {1, 0, now}
+end
 local emission = tonumber(ARGV[2])
 local tolerance = tonumber(ARGV[3])
 local horizon = tonumber(ARGV[4])
@@ -289,7 +292,7 @@ class RateLimiter:
     async def pause(self, namespace: str, delay_s: float) -> None:
         """Hold every process's requests in ``namespace`` for ``delay_s`` s (only ever extends)."""
         self._local.pause(namespace, delay_s)
-        if self._redis is None or limit_for(namespace, self.limits) is None or not self._redis_due():
+        if self._redis is None or not self._redis_due():
             return
         try:
             await self._eval(namespace, "pause", int(delay_s * 1000))
@@ -300,11 +303,14 @@ class RateLimiter:
     async def _attempt(self, namespace: str, match: tuple[str, RateLimitSettings] | None,
                        ) -> tuple[bool, int, int, bool]:
         """``(admitted, wait µs, slot µs epoch, shared)`` from Redis or the local fallback."""
-        if match is not None and self._redis is not None and self._redis_due():
-            gcra = Gcra.from_settings(match[1])
+        if self._redis is not None and self._redis_due():
             try:
-                ok, value, now = await self._eval(namespace, "acquire", gcra.emission_us, gcra.tolerance_us,
-                                                  gcra.horizon_us)
+                if match is None:  # unlimited: no pacing, but a 429 pause from any process still holds it
+                    ok, value, now = await self._eval(namespace, "check")
+                else:
+                    gcra = Gcra.from_settings(match[1])
+                    ok, value, now = await self._eval(namespace, "acquire", gcra.emission_us, gcra.tolerance_us,
+                                                      gcra.horizon_us)
             except (RedisError, OSError, TimeoutError) as exc:
                 await self._degrade(exc)
             else:

@@ -46,8 +46,11 @@ def _load_queries(path: Path) -> dict[str, str]:
 Q: dict[str, str] = _load_queries(QUERIES_FILE)
 
 
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode  # built once: hot in COPY
+
+
 def _encode_jsonb(value: Any) -> bytes:
-    return b"\x01" + json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    return b"\x01" + _dumps(value).encode()
 
 
 def _decode_jsonb(data: bytes) -> Any:
@@ -55,7 +58,7 @@ def _decode_jsonb(data: bytes) -> Any:
 
 
 def _encode_json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    return _dumps(value).encode()
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:
@@ -94,13 +97,15 @@ def code_schema_version() -> int:
     return max([1, *versions])
 
 
-def _pending_migrations(current: int) -> list[tuple[int, str, str]]:
+def _pending_migrations(applied: set[int]) -> list[tuple[int, str, str]]:
+    """Every numbered migration not applied yet, in number order — a lower number that lands after a
+    higher one was applied is still applied, never skipped."""
     out = []
     for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
         m = _MIGRATION_NAME.match(path.name)
-        if m and int(m.group(1)) > current:
+        if m and int(m.group(1)) > 1 and int(m.group(1)) not in applied:
             out.append((int(m.group(1)), path.stem, path.read_text()))
-    return out
+    return sorted(out)
 
 
 async def migrate(conn: Conn) -> list[str]:
@@ -123,7 +128,8 @@ async def migrate(conn: Conn) -> list[str]:
             await conn.execute(SCHEMA_FILE.read_text())
             await conn.execute(Q["record_migration"], 1, "schema")
             applied.append("0001_schema")
-        for version, name, sql in _pending_migrations(max(current, 1)):
+        applied_versions = {int(v) for v in await conn.fetchval(Q["applied_versions"])}
+        for version, name, sql in _pending_migrations(applied_versions):
             await conn.execute(sql)
             await conn.execute(Q["record_migration"], version, name)
             applied.append(name)

@@ -269,7 +269,7 @@ def page_fetcher(client: HttpClient, params: DataSyncParams) -> Callable[[str | 
     async def fetch(cursor: str | None) -> Page:
         query = {"limit": limit} if cursor is None else {"limit": limit, "cursor": cursor}
         try:
-            page: Page = await client.get_json(url, params=query, headers=headers,  # type: ignore[call-arg]
+            page: Page = await client.get_json(url, params=query, headers=headers,
                                                validate=parse_body, raw_body=True)
         except PermanentError as exc:
             status = getattr(exc, "status", None)
