@@ -6,11 +6,9 @@ Real ``python -m batcher aggregate`` processes against the session's PostgreSQL 
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 
 from tests.e2e.procs import Proc, batcher_env, poll, write_config
@@ -18,14 +16,6 @@ from tests.e2e.procs import Proc, batcher_env, poll, write_config
 KEYS = 10_000
 JOB = {"type": "usage_aggregation", "interval_minutes": 60,
        "params": {"batch_size": 100, "chunk_size": 50, "scan_count": 100}}
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        p.close()
 
 
 def _seed(client: redis.Redis, bump: int = 0) -> dict[str, int]:

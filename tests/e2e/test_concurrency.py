@@ -8,11 +8,8 @@ import itertools
 import random
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from batcher.commands import trigger_run
 from batcher.registry import load_registry
@@ -20,14 +17,6 @@ from tests.e2e.procs import Proc, batcher_env, poll, write_config
 
 JOBS = 20
 DRIVE_SECONDS = 20.0
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        p.close()
 
 
 async def test_three_daemons_never_overlap_a_job_and_account_for_every_occurrence(

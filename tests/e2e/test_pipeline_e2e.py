@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +13,6 @@ import pytest
 from batcher.cli import main
 from batcher.testing import run_job_once, test_settings
 from tests.e2e.procs import Proc, batcher_env, poll, write_config
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        p.close()
 
 
 async def test_kill9_at_random_points_of_a_200k_run_leaves_exact_rows(

@@ -7,24 +7,13 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.e2e.procs import Proc, batcher_env, poll, write_config
 
 SLOW_JOB = {"type": "synthetic", "interval_minutes": 1440,
             "params": {"records": 2000, "batch_size": 50, "delay_ms": 25}}
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        p.close()
 
 
 def _daemon(procs: list[Proc], env: dict[str, str], tmp_path: Path, name: str) -> Proc:
