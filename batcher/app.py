@@ -136,8 +136,8 @@ async def run_daemon(config: Config) -> int:
         scheduler = Scheduler(services, worker)
         await worker.start()
         stack.push_async_callback(worker.stop)
+        await _start_api(stack, services, scheduler)  # before scheduling: a port in use stops us (exit 2)
         await scheduler.start()
-        await _start_api(stack, services, scheduler)
         watchdog = asyncio.create_task(_watchdog(notifier, scheduler)) if notifier.watchdog_interval else None
         notifier.ready()
         log.info("daemon_ready", worker_id=worker.worker_id, concurrency=s.daemon.concurrency,

@@ -138,3 +138,17 @@ def test_daemon_refuses_to_start_on_a_public_address_without_a_token(database_ur
                           timeout=60)
     assert done.returncode == 2, done.stderr.decode()[-2000:]
     assert b"BATCHER_API_TOKEN" in done.stderr
+
+
+def test_daemon_exits_2_when_the_api_port_is_taken(database_url: str, redis_url: str, tmp_path: Path) -> None:
+    """A port already in use stops the daemon before it schedules anything: exit 2 naming the port."""
+    config = write_config(tmp_path / "batcher.toml", {"synth": {"type": "synthetic", "interval_minutes": 1440}})
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = batcher_env(database_url, redis_url, config, tmp_path / "data", BATCHER_API_PORT=str(port))
+        done = subprocess.run([sys.executable, "-m", "batcher", "run"], env=env, cwd=REPO, capture_output=True,
+                              timeout=60)
+    assert done.returncode == 2, done.stderr.decode()[-2000:]
+    assert f"127.0.0.1:{port}".encode() in done.stderr and b"BATCHER_API_PORT" in done.stderr
