@@ -24,6 +24,8 @@ from batcher.handler import (
     Secret,
     Stream,
 )
+from batcher.jsoncodec import dumps as json_dumps
+from batcher.jsoncodec import loads as json_loads
 
 __version__ = "0.1.0"
 
@@ -45,4 +47,6 @@ __all__ = [
     "Stream",
     "TransientError",
     "__version__",
+    "json_dumps",
+    "json_loads",
 ]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import email.utils
 import gzip
-import json
 import math
 import re
 import zlib
@@ -25,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ValidationError
 
+from batcher import jsoncodec
 from batcher.errors import TransientError
 from batcher.handler import Rejected
 
@@ -50,7 +50,7 @@ class HttpResponse:
         if not self.body.strip():
             return None
         try:
-            return json.loads(self.body)
+            return jsoncodec.loads(self.body)
         except ValueError as exc:
             raise InvalidResponseError(f"the response body is not JSON ({exc.__class__.__name__}: "
                                        f"{str(exc)[:80]})") from None

@@ -8,7 +8,6 @@ to statements.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +17,7 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from batcher import jsoncodec
 from batcher.errors import SchemaTooNewError, ServiceUnavailableError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -46,26 +46,23 @@ def _load_queries(path: Path) -> dict[str, str]:
 Q: dict[str, str] = _load_queries(QUERIES_FILE)
 
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode  # built once: hot in COPY
-
-
 def _encode_jsonb(value: Any) -> bytes:
-    return b"\x01" + _dumps(value).encode()
+    return b"\x01" + jsoncodec.dumps(value)
 
 
 def _decode_jsonb(data: bytes) -> Any:
-    return json.loads(data[1:])
+    return jsoncodec.loads(data[1:])
 
 
 def _encode_json(value: Any) -> bytes:
-    return _dumps(value).encode()
+    return jsoncodec.dumps(value)
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:
     """Register binary JSON/JSONB codecs (Python values in, Python values out)."""
     await conn.set_type_codec("jsonb", schema="pg_catalog", encoder=_encode_jsonb, decoder=_decode_jsonb,
                               format="binary")
-    await conn.set_type_codec("json", schema="pg_catalog", encoder=_encode_json, decoder=json.loads,
+    await conn.set_type_codec("json", schema="pg_catalog", encoder=_encode_json, decoder=jsoncodec.loads,
                               format="binary")
 
 

@@ -50,6 +50,7 @@ from batcher import (
     RunContext,
     Secret,
     Stream,
+    json_loads,
 )
 
 NAMESPACE = "datasync:events:"
@@ -124,7 +125,7 @@ class Page:
 def parse_body(raw: bytes) -> Page:
     """The envelope of a raw response body; only a body with suspicious escapes needs a deep check."""
     try:
-        body = json.loads(raw)
+        body = json_loads(raw)
     except ValueError as exc:  # UnicodeDecodeError is one too
         raise ValueError(f"the response body is not JSON ({type(exc).__name__})") from None
     page = parse_page(body)
