@@ -28,10 +28,13 @@ from batcher.logs import RUN_LOG_SINK, bind_run_context, redact
 from batcher.models import RunOutcome, Services
 from batcher.pipeline import prefetching
 from batcher.runs import RunWriter
-from batcher.store import DB_UNAVAILABLE
+from batcher.store import DB_ERRORS, DB_UNAVAILABLE
 
 log = structlog.get_logger("batcher.runner")
 SHIELD_FINISH_TIMEOUT = 30.0
+#: A final-status transaction the database rolled back to break a deadlock or a serialization conflict
+#: (e.g. against a concurrent claim holding the job's row) is retried like an outage: it is fenced.
+RETRY_SQLSTATES = ("40P01", "40001")
 
 
 def retry_delay(base: float, attempt: int) -> float:
@@ -159,14 +162,17 @@ class RunExecution:
         return summary
 
     async def _finish_durably(self, outcome: RunOutcome) -> Mapping[str, Any]:
-        """Record the final status, retrying while the database is unreachable (e.g. restarting) for up to
-        two leases; past that the run is left to the reaper, which recovers it like any lost run."""
+        """Record the final status, retrying while the database is unreachable (e.g. restarting) or after a
+        deadlock for up to two leases; past that the run is left to the reaper, which recovers it like any
+        lost run."""
         deadline = time.monotonic() + 2 * self.writer.lease_seconds
         delay = 0.2
         while True:
             try:
                 return await self.writer.finish(outcome)
-            except DB_UNAVAILABLE as exc:
+            except DB_ERRORS as exc:
+                if not isinstance(exc, DB_UNAVAILABLE) and getattr(exc, "sqlstate", None) not in RETRY_SQLSTATES:
+                    raise
                 if time.monotonic() > deadline:
                     log.error("run_finish_failed", error=f"{type(exc).__name__}: {exc}")
                     outcome.status, outcome.reason = "lost", "database_unreachable"
