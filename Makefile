@@ -2,6 +2,8 @@
 #
 #   make run     the daemon on embedded PostgreSQL/Redis (or BATCHER_DATABASE_URL / BATCHER_REDIS_URL)
 #   make test    the test suite (PYTEST_ARGS="-k foo -x" passes arguments through)
+#   make demo    a daemon on embedded servers with demo jobs and a fake DataSync; prints the dashboard URL
+#   make deps-browser  Debian's chromium (apt-get) and Playwright, for the browser test
 #   make lint    ruff, mypy --strict on batcher/, import-linter contracts
 #   make bench   every bench/*.py script in turn
 #   make clean   remove .venv, caches and the .batcher data dir
@@ -17,7 +19,7 @@ LINT_PATHS := batcher handlers tests bench
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test lint bench clean
+.PHONY: help venv run test lint bench clean demo deps-browser
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -42,8 +44,34 @@ run: venv
 	exec $(VENV)/bin/batcher run
 
 # pytest's own exit status decides, so "no tests collected" (status 5) fails too.
-test: venv
+test: venv deps-browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The browser test drives Debian's Chromium (/usr/bin/chromium) through the pinned Playwright package (dev
+# extra); `playwright install` is never used. A no-op when both are present; fails loudly when it cannot.
+deps-browser: venv
+	@if [ ! -x /usr/bin/chromium ]; then \
+		echo "deps-browser: /usr/bin/chromium is missing: installing Debian's chromium with apt-get"; \
+		if [ "$$(id -u)" -eq 0 ]; then sudo=""; \
+		elif command -v sudo >/dev/null 2>&1; then sudo="sudo -n"; \
+		else echo "deps-browser: apt-get needs root and sudo is not available; install chromium yourself" >&2; exit 1; fi; \
+		$$sudo apt-get update -q \
+			|| { echo "deps-browser: apt-get update failed" >&2; exit 1; }; \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium \
+			|| { echo "deps-browser: apt-get install chromium failed" >&2; exit 1; }; \
+		[ -x /usr/bin/chromium ] || { echo "deps-browser: chromium is installed but /usr/bin/chromium is not there" >&2; exit 1; }; \
+	fi
+	@$(PY) -c 'import playwright.async_api' 2>/dev/null \
+		|| $(PY) -m pip install --disable-pip-version-check -q -e '.[$(EXTRAS)]' \
+		|| { echo "deps-browser: could not install the pinned playwright package" >&2; exit 1; }
+	@$(PY) -c 'import playwright.async_api' \
+		|| { echo "deps-browser: playwright is still not importable" >&2; exit 1; }
+
+# The demo: a fake DataSync server and a daemon on embedded PostgreSQL/Redis (data in .batcher-demo) with
+# deploy/demo.toml; prints the dashboard URL. Ctrl-C stops everything. DEMO_ARGS="--port 8090" passes options.
+DEMO_ARGS ?=
+demo: venv
+	exec $(PY) -m batcher.demo $(DEMO_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check $(LINT_PATHS)
