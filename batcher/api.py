@@ -225,8 +225,9 @@ async def start_api(stack: contextlib.AsyncExitStack, services: Services,
         log.info("api_disabled")
         return None
     check_bind(api)
+    # shutdown_timeout: a request still running at stop gets 5 s (the drain already happened by then).
     runner = web.AppRunner(create_app(services, scheduler, token=api.token), access_log=None,
-                           handle_signals=False)
+                           handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
     try:

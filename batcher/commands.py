@@ -1,7 +1,8 @@
 """Operations on jobs and runs shared by the CLI and the admin API: trigger, cancel, pause, list, show.
 
 Each takes the pool and plain values and returns plain data (JSON-ready dicts), so both front ends stay
-thin. Errors a user can fix raise :class:`ConfigError` (CLI exit 2) or :class:`NotFound`.
+thin. Errors a user can fix raise :class:`ConfigError` (CLI exit 2), :class:`NotFound` or :class:`Conflict`
+(the API's 400, 404 and 409).
 """
 
 from __future__ import annotations

@@ -98,11 +98,9 @@ async def test_oversized_body_is_413(client: Client) -> None:
 
 
 async def test_unknown_routes_and_methods_use_the_envelope(client: Client) -> None:
-    """An unknown path is a 404 envelope, a wrong method a 405 envelope with Allow; the dashboard route
-    ``/`` is a placeholder 404 until its issue lands."""
+    """An unknown path is a 404 envelope, a wrong method a 405 envelope with Allow."""
     await error(await client.get("/api/batch/nothing-here"), 404, "not_found")
-    err = await error(await client.get("/"), 404, "not_found")
-    assert "dashboard" in err["message"]
+    await error(await client.get("/api/batch/runs/1/nothing"), 404, "not_found")
     response = await client.get("/api/batch/trigger")
     await error(response, 405, "method_not_allowed")
     assert "POST" in response.headers["Allow"]
