@@ -9,8 +9,8 @@ through its response model. The work itself is :mod:`batcher.commands` (shared w
   ``BATCHER_API_TOKEN``), 404, 405, 409, 413 (body over :data:`MAX_BODY`). Never a stack trace.
 - Mutating operations need ``Authorization: Bearer <BATCHER_API_TOKEN>`` (compared in constant time);
   reads are open. Binding a non-loopback address without a token refuses to start (:func:`check_bind`).
-- ``/`` is the dashboard's place: a 404 until its issue lands; static files will come from
-  :data:`STATIC_DIR` (add ``app.router.add_static("/static", STATIC_DIR)`` and an index route there).
+- ``/`` is the dashboard (``static/index.html``) and ``/static/{name}`` its files: only names directly in
+  :data:`STATIC_DIR`, with a strict Content-Security-Policy (no inline script, nothing from elsewhere).
 """
 
 from __future__ import annotations
@@ -171,8 +171,31 @@ def _route(op: Operation, view: View) -> Endpoint:
     return handle
 
 
+_STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+_STATIC_HEADERS = {
+    "Cache-Control": "no-cache",  # revalidated on every load, so an upgraded daemon serves its own page
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+                               "form-action 'none'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def _static_file(name: str) -> web.StreamResponse:
+    kind = _STATIC_TYPES.get(Path(name).suffix)
+    path = STATIC_DIR / name
+    if kind is None or "/" in name or name.startswith(".") or not path.is_file():
+        raise ApiError(404, "not_found", f"no static file {name[:100]!r}")
+    return web.FileResponse(path, headers={**_STATIC_HEADERS, "Content-Type": f"{kind}; charset=utf-8"})
+
+
 async def dashboard(_request: web.Request) -> web.StreamResponse:
-    raise ApiError(404, "not_found", "the dashboard is not built yet; see /api/openapi.json for the API")
+    """The dashboard page (plain HTML and JavaScript over this API)."""
+    return _static_file("index.html")
+
+
+async def static_file(request: web.Request) -> web.StreamResponse:
+    return _static_file(request.match_info["name"])
 
 
 # ------------------------------------------------------------------------------------ app and start-up
@@ -188,6 +211,7 @@ def create_app(services: Services, scheduler: SchedulerView | None = None, *, to
     app = web.Application(middlewares=[envelope_errors], client_max_size=MAX_BODY)
     app[CONTEXT] = ctx
     app.router.add_get("/", dashboard)
+    app.router.add_get("/static/{name}", static_file)
     # Routes are added in OPERATIONS order: the fixed /runs/latest before /runs/{id}.
     for op in OPERATIONS:
         app.router.add_route(op.method, op.path, _route(op, VIEWS[op.operation_id]), name=op.operation_id)
