@@ -80,7 +80,7 @@
     const t = parseTime(iso);
     if (!t) return "—";
     const seconds = (t.getTime() - Date.now()) / 1000;
-    if (Math.abs(seconds) < 2) return "now";
+    if (Math.abs(seconds) < 2) return "just now";
     return seconds > 0 ? `in ${span(seconds)}` : `${span(seconds)} ago`;
   }
 
@@ -365,9 +365,7 @@
       const runtime = run.status === "running" && run.startedAt
         ? `${span((Date.now() - parseTime(run.startedAt)) / 1000)} so far` : duration(run.runtimeMs);
       return h("tr", { "data-run": run.id, class: `r-${run.status}` },
-        h("td", {}, button(`#${run.id}`, () => openRun(run.id), {
-          class: "link", "data-key": `run-${run.id}`, "aria-label": `Details of run ${run.id} (${run.jobName})`,
-        })),
+        h("td", { class: "run-id" }, `#${run.id}`),
         h("td", {}, run.jobName),
         h("td", {}, badge(run.status, run.reason)),
         h("td", {}, run.trigger, run.attempt > 1 ? h("span", { class: "muted" }, ` (attempt ${run.attempt})`) : null),
@@ -493,7 +491,7 @@
     const params = h("details", { "data-part": "params", open: wasOpen.params || null },
       h("summary", { "data-key": "detail-params" }, "Params, progress and result"),
       h("pre", {}, JSON.stringify({ params: run.params, progress: run.progress, result: run.result }, null, 2)));
-    body.replaceChildren(head, active ? progressBar(run) : null, facts, counters, errors, logs, params);
+    body.replaceChildren(...[head, active ? progressBar(run) : null, facts, counters, errors, logs, params].filter(Boolean));
     restoreFocus(key);
   }
 

@@ -1,0 +1,175 @@
+"""The dashboard in a real browser (issue 11 acceptance): Playwright drives Debian's Chromium headless
+against a real daemon subprocess (test PostgreSQL and Redis, the API on a free port with a token).
+
+The page loads without console errors; triggering a slow synthetic job asks for the token once, shows a
+progress bar under "Running now", then a succeeded run whose logs open in the run's details; pausing a
+job shows it paused. Screenshots go to ``test-artifacts/`` (``dashboard.png``, ``run-details.png``).
+
+Chromium is ``/usr/bin/chromium`` from Debian (``make deps-browser``), never ``playwright install``. Every
+wait is Playwright's auto-waiting ``expect`` with a timeout, or a poll with a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from playwright.async_api import Browser, async_playwright, expect
+
+from tests.e2e.procs import REPO, Proc, batcher_env, write_config
+
+pytestmark = pytest.mark.timeout(90)
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO / "test-artifacts"
+TOKEN = "dashboard-test-token-7c1e"
+JOBS: dict[str, dict[str, Any]] = {
+    # Manual only (disabled: not scheduled); ~40 batches of 150 ms, so its progress shows for a few seconds.
+    "slow-import": {"type": "synthetic", "enabled": False, "interval_minutes": 60,
+                    "params": {"records": 400, "batch_size": 10, "delay_ms": 150}},
+    # Scheduled: due at once, so the page starts with a finished run and a last success.
+    "hourly-sync": {"type": "synthetic", "interval_minutes": 60,
+                    "params": {"records": 50, "batch_size": 10, "reject_every": 20}},
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.load(response)
+
+
+def _wait_for_api(base: str, proc: Proc, timeout: float = 30.0) -> None:
+    """Poll /healthz until the daemon's loop ticks (it answers 503 before)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if _get_json(f"{base}/healthz").get("alive"):
+                return
+        except OSError:
+            pass
+        if proc.popen.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError("the daemon's API never became healthy:\n" + proc.log_path.read_text()[-3000:])
+        time.sleep(0.1)
+
+
+@pytest.fixture
+async def daemon_url(db: asyncpg.Pool, database_url: str, redis_url: str, tmp_path: Path) -> AsyncIterator[str]:
+    """A real `python -m batcher run` with the jobs above, its API on a free port with a token (killed with
+    its process group afterwards if still alive)."""
+    port = _free_port()
+    config = write_config(tmp_path / "batcher.toml", JOBS)
+    env = batcher_env(database_url, redis_url, config, tmp_path / "data", BATCHER_API_PORT=str(port),
+                      BATCHER_API_TOKEN=TOKEN, BATCHER_TICK_SECONDS="0.5")
+    proc = Proc(["run"], env, tmp_path / "daemon.log")
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_for_api(base, proc)
+        yield base
+    finally:
+        proc.close()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Headless Debian Chromium through Playwright."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: run `make deps-browser`", pytrace=False)
+    async with async_playwright() as pw:
+        chromium = await pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True,
+            args=["--no-sandbox", "--disable-background-networking", "--disable-gpu"])
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+async def test_dashboard_trigger_progress_logs_and_pause(daemon_url: str, browser: Browser) -> None:
+    """Load the page (no console errors), trigger ``slow-import`` (the token is asked for once), watch
+    its progress bar, open the succeeded run's logs, pause ``hourly-sync``; screenshots are saved."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    context = await browser.new_context(viewport={"width": 1440, "height": 900})
+    context.set_default_timeout(15_000)
+    page = await context.new_page()
+    problems: list[str] = []
+    page.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}")
+            if msg.type in ("error", "warning") else None)
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.on("response", lambda r: problems.append(f"HTTP {r.status} {r.url}") if r.status >= 400 else None)
+
+    await page.goto(daemon_url + "/")
+    await expect(page).to_have_title("batcher")
+    jobs = page.locator("#jobs tbody")
+    hourly = jobs.locator("tr[data-job='hourly-sync']")
+    slow = jobs.locator("tr[data-job='slow-import']")
+    # The scheduled job ran by itself: its latest run succeeded and its last success has an age.
+    await expect(hourly.get_by_role("button", name="Latest run of hourly-sync: succeeded")).to_be_visible()
+    await expect(slow).to_contain_text("disabled")
+    await expect(page.locator("#daemon")).to_contain_text("scheduler running")
+
+    # Trigger: the token dialog comes first (the tab has none yet).
+    await slow.get_by_role("button", name="Trigger slow-import now").click()
+    dialog = page.get_by_role("dialog", name="API token")
+    await expect(dialog).to_be_visible()
+    await dialog.get_by_label("Token").fill(TOKEN)
+    await dialog.get_by_role("button", name="Use token").click()
+    await expect(dialog).to_be_hidden()
+    await expect(page.locator("#notice")).to_contain_text("queued")
+
+    # The run shows up under "Running now" with a progress bar that moves.
+    bar = page.locator("#running").get_by_role("progressbar", name="Progress of run")
+    await expect(bar).to_be_visible()
+    await expect(bar).to_have_attribute("aria-valuenow", re.compile(r"^(?:[1-9]\d?|100)$"))
+    await page.screenshot(path=str(ARTIFACTS / "dashboard-running.png"), full_page=True)
+
+    # Then it succeeds: the recent runs table shows it, and its details have its logs.
+    run_row = page.locator("#runs tbody tr", has=page.get_by_text("slow-import", exact=True)).first
+    await expect(run_row).to_contain_text("succeeded", timeout=30_000)
+    await expect(page.locator("#running .run-card")).to_have_count(0)
+    await run_row.get_by_role("button", name="Details of run").click()
+    details = page.get_by_role("dialog", name="Run #")
+    await expect(details).to_be_visible()
+    await expect(details).to_contain_text("succeeded")
+    await expect(details.locator(".counters")).to_contain_text("400")
+    logs = details.locator("details.logs")
+    await logs.locator("summary").click()
+    await expect(logs.locator("table")).to_be_visible()
+    await expect(logs.locator("tbody")).to_contain_text("run_started")
+    await expect(logs.locator("tbody")).to_contain_text("run_finished")
+    await page.screenshot(path=str(ARTIFACTS / "run-details.png"), full_page=True)
+    await page.keyboard.press("Escape")
+    await expect(details).to_be_hidden()
+
+    # Pause: no second token prompt; the row says paused and offers Resume.
+    await hourly.get_by_role("button", name="Pause hourly-sync").click()
+    await expect(hourly.locator(".badge.s-paused")).to_have_text("paused")
+    await expect(hourly.get_by_role("button", name="Resume hourly-sync")).to_be_visible()
+    await expect(page.get_by_role("dialog", name="API token")).to_be_hidden()
+    config = _get_json(f"{daemon_url}/api/batch/config")["config"]
+    assert config["hourly-sync"]["paused"] is True
+
+    # Keyboard: Tab moves between real buttons and the focused one has a visible focus ring.
+    await page.locator("#refresh").focus()
+    await page.keyboard.press("Tab")
+    focused = page.locator("#auto")
+    await expect(focused).to_be_focused()
+    ring = await focused.evaluate("el => el.matches(':focus-visible') && getComputedStyle(el).outlineStyle")
+    assert ring not in (False, "none"), ring
+
+    await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+    await context.close()
+    assert problems == [], "\n".join(problems)
