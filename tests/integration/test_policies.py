@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import secrets
 import time
@@ -321,27 +322,26 @@ async def _queue_run(pool: Any, name: str, priority: int, waited_minutes: float)
 
 async def test_priority_with_aging_promotes_a_long_waiting_run(db: Any, database_url: str, redis_url: str) -> None:
     """One free slot: a priority-0 run queued 10 minutes ago (aging 1 point/min → 10) is claimed before a
-    fresh priority-5 run of another job; with aging_per_minute = 0 the priority-5 run wins. The daemon's
-    claim uses the aging_per_minute setting."""
+    fresh priority-5 run of another job; with aging_per_minute = 0 the priority-5 run wins — both in
+    claim_runs itself and in a daemon (concurrency 1) configured with that aging_per_minute."""
     jobs = {"low": job(priority=0), "high": job(priority=5)}
-    async with services_for(database_url, redis_url, jobs, concurrency=1, aging_per_minute=0.0) as svc:
-        pool = svc.pool
-        for aging, winner in ((1.0, "low"), (0.0, "high")):
+    for aging, winner in ((1.0, "low"), (0.0, "high")):
+        async with services_for(database_url, redis_url, jobs, concurrency=1, aging_per_minute=aging) as svc:
+            pool = svc.pool
             await pool.execute("DELETE FROM batch_runs")
             await _queue_run(pool, "low", 0, 10)
             await _queue_run(pool, "high", 5, 0)
             claimed = await pool.fetch(Q["claim_runs"], "w1", 1, 60.0, None, aging)
             assert [r["job_name"] for r in claimed] == [winner], (aging, [dict(r) for r in claimed])
-        await pool.execute("DELETE FROM batch_runs")
-        await _queue_run(pool, "low", 0, 10)
-        high = await _queue_run(pool, "high", 5, 0)
-        async with daemon(svc):
-            first = await poll(lambda: pool.fetchval(
-                "SELECT job_name FROM batch_runs WHERE started_at IS NOT NULL ORDER BY started_at LIMIT 1"),
-                "a run started")
-            await poll(lambda: pool.fetchval("SELECT status = 'succeeded' FROM batch_runs WHERE id = $1", high),
-                       "both ran")
-    assert first == "high", "daemon with aging_per_minute = 0 claims by priority alone"
+            await pool.execute("DELETE FROM batch_runs")
+            await _queue_run(pool, "low", 0, 10)
+            await _queue_run(pool, "high", 5, 0)
+            async with daemon(svc):
+                await poll(functools.partial(pool.fetchval, "SELECT count(*) = 2 FROM batch_runs "
+                                             "WHERE status = 'succeeded'"), "both runs succeeded")
+            order = [r["job_name"] for r in await pool.fetch("SELECT job_name FROM batch_runs ORDER BY started_at")]
+        assert order == [winner, "high" if winner == "low" else "low"], \
+            f"daemon with aging_per_minute = {aging} (concurrency 1) should run {winner} first: {order}"
 
 
 async def test_queues_a_worker_claims_only_the_queues_it_serves(db: Any, database_url: str, redis_url: str) -> None:
@@ -396,4 +396,4 @@ async def test_finish_survives_a_deadlock_with_a_concurrent_claim(db: Any, datab
         summary = await asyncio.wait_for(finishing, 20)
         row = await pool.fetchrow("SELECT status, last_success_at IS NOT NULL AS marked FROM batch_runs "
                                   "JOIN batch_config USING (job_name) WHERE id = $1", run_id)
-    assert summary["status"] == "succeeded" and tuple(row) == ("succeeded", True), (summary, dict(row))
+    assert row is not None and summary["status"] == "succeeded" and tuple(row) == ("succeeded", True), (summary, row)

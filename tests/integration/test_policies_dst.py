@@ -100,9 +100,9 @@ async def test_berlin_0230_fires_once_per_wall_clock_time_across_dst(db: Any, cl
         [utc("2026-10-26T01:30:00")], utc("2026-10-27T01:30:00"))
 
     await _add_job(db, "outage", utc("2026-10-24T00:30:00"), **BERLIN_0230)
-    created, nxt = await _fire(clock, db, "outage", utc("2026-10-27T02:00:00"), queued_only=False)
+    created, after = await _fire(clock, db, "outage", utc("2026-10-27T02:00:00"), queued_only=False)
     missed = await db.fetchval("SELECT result FROM batch_runs WHERE job_name = 'outage' AND reason = 'missed'")
-    assert created == [utc("2026-10-24T00:30:00"), utc("2026-10-27T01:30:00")] and nxt == utc("2026-10-28T01:30:00")
+    assert created == [utc("2026-10-24T00:30:00"), utc("2026-10-27T01:30:00")] and after == utc("2026-10-28T01:30:00")
     assert missed["count"] == 3, f"24th, 25th once, 26th missed; got {missed}"
 
 
