@@ -371,29 +371,36 @@ async def test_queues_a_worker_claims_only_the_queues_it_serves(db: Any, databas
 
 # ------------------------------------------------------------------------------------ finish vs. claim
 
+async def _finish_through_a_deadlock(svc: Services, name: str) -> tuple[dict[str, Any], int]:
+    """Run ``name`` once while another transaction holds its config row and then updates its run row, so
+    the run's final-status transaction deadlocks with it; returns (the run's summary, its id)."""
+    from batcher.runner import RunExecution
+
+    pool = svc.pool
+    run_id, _ = await trigger_run(pool, svc.registry, name, {})
+    run = dict((await pool.fetch(Q["claim_runs"], "w-finish", 1, 30.0, None, 1.0))[0])
+    async with pool.acquire() as claimer:
+        tx = claimer.transaction()
+        await tx.start()
+        await claimer.execute("SELECT 1 FROM batch_config WHERE job_name = $1 FOR UPDATE", name)
+        finishing = asyncio.create_task(RunExecution(svc, run, lease_seconds=30.0).execute())
+        await poll(lambda: pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND query LIKE 'UPDATE batch_config SET last_success_at%'"), "finish waits for the config row")
+        with contextlib.suppress(Exception):  # the claim side may be the deadlock victim instead
+            await claimer.execute("UPDATE batch_runs SET worker_id = 'w-claim' WHERE id = $1", run_id)
+        await tx.rollback()
+    return await asyncio.wait_for(finishing, 20), run_id
+
+
 async def test_finish_survives_a_deadlock_with_a_concurrent_claim(db: Any, database_url: str, redis_url: str) -> None:
     """The final-status transaction locks its run row (fence) and then the job's config row (last_success_at);
     a concurrent claim_runs holds the config row (FOR UPDATE OF c) and then waits for that run row (it read the
     run as queued in its snapshot) — a deadlock seen in bench/schedule_lag.py. Whichever side PostgreSQL
     aborts, the run must still end succeeded (the finish retries), not crash and be reaped as abandoned."""
-    from batcher.runner import RunExecution
-
     async with services_for(database_url, redis_url, {"contended": job(params={"records": 0})}) as svc:
-        pool = svc.pool
-        run_id, _ = await trigger_run(pool, svc.registry, "contended", {})
-        run = dict((await pool.fetch(Q["claim_runs"], "w-finish", 1, 30.0, None, 1.0))[0])
-        async with pool.acquire() as claimer:
-            tx = claimer.transaction()
-            await tx.start()
-            await claimer.execute("SELECT 1 FROM batch_config WHERE job_name = 'contended' FOR UPDATE")
-            finishing = asyncio.create_task(RunExecution(svc, run, lease_seconds=30.0).execute())
-            await poll(lambda: pool.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND query LIKE 'UPDATE batch_config SET last_success_at%'"), "finish waits for the config row")
-            with contextlib.suppress(Exception):  # the claim side may be the deadlock victim instead
-                await claimer.execute("UPDATE batch_runs SET worker_id = 'w-claim' WHERE id = $1", run_id)
-            await tx.rollback()
-        summary = await asyncio.wait_for(finishing, 20)
-        row = await pool.fetchrow("SELECT status, last_success_at IS NOT NULL AS marked FROM batch_runs "
-                                  "JOIN batch_config USING (job_name) WHERE id = $1", run_id)
+        summary, run_id = await _finish_through_a_deadlock(svc, "contended")
+        row = await svc.pool.fetchrow("SELECT status, last_success_at IS NOT NULL AS marked FROM batch_runs "
+                                      "JOIN batch_config USING (job_name) WHERE id = $1", run_id)
     assert row is not None and summary["status"] == "succeeded" and tuple(row) == ("succeeded", True), (summary, row)
+
