@@ -20,7 +20,7 @@ run`` processes (concurrency 8, default tick, lease and log settings) run them f
 Goal: p99 ≤ 1 s. Creates and drops its own PostgreSQL database on ``BENCH_DATABASE_URL`` (default
 ``postgresql://postgres@127.0.0.1:5432/postgres``); uses ``BATCHER_REDIS_URL`` if set, else claims a
 Redis db among 1–9 on ``BENCH_REDIS_URL`` (default ``redis://127.0.0.1:6379``) with the tests' lock
-scheme. Bounded: about ``--seconds`` + 40 s.
+scheme. Bounded: about ``--seconds`` + 70 s (start-up, stop, analysis).
 
     .venv/bin/python bench/schedule_lag.py [--jobs 10000] [--seconds 150] [--daemons 2] [--concurrency 8]
 """
