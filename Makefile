@@ -88,11 +88,12 @@ bench: venv
 	done; \
 	if [ -n "$$failed" ]; then echo "failed:$$failed" >&2; exit 1; fi
 
-# Refuses while an embedded PostgreSQL still runs from .batcher (deleting its data dir would corrupt it).
+# Refuses while an embedded PostgreSQL still runs from .batcher or .batcher-demo (deleting its data dir
+# would corrupt it).
 clean:
-	@pidfile=.batcher/postgres/postmaster.pid; \
+	@for dir in .batcher .batcher-demo; do pidfile=$$dir/postgres/postmaster.pid; \
 	if [ -f "$$pidfile" ] && kill -0 "$$(head -n 1 "$$pidfile")" 2>/dev/null; then \
-		echo "embedded PostgreSQL is running from .batcher: stop batcher first" >&2; exit 1; fi
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .batcher \
+		echo "embedded PostgreSQL is running from $$dir: stop batcher (or the demo) first" >&2; exit 1; fi; done
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .batcher .batcher-demo \
 		build dist *.egg-info test-artifacts bench/results
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

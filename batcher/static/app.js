@@ -118,12 +118,15 @@
   }
 
   // The progress jsonb: "records" (committed by this run, added by the runtime), and what the handler
-  // reported: "done" and "total". Handlers differ on whether "done" counts earlier attempts, so the bar
-  // shows the larger of the two and never goes past the total.
+  // reported: "done" and "total". Handlers use "done" two ways: as their position, counting everything
+  // this run handled (DataSync, usage: then done >= records), or as what earlier attempts already did,
+  // reported once at the start (synthetic: then records passes it, and the two add up). The bar never
+  // goes backwards and never past the total.
   function progressOf(run) {
     const p = run.progress || {};
     const records = Number(p.records || run.records || 0);
-    const done = Math.max(records, Number(p.done || 0));
+    const reported = Number(p.done || 0);
+    const done = reported >= records ? reported : reported + records;
     const total = p.total === undefined || p.total === null ? null : Number(p.total);
     return { done, total, records, pct: total ? Math.min(100, Math.round((100 * done) / total)) : null };
   }
