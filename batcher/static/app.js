@@ -15,7 +15,7 @@
   const state = {
     jobs: {}, latest: {}, running: [], runs: [], deadLetters: [], status: null,
     openRunId: null, openRunJson: "", auto: true, timer: null, busy: null, again: false, connected: null,
-    memoryToken: null,
+    memoryToken: null, returnKey: null,
   };
 
   const $ = (id) => document.getElementById(id);
@@ -420,6 +420,7 @@
   // ---------------------------------------------------------------------------------------- run details
 
   function openRun(id) {
+    if (!$("run-dialog").open) state.returnKey = focusedKey();
     state.openRunId = id;
     state.openRunJson = "";
     $("run-title").textContent = `Run #${id}`;
@@ -468,7 +469,8 @@
       fact("Queued", clock(run.queuedAt)),
       fact("Started", clock(run.startedAt)),
       fact("Finished", clock(run.finishedAt)),
-      fact("Runtime", duration(run.runtimeMs)),
+      fact("Runtime", run.status === "running" && run.startedAt
+        ? `${span((Date.now() - parseTime(run.startedAt)) / 1000)} so far` : duration(run.runtimeMs)),
       fact("Worker", run.workerId));
     const counters = h("dl", { class: "facts counters", "aria-label": "Counters" },
       fact("Records", count(run.records)),
@@ -498,9 +500,14 @@
     restoreFocus(key);
   }
 
+  // The native dialog gives focus back to the control that opened it, unless a refresh replaced that
+  // control meanwhile: then its replacement (same data-key) gets it.
   function closeRun() {
     state.openRunId = null;
     state.openRunJson = "";
+    const key = state.returnKey;
+    state.returnKey = null;
+    setTimeout(() => restoreFocus(key), 0);
   }
 
   // --------------------------------------------------------------------------------------------- refresh

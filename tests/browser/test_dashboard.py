@@ -169,6 +169,12 @@ async def test_dashboard_trigger_progress_logs_and_pause(daemon_url: str, browse
     await expect(focused).to_be_focused()
     ring = await focused.evaluate("el => el.matches(':focus-visible') && getComputedStyle(el).outlineStyle")
     assert ring not in (False, "none"), ring
+    # A focused button in a table keeps the focus across the automatic refresh that redraws its row.
+    resume = hourly.get_by_role("button", name="Resume hourly-sync")
+    await resume.focus()
+    updated = await page.locator("#updated").inner_text()
+    await expect(page.locator("#updated")).not_to_have_text(updated)
+    await expect(resume).to_be_focused()
 
     await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
     await context.close()
