@@ -100,7 +100,8 @@ async def browser() -> AsyncIterator[Browser]:
 
 async def test_dashboard_trigger_progress_logs_and_pause(daemon_url: str, browser: Browser) -> None:
     """Load the page (no console errors), trigger ``slow-import`` (the token is asked for once), watch
-    its progress bar, open the succeeded run's logs, pause ``hourly-sync``; screenshots are saved."""
+    its progress bar, open the succeeded run's logs, cancel a second run, pause ``hourly-sync``, keep the
+    keyboard focus across refreshes; screenshots are saved."""
     ARTIFACTS.mkdir(exist_ok=True)
     context = await browser.new_context(viewport={"width": 1440, "height": 900})
     context.set_default_timeout(15_000)
@@ -153,6 +154,15 @@ async def test_dashboard_trigger_progress_logs_and_pause(daemon_url: str, browse
     await page.screenshot(path=str(ARTIFACTS / "run-details.png"), full_page=True)
     await page.keyboard.press("Escape")
     await expect(details).to_be_hidden()
+
+    # Cancel: trigger it again and cancel it from its progress card; the run ends cancelled.
+    await slow.get_by_role("button", name="Trigger slow-import now").click()
+    card = page.locator("#running .run-card")
+    await expect(card).to_have_count(1)
+    await card.get_by_role("button", name="Cancel run").click()
+    cancelled = page.locator("#runs tbody tr.r-cancelled", has=page.get_by_text("slow-import", exact=True))
+    await expect(cancelled).to_have_count(1, timeout=20_000)
+    await expect(card).to_have_count(0)
 
     # Pause: no second token prompt; the row says paused and offers Resume.
     await hourly.get_by_role("button", name="Pause hourly-sync").click()
