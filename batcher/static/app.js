@@ -184,24 +184,27 @@
     history.replaceState(null, "", location.pathname + location.search);
   }
 
-  // Resolves with the token entered, or null when the dialog was cancelled.
+  // Resolves with the token entered, or null when the dialog was cancelled (Escape, Cancel). A second
+  // change clicked while the dialog is open waits for the same answer.
   function askToken() {
     const dialog = $("token-dialog");
-    const input = $("token-input");
     return new Promise((resolve) => {
-      input.value = "";
-      const done = () => {
-        dialog.removeEventListener("close", done);
-        const value = dialog.returnValue === "ok" ? input.value.trim() : "";
-        input.value = "";
-        if (value) setToken(value);
-        resolve(value || null);
-      };
+      dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok" ? token() : null), { once: true });
+      if (dialog.open) return;
+      $("token-input").value = "";
       dialog.returnValue = "";
-      dialog.addEventListener("close", done);
       dialog.showModal();
-      input.focus();
+      $("token-input").focus();
     });
+  }
+
+  // Registered before any askToken listener, so the token is stored before they read it.
+  function onTokenDialogClose() {
+    const dialog = $("token-dialog");
+    const value = $("token-input").value.trim();
+    $("token-input").value = "";
+    if (dialog.returnValue === "ok" && value) setToken(value);
+    else if (dialog.returnValue === "ok") dialog.returnValue = "";
   }
 
   // ------------------------------------------------------------------------------------------------ API
@@ -612,6 +615,7 @@
       el.addEventListener("click", () => el.closest("dialog").close());
     }
     $("run-dialog").addEventListener("close", closeRun);
+    $("token-dialog").addEventListener("close", onTokenDialogClose);
     $("run-dialog").addEventListener("click", (event) => {  // a click on the backdrop closes it
       if (event.target === event.currentTarget) event.currentTarget.close();
     });
