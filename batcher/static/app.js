@@ -114,7 +114,7 @@
   }
 
   function badge(status, extra) {
-    return h("span", { class: `badge s-${status}` }, status, extra ? ` · ${extra}` : null);
+    return h("span", { class: `badge s-${status}` }, status, extra && extra !== status ? ` · ${extra}` : null);
   }
 
   // The progress jsonb: "records" (committed by this run, added by the runtime), and what the handler
