@@ -127,7 +127,9 @@ WHERE job_name = $1 AND status = 'queued' AND trigger = 'manual' AND params = $2
 ORDER BY id LIMIT 1;
 
 -- name: claim_runs
--- Two steps in one statement: lock the best claimable jobs (SKIP LOCKED), then take each one's best run.
+-- Two steps in one statement: lock the best claimable jobs (SKIP LOCKED), then take each one's best run —
+-- locked with SKIP LOCKED too, so a claim never waits on a run row (a finishing run holds its row and then
+-- wants its job's row: waiting here would deadlock with it).
 -- $1 worker, $2 free slots, $3 lease seconds, $4 queues (NULL = all), $5 aging points per minute
 WITH ranked AS (
     SELECT r.job_name,
@@ -147,10 +149,13 @@ WITH ranked AS (
     FROM batch_runs r JOIN jobs USING (job_name)
     WHERE r.status = 'queued' AND r.not_before <= now() AND r.root_trigger <> 'cli'
     ORDER BY r.job_name, r.priority + $5::float8 * extract(epoch FROM now() - r.queued_at) / 60 DESC, r.id
+), locked AS (
+    SELECT r.id FROM batch_runs r WHERE r.id IN (SELECT id FROM best) AND r.status = 'queued'
+    FOR UPDATE OF r SKIP LOCKED
 )
 UPDATE batch_runs r SET status = 'running', worker_id = $1, claim_token = gen_random_uuid(),
     lease_expires_at = now() + make_interval(secs => $3), started_at = now()
-FROM best WHERE r.id = best.id AND r.status = 'queued'
+FROM locked WHERE r.id = locked.id
 RETURNING r.*;
 
 -- name: claim_run_by_id
@@ -315,7 +320,7 @@ DELETE FROM checkpoints WHERE job_name = $1 AND ($2::text IS NULL OR stream = $2
 
 -- name: dependents_of
 -- Jobs that depend on $1, locked so concurrent upstream successes queue each dependent once.
-SELECT * FROM batch_config WHERE $1 = ANY(depends_on) ORDER BY job_name FOR UPDATE;
+SELECT * FROM batch_config WHERE depends_on @> ARRAY[$1]::text[] ORDER BY job_name FOR UPDATE;
 
 -- name: dependencies_satisfied
 -- True when every upstream of job $1 (names $2) succeeded after the dependent's last run or skip.

@@ -51,6 +51,7 @@ class RunExecution:
         self.run = dict(run)
         self.state = RunState()
         self.writer = RunWriter(services.pool, self.run, lease_seconds, self.state)
+        self.writer.announce = self._announce
         self._literal_secrets = literal_secrets
         self._queue_retries = queue_retries and self.run.get("root_trigger") != "cli"
 
@@ -153,13 +154,14 @@ class RunExecution:
         except asyncio.CancelledError:
             row = await asyncio.wait_for(finishing, SHIELD_FINISH_TIMEOUT)
         summary = self.writer.summary(row, outcome)
+        if not self.writer.announced:  # the run was lost: nothing committed the announcement
+            self._announce(summary)
+        return summary
+
+    @staticmethod
+    def _announce(summary: dict[str, Any]) -> None:
         log.info("run_finished", **{k: v for k, v in summary.items() if k != "errors"},
                  errors=len(summary["errors"]))
-        try:
-            await self.writer.flush_final_logs()
-        except DB_UNAVAILABLE:
-            pass
-        return summary
 
     async def _finish_durably(self, outcome: RunOutcome) -> Mapping[str, Any]:
         """Record the final status, retrying while the database is unreachable (e.g. restarting) or after a

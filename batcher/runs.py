@@ -7,7 +7,7 @@ lost the run, and :class:`LeaseLostError` stops it before anything is written.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from batcher.context import RunState
@@ -47,6 +47,8 @@ class RunWriter:
         self._errors: list[str] = []
         self._root = int(run["root_run_id"] or run["id"])
         self._backfill = run.get("root_trigger") == "backfill"
+        self.announce: Callable[[dict[str, Any]], None] | None = None  # called in the final transaction
+        self.announced = False
 
     async def job_config(self) -> Mapping[str, Any]:
         row = await self._pool.fetchrow(Q["get_job"], self._run["job_name"])
@@ -92,44 +94,58 @@ class RunWriter:
         self._state.progress = progress
         return progress
 
-    def _take_errors(self, reasons: list[str]) -> list[str]:
+    def _new_errors(self, reasons: list[str]) -> list[str]:
+        """The reasons not recorded yet, within the run's cap (NUL escaped: jsonb cannot hold it)."""
         room = MAX_ERRORS - len(self._errors)
-        clean = [r.replace("\x00", "\\u0000") for r in reasons]  # jsonb cannot hold NUL
-        fresh = [r for r in clean if r not in self._errors][: max(room, 0)]
+        clean = [r.replace("\x00", "\\u0000") for r in reasons]
+        return list(dict.fromkeys(r for r in clean if r not in self._errors))[: max(room, 0)]
+
+    def _take_errors(self, reasons: list[str]) -> list[str]:
+        fresh = self._new_errors(reasons)
         self._errors.extend(fresh)
         return fresh
 
     async def _flush_logs(self, conn: Conn) -> None:
-        entries = self._state.take_logs()
+        await self._write_logs(conn, self._state.take_logs())
+
+    async def _write_logs(self, conn: Conn, entries: list[tuple[str, str, dict[str, Any]]]) -> None:
         if entries:
             await conn.execute(Q["insert_run_logs"], self._id, [e[0] for e in entries],
                                [e[1] for e in entries], [e[2] for e in entries])
 
-    async def flush_final_logs(self) -> None:
-        """Append the log entries emitted after the final commit (run_logs is append-only)."""
-        if self._state.logs:
-            async with self._pool.acquire() as conn:
-                await self._flush_logs(conn)
-
     async def finish(self, outcome: RunOutcome) -> Mapping[str, Any]:
-        """Record the final status (and success effects or the retry row) behind the fence."""
+        """Record the final status (and success effects or the retry row) behind the fence.
+
+        Counters, errors and log entries are only consumed once the transaction committed, so a finish
+        retried after a failed commit (database restart, deadlock) loses none of them. ``announce`` (the
+        runner's ``run_finished`` log) runs inside the transaction, so that entry is committed with it.
+        """
         if outcome.status == "lost":
             return dict(await self._pool.fetchrow(Q["get_run"], self._id) or self._run)
+        logs_before = len(self._state.logs)
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 await self._fence(conn, final=True)
-                return await self._record_final(conn, outcome)
+                row, errors = await self._record_final(conn, outcome)
         except LeaseLostError:
+            del self._state.logs[logs_before:]
             outcome.status, outcome.reason = "lost", "lease_lost"
             return dict(await self._pool.fetchrow(Q["get_run"], self._id) or self._run)
+        except BaseException:
+            del self._state.logs[logs_before:]  # the announcement is made again by the retried finish
+            raise
+        self._state.take_counters()
+        self._state.take_logs()
+        self._errors.extend(errors)
+        self.announced = True
+        return row
 
-    async def _record_final(self, conn: Conn, outcome: RunOutcome) -> Mapping[str, Any]:
-        calls, ingress = self._state.take_counters()
-        errors = self._take_errors(outcome.errors)
+    async def _record_final(self, conn: Conn, outcome: RunOutcome) -> tuple[dict[str, Any], list[str]]:
+        errors = self._new_errors(outcome.errors)
         result = {"logs_dropped": max(self._state.logs_total - len(self._state.logs), 0)} \
             if self._state.logs_total > 1000 else None
         row = await conn.fetchrow(Q["finish_run"], self._id, outcome.status, outcome.reason, errors or None,
-                                  result, calls, ingress)
+                                  result, self._state.api_calls, self._state.ingress_bytes)
         job = self._run["job_name"]
         if outcome.status == "succeeded":
             await conn.execute(Q["mark_success"], job)
@@ -140,8 +156,11 @@ class RunWriter:
         if outcome.retry:
             await self.queue_retry(conn, self._run, delay=outcome.retry_delay,
                                    attempt=int(self._run["attempt"]) + (0 if outcome.status == "cancelled" else 1))
-        await self._flush_logs(conn)
-        return dict(row) if row else dict(self._run)
+        final = dict(row) if row else dict(self._run)
+        if self.announce is not None:
+            self.announce(self.summary(final, outcome))
+        await self._write_logs(conn, self._state.logs)
+        return final, errors
 
     @staticmethod
     async def queue_retry(conn: Conn, run: Mapping[str, Any], *, delay: float, attempt: int,

@@ -53,6 +53,7 @@ class Scheduler:
         self._stopped = asyncio.Event()
         self._aps = AsyncIOScheduler(timezone=UTC)
         self._last_prune = 0.0
+        self._slot_freed = False  # a run ended since the last pass: its slot can be refilled by a claim alone
         worker.owner = self
 
     def active_runs(self) -> list[int]:
@@ -83,16 +84,23 @@ class Scheduler:
             log.warning("maintenance_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def _loop(self) -> None:
+        due_at = 0.0  # monotonic time of the next full pass
         while not self._draining:
             self._wake.clear()
-            due_in: float | None = None
             try:
-                due_in = await self.tick()
+                if self._slot_freed and time.monotonic() < due_at:
+                    self._slot_freed = False
+                    await self.claim()  # a run ended: fill its slot, no full pass needed
+                else:
+                    self._slot_freed = False
+                    due_in = await self.tick()
+                    wait = self.tick_seconds if due_in is None else min(self.tick_seconds, due_in)
+                    due_at = time.monotonic() + max(wait, 0.01)
             except DB_ERRORS as exc:
                 log.warning("tick_failed", error=f"{type(exc).__name__}: {exc}")
-            timeout = self.tick_seconds if due_in is None else min(self.tick_seconds, due_in)
+                due_at = time.monotonic() + self.tick_seconds
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=max(timeout, 0.01))
+                await asyncio.wait_for(self._wake.wait(), timeout=max(due_at - time.monotonic(), 0.01))
             except TimeoutError:
                 pass
         self._stopped.set()
@@ -133,7 +141,8 @@ class Scheduler:
         self.running.pop(run_id, None)
         if not task.cancelled() and task.exception() is not None:
             log.error("run_task_crashed", run_id=run_id, error=repr(task.exception()))
-        self.wakeup()
+        self._slot_freed = True
+        self._wake.set()
 
     async def drain(self, grace: float) -> None:
         """Stop claiming; wait up to ``grace`` s; then cancel at batch boundaries; 5 s later, hard cancel."""
