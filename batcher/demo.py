@@ -38,6 +38,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from batcher.settings import process_environment
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "deploy" / "demo.toml"
 URL_PLACEHOLDER = '"DEMO_DATASYNC_URL"'
@@ -155,7 +157,7 @@ class Child:
 async def start_fake(data_dir: Path, port: int, key: str) -> tuple[Child, str]:
     argv = [sys.executable, "-m", "batcher.fakes.datasync", "--port", str(port), "--api-key", key,
             "--events", "4000", "--latency-ms", "20", "--invalid-every", "450", "--overlap", "3"]
-    fake = await Child.start("fake DataSync", argv, data_dir / "datasync.log", dict(os.environ), stdout_pipe=True)
+    fake = await Child.start("fake DataSync", argv, data_dir / "datasync.log", process_environment(), stdout_pipe=True)
     assert fake.proc.stdout is not None
     try:
         line = await asyncio.wait_for(fake.proc.stdout.readline(), 30)
@@ -174,7 +176,7 @@ def write_config(template: Path, target: Path, datasync_url: str) -> None:
 
 
 def daemon_env(config: Path, data_dir: Path, port: int, token: str, key: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHER_") and k not in _DROPPED}
+    env = {k: v for k, v in process_environment().items() if not k.startswith("BATCHER_") and k not in _DROPPED}
     env.update({"BATCHER_CONFIG": str(config), "BATCHER_DATA_DIR": str(data_dir), "BATCHER_API_HOST": "127.0.0.1",
                 "BATCHER_API_PORT": str(port), "BATCHER_API_TOKEN": token, "BATCHER_LOG_FORMAT": "json",
                 KEY_VARIABLE: key, "PYTHONUNBUFFERED": "1"})
@@ -288,13 +290,14 @@ async def run_demo(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m batcher.demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", default=os.environ.get("DEMO_DATA_DIR", str(REPO / ".batcher-demo")),
+    parser.add_argument("--data-dir", default=process_environment().get("DEMO_DATA_DIR", str(REPO / ".batcher-demo")),
                         help="embedded servers, logs and the generated config (default: .batcher-demo)")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("DEMO_PORT", "8080")),
+    parser.add_argument("--port", type=int, default=int(process_environment().get("DEMO_PORT", "8080")),
                         help="the dashboard/API port (default 8080; a free one when taken; 0: any free port)")
     parser.add_argument("--fake-port", type=int, default=0, help="the fake DataSync port (default: any free port)")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="the demo config template")
-    parser.add_argument("--token", default=os.environ.get("DEMO_TOKEN"), help="the API token (default: random)")
+    parser.add_argument("--token", default=process_environment().get("DEMO_TOKEN"),
+                        help="the API token (default: random)")
     args = parser.parse_args(argv)
     sys.exit(asyncio.run(run_demo(args)))
 

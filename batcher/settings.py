@@ -287,3 +287,8 @@ def systemd_environment(environ: Mapping[str, str] | None = None) -> tuple[str |
     """(NOTIFY_SOCKET, WATCHDOG_USEC) as systemd set them for this process."""
     env = os.environ if environ is None else environ
     return env.get("NOTIFY_SOCKET"), env.get("WATCHDOG_USEC")
+
+
+def process_environment() -> dict[str, str]:
+    """A copy of this process's environment, for launchers that start child processes (``batcher.demo``)."""
+    return dict(os.environ)
