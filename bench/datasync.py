@@ -38,9 +38,7 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -49,16 +47,11 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
-import asyncpg
-import redis
+from common import BASE_REDIS, RedisDbLock, temporary_database
 
 from batcher import store
 
 REPO = Path(__file__).resolve().parents[1]
-BASE_DB = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-BASE_REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
-LOCK_KEY = "batcher:test-session-lock"
-LOCK_MS = 60_000
 KEY = "bench-key"
 INSERT_SQL = "INSERT INTO events (id, type, occurred_at, payload) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING"
 #: Run by the dlt environment's Python: argv = url, database url, key, batch size, load format.
@@ -88,61 +81,6 @@ CHECKPOINT_SQL = """
 INSERT INTO checkpoints (job_name, stream, scope_key, cursor) VALUES ('baseline', 'events', '', $1)
 ON CONFLICT (job_name, stream, scope_key) DO UPDATE SET cursor = EXCLUDED.cursor, updated_at = now()
 """
-
-
-class RedisDbLock:
-    """A free Redis db among 1–9, claimed with ``SET lock token NX PX`` and renewed until released."""
-
-    def __init__(self, base: str) -> None:
-        self.base, self.token = base.rstrip("/"), uuid.uuid4().hex
-        self.client: redis.Redis | None = None
-        self._stop = threading.Event()
-
-    def acquire(self) -> str:
-        for number in range(1, 10):
-            client = redis.Redis.from_url(self.base, db=number)
-            if client.set(LOCK_KEY, self.token, nx=True, px=LOCK_MS):
-                pipe = client.pipeline(transaction=True)
-                pipe.flushdb()
-                pipe.set(LOCK_KEY, self.token, px=LOCK_MS)
-                pipe.execute()
-                self.client = client
-                threading.Thread(target=self._renew, daemon=True).start()
-                return f"{self.base}/{number}"
-            client.close()
-        raise SystemExit("no free Redis db among 1–9")
-
-    def _renew(self) -> None:
-        while not self._stop.wait(LOCK_MS / 3000):
-            if self.client is not None and self.client.get(LOCK_KEY) == self.token.encode():
-                self.client.pexpire(LOCK_KEY, LOCK_MS)
-
-    def release(self) -> None:
-        self._stop.set()
-        if self.client is not None:
-            if self.client.get(LOCK_KEY) == self.token.encode():
-                self.client.delete(LOCK_KEY)
-            self.client.close()
-
-
-@asynccontextmanager
-async def temporary_database() -> AsyncIterator[str]:
-    """A new migrated database, dropped on exit."""
-    name = f"bench_datasync_{uuid.uuid4().hex[:8]}"
-    parts = urlsplit(BASE_DB)
-    url = urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-    admin = await asyncpg.connect(BASE_DB)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        conn = await store.connect(url)
-        try:
-            await store.migrate(conn)
-        finally:
-            await conn.close()
-        yield url
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 @asynccontextmanager
@@ -266,7 +204,7 @@ async def bench(args: argparse.Namespace, redis_url: str) -> list[dict[str, Any]
     config.write_text("")
     runner = config.parent / "dlt_runner.py"
     runner.write_text(DLT_RUNNER)
-    async with temporary_database() as db_url, fake_server(args.events) as url:
+    async with temporary_database("bench_datasync") as db_url, fake_server(args.events) as url:
         for latency in args.latency:
             await set_latency(url, latency)
             times: dict[str, list[float]] = {"a": [], "b": [], "c": [], "d": []}

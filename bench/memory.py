@@ -16,7 +16,8 @@ import os
 import resource
 from typing import Any
 
-from sink import CHECKPOINT_SQL, synthetic_batches, synthetic_stream, temporary_database
+from common import temporary_database
+from sink import CHECKPOINT_SQL, synthetic_batches, synthetic_stream
 
 from batcher import sinks, store
 from batcher.pipeline import prefetching

@@ -23,22 +23,19 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-import redis
 from aiohttp import web
+from common import BASE_REDIS, RedisDbLock
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 LIMIT = 50  # the fake API's limit: requests per sliding second
 PACE = 0.97  # the limiter's share of it
-LOCK_KEY = "batcher:test-session-lock"
-LOCK_MS = 60_000
 
 
 class FakeApi:
@@ -60,41 +57,6 @@ class FakeApi:
         self.window.append(now)
         self.accepted.append(time.time())
         return web.json_response({"ok": True, "n": len(self.accepted)})
-
-
-class DbLock:
-    """Claims a free Redis db among 1–9 with the tests' lock scheme and renews it while held."""
-
-    def __init__(self, base: str) -> None:
-        self.base, self.token, self.stop = base, uuid.uuid4().hex, threading.Event()
-        self.client: redis.Redis | None = None
-
-    def acquire(self) -> str:
-        for number in range(1, 10):
-            client = redis.Redis.from_url(self.base, db=number, socket_timeout=5)
-            if client.set(LOCK_KEY, self.token, nx=True, px=LOCK_MS):
-                pipe = client.pipeline(transaction=True)
-                pipe.flushdb()
-                pipe.set(LOCK_KEY, self.token, px=LOCK_MS)
-                pipe.execute()
-                self.client = client
-                threading.Thread(target=self._renew, daemon=True).start()
-                return f"{self.base.rstrip('/')}/{number}"
-            client.close()
-        raise SystemExit("no free Redis db among 1–9")
-
-    def _renew(self) -> None:
-        while not self.stop.wait(LOCK_MS / 3000):
-            assert self.client is not None
-            if self.client.get(LOCK_KEY) == self.token.encode():
-                self.client.pexpire(LOCK_KEY, LOCK_MS)
-
-    def release(self) -> None:
-        self.stop.set()
-        if self.client is not None:
-            if self.client.get(LOCK_KEY) == self.token.encode():
-                self.client.delete(LOCK_KEY)
-            self.client.close()
 
 
 async def worker(args: argparse.Namespace) -> None:
@@ -194,7 +156,7 @@ def main() -> None:
     lock = None
     redis_url = os.environ.get("REDIS_URL")
     if not redis_url:
-        lock = DbLock("redis://127.0.0.1:6379")
+        lock = RedisDbLock(BASE_REDIS)
         redis_url = lock.acquire()
     try:
         results = asyncio.run(bench(redis_url))

@@ -36,83 +36,20 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-import redis
+from common import BASE_REDIS, RedisDbLock, temporary_database
 
 from batcher import store
 from batcher.materialize import materialize_due
 from batcher.store import Q
 
 REPO = Path(__file__).resolve().parents[1]
-BASE_DB = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-BASE_REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
-LOCK_KEY = "batcher:test-session-lock"
-LOCK_MS = 60_000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-class RedisDbLock:
-    """A free Redis db among 1–9, claimed with ``SET lock token NX PX`` and renewed until released."""
-
-    def __init__(self, base: str) -> None:
-        self.base, self.token = base.rstrip("/"), uuid.uuid4().hex
-        self.client: redis.Redis | None = None  # type: ignore[type-arg]
-        self._stop = threading.Event()
-
-    def acquire(self) -> str:
-        for number in range(1, 10):
-            client = redis.Redis.from_url(self.base, db=number)
-            if client.set(LOCK_KEY, self.token, nx=True, px=LOCK_MS):
-                pipe = client.pipeline(transaction=True)
-                pipe.flushdb()
-                pipe.set(LOCK_KEY, self.token, px=LOCK_MS)
-                pipe.execute()
-                self.client = client
-                threading.Thread(target=self._renew, daemon=True).start()
-                return f"{self.base}/{number}"
-            client.close()
-        raise SystemExit("no free Redis db among 1–9")
-
-    def _renew(self) -> None:
-        while not self._stop.wait(LOCK_MS / 3000):
-            if self.client is not None and self.client.get(LOCK_KEY) == self.token.encode():
-                self.client.pexpire(LOCK_KEY, LOCK_MS)
-
-    def release(self) -> None:
-        self._stop.set()
-        if self.client is not None:
-            if self.client.get(LOCK_KEY) == self.token.encode():
-                self.client.delete(LOCK_KEY)
-            self.client.close()
-
-
-@contextlib.asynccontextmanager
-async def temporary_database() -> AsyncIterator[str]:
-    """A new migrated database, dropped on exit."""
-    name = f"bench_schedule_lag_{uuid.uuid4().hex[:8]}"
-    parts = urlsplit(BASE_DB)
-    url = urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-    admin = await asyncpg.connect(BASE_DB)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        conn = await store.connect(url)
-        try:
-            await store.migrate(conn)
-        finally:
-            await conn.close()
-        yield url
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def insert_jobs(conn: Any, n: int) -> None:
@@ -376,7 +313,7 @@ def _frame_name(frame: str) -> str:
 
 
 async def bench(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
-    async with temporary_database() as db_url:
+    async with temporary_database("bench_schedule_lag") as db_url:
         pool = await store.create_pool(db_url, size=4)
         try:
             async with pool.acquire() as conn:

@@ -21,14 +21,11 @@ import json
 import os
 import statistics
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
+from common import temporary_database
 
 from batcher import sinks, store
 from batcher.handler import Batch, ConflictPolicy, Stream
@@ -55,26 +52,6 @@ async def synthetic_batches(records: int, batch_size: int, scope: str = "bench")
         hi = min(lo + batch_size, records)
         rows = [(scope, n, f"v0-{n}", n, {"seed": 0, "n": n, "window": None}) for n in range(lo, hi)]
         yield Batch(stream="bench", records=rows, checkpoint={"next_seq": hi}, size_bytes=64 * len(rows))
-
-
-@asynccontextmanager
-async def temporary_database(prefix: str) -> AsyncIterator[str]:
-    """A new migrated database on BENCH_DATABASE_URL, dropped on exit."""
-    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    parts = urlsplit(BASE_URL)
-    url = urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-    admin = await asyncpg.connect(BASE_URL)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        conn = await store.connect(url)
-        try:
-            await store.migrate(conn)
-        finally:
-            await conn.close()
-        yield url
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def through_pipeline(conn: Any, stream: Stream, records: int, batch_size: int) -> tuple[float, int]:

@@ -25,29 +25,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import redis
-
-from batcher import store
+from common import claimed_redis_db, temporary_database
 
 BASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")
-LOCK_KEY, LOCK_MS = "batcher:test-session-lock", 60_000
 REPO = Path(__file__).resolve().parent.parent
 DAY = dt.date(2025, 11, 1)
 METRICS = ("queries", "documents", "tokens", "api_calls", "storage_mb")
@@ -56,64 +49,6 @@ INSERT INTO merchant_usage (merchant_id, usage_date, metric_type, value, aggrega
 VALUES ($1, $2, $3, $4, now())
 ON CONFLICT (merchant_id, usage_date, metric_type) DO UPDATE SET value = EXCLUDED.value, aggregated_at = now()
 """
-
-
-@contextlib.contextmanager
-def claimed_redis_db() -> Iterator[str]:
-    """A Redis db number in 1–9 nobody else holds (SET NX PX lock, renewed), flushed before and after."""
-    token = uuid.uuid4().hex
-    for number in range(1, 10):
-        client = redis.Redis.from_url(f"{REDIS_BASE}/{number}")
-        if client.set(LOCK_KEY, token, nx=True, px=LOCK_MS):
-            break
-        client.close()
-    else:
-        raise SystemExit("no free Redis db among 1–9")
-    _flush_keeping_lock(client, token)
-    stop = threading.Event()
-
-    def renew() -> None:
-        while not stop.wait(LOCK_MS / 3000):
-            with contextlib.suppress(redis.RedisError):
-                if client.get(LOCK_KEY) == token.encode():
-                    client.pexpire(LOCK_KEY, LOCK_MS)
-
-    threading.Thread(target=renew, daemon=True).start()
-    try:
-        yield f"{REDIS_BASE}/{number}"
-    finally:
-        stop.set()
-        if client.get(LOCK_KEY) == token.encode():
-            _flush_keeping_lock(client, token)
-            client.delete(LOCK_KEY)
-        client.close()
-
-
-def _flush_keeping_lock(client: redis.Redis, token: str) -> None:
-    pipe = client.pipeline(transaction=True)
-    pipe.flushdb()
-    pipe.set(LOCK_KEY, token, px=LOCK_MS)
-    pipe.execute()
-
-
-@contextlib.asynccontextmanager
-async def temporary_database() -> AsyncIterator[str]:
-    """A new migrated database on BENCH_DATABASE_URL, dropped on exit."""
-    name = f"bench_usage_{uuid.uuid4().hex[:8]}"
-    parts = urlsplit(BASE_URL)
-    url = urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-    admin = await asyncpg.connect(BASE_URL)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        conn = await store.connect(url)
-        try:
-            await store.migrate(conn)
-        finally:
-            await conn.close()
-        yield url
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 def seed(client: redis.Redis, keys: int, bump: int = 0) -> dict[tuple[str, str], int]:
@@ -182,7 +117,7 @@ async def run(keys: int) -> dict[str, Any]:
     with claimed_redis_db() as redis_url, tempfile.TemporaryDirectory() as tmp:
         client = redis.Redis.from_url(redis_url)
         expected = seed(client, keys)
-        async with temporary_database() as database_url:
+        async with temporary_database("bench_usage") as database_url:
             config = Path(tmp) / "batcher.toml"
             config.write_text('[jobs.usage]\ntype = "usage_aggregation"\ninterval_minutes = 60\n')
             env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHER_")}
