@@ -21,21 +21,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from batcher.connections import redis_client
+from batcher.context import RunState as Counters  # the runner's own RunAccounting
 from batcher.http import HttpRuntime
 from batcher.ratelimit import RateLimiter
 from batcher.settings import RateLimitSettings
-
-
-class Counters:
-    def __init__(self) -> None:
-        self.api_calls = 0
-        self.ingress_bytes = 0
-
-    def add_api_call(self, n: int = 1) -> None:
-        self.api_calls += n
-
-    def add_ingress_bytes(self, n: int) -> None:
-        self.ingress_bytes += n
 
 
 def parse_args() -> argparse.Namespace:

@@ -16,6 +16,7 @@ import pytest
 from aioresponses import aioresponses
 from structlog.testing import capture_logs
 
+from batcher.context import RunState as Counters  # the runner's own RunAccounting
 from batcher.errors import PermanentError, RunCancelledError, TransientError
 from batcher.http import HttpClientError, HttpRuntime, HttpStatusError, NamespaceClient
 from batcher.settings import RateLimitSettings
@@ -30,20 +31,6 @@ def _session_loop_is_current(_session_event_loop: asyncio.AbstractEventLoop) -> 
 
 URL = "https://api.example.test/v1/items"
 URL_RE = re.compile(r"^https://api\.example\.test/v1/items.*$")
-
-
-class Counters:
-    """A RunAccounting that just adds up."""
-
-    def __init__(self) -> None:
-        self.api_calls = 0
-        self.ingress_bytes = 0
-
-    def add_api_call(self, n: int = 1) -> None:
-        self.api_calls += n
-
-    def add_ingress_bytes(self, n: int) -> None:
-        self.ingress_bytes += n
 
 
 @pytest.fixture

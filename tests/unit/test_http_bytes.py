@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
+from batcher.context import RunState as Counters  # the runner's own RunAccounting
 from batcher.errors import RunCancelledError
 from batcher.http import HttpRuntime
 
@@ -28,18 +29,6 @@ PAYLOAD = {"results": [{"id": i, "name": f"item-{i}", "text": "lorem ipsum " * 2
 RAW = json.dumps(PAYLOAD).encode()
 GZIPPED = gzip.compress(RAW)
 DEFLATED = zlib.compress(RAW)
-
-
-class Counters:
-    def __init__(self) -> None:
-        self.api_calls = 0
-        self.ingress_bytes = 0
-
-    def add_api_call(self, n: int = 1) -> None:
-        self.api_calls += n
-
-    def add_ingress_bytes(self, n: int) -> None:
-        self.ingress_bytes += n
 
 
 def make_app(state: dict[str, int]) -> web.Application:

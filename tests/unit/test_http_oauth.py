@@ -17,6 +17,7 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from batcher import logs
+from batcher.context import RunState as Counters  # the runner's own RunAccounting
 from batcher.errors import BatcherError, PermanentError
 from batcher.http import HttpRuntime, HttpStatusError
 from batcher.oauth import OAuth2Credentials, OAuth2TokenProvider
@@ -72,18 +73,6 @@ class FakeProvider:
 
     async def flaky(self, request: web.Request) -> web.Response:
         return web.Response(text=f"upstream broke for {request.headers.get('Authorization')}", status=503)
-
-
-class Counters:
-    def __init__(self) -> None:
-        self.api_calls = 0
-        self.ingress_bytes = 0
-
-    def add_api_call(self, n: int = 1) -> None:
-        self.api_calls += n
-
-    def add_ingress_bytes(self, n: int) -> None:
-        self.ingress_bytes += n
 
 
 @pytest.fixture
