@@ -27,20 +27,14 @@ from batcher.scheduler import Scheduler
 from batcher.store import Q
 from batcher.testing import test_services, test_settings
 from batcher.worker import Worker
+from tests.polling import wait_for
 
 SYNTH = "synthetic"
 
 
 async def poll(predicate: Callable[[], Awaitable[Any]], what: str, timeout: float = 15.0) -> Any:
     """Poll an async predicate until it returns a truthy value; fail naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"within {timeout} s: {what}")
-        await asyncio.sleep(0.02)
+    return await wait_for(predicate, timeout, what=what)
 
 
 @contextlib.asynccontextmanager

@@ -18,18 +18,7 @@ from batcher.runs import RunWriter
 from batcher.scheduler import Scheduler
 from batcher.testing import test_services, test_settings
 from batcher.worker import Worker
-
-
-async def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.05) -> Any:
-    """Poll an async predicate until it returns a truthy value, or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(interval)
+from tests.polling import wait_for
 
 
 def _jobs(**overrides: Any) -> dict[str, Any]:
