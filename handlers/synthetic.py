@@ -98,6 +98,7 @@ class SyntheticHandler(Handler):
                 await asyncio.sleep(p.delay_ms / 1000)
             upto = min(seq + p.batch_size, end)
             records, rejected = self._generate(p, scope_key, seq, upto)
+            ctx.report_progress(done=upto - (first if p.scope == "run" else begin), total=p.records)
             checkpoint: dict[str, Any] = {"next_seq": upto, "run_first": first}
             if p.scope == "job":
                 checkpoint.update(run_root=ctx.root_run_id, run_end=end)
