@@ -6,8 +6,8 @@ This module owns *when* a request may leave, per rate-limit namespace:
   ``[rate_limits."ns:"]`` entries override them (:func:`effective_rate_limits`). A namespace is matched to
   its settings by the longest configured prefix, so ``"hubspot:general:portal-42"`` (a namespace with a
   credential discriminator) uses the ``"hubspot:general:"`` settings but has its own Redis state, since
-  upstream limits are per key. A namespace that matches nothing is unlimited: no Redis round trip (a
-  429 there pauses only this process; configure a limit to share pauses).
+  upstream limits are per key. A namespace that matches nothing is unlimited: never paced, but one
+  round trip checks the shared pause, so a 429 seen by any process holds every process.
 - Admission is a reservation: the script hands out the next slot (``max(tat - tolerance, now)``) when it
   lies at most one emission interval ahead (the horizon, 20 ms–1 s) and the caller sleeps until it; a
   later caller is told when to ask again. Since the slot, not the (slightly late) moment of asking,
