@@ -16,12 +16,12 @@ from batcher.registry import load_registry
 from tests.e2e.procs import Proc, batcher_env, poll, write_config
 
 JOBS = 20
-DRIVE_SECONDS = 20.0
+DRIVE_SECONDS = 30.0
 
 
 async def test_three_daemons_never_overlap_a_job_and_account_for_every_occurrence(
         db: Any, database_url: str, redis_url: str, tmp_path: Path, procs: list[Proc]) -> None:
-    """20 synthetic jobs made due again and again for ~20 s of wall time across 3 daemon processes
+    """20 synthetic jobs made due again and again for ~30 s of wall time across 3 daemon processes
     (concurrency 4 each) while manual triggers arrive: per job, no two runs overlap in time; every
     scheduled occurrence either succeeded or is skipped with a reason; nothing failed; every manual
     trigger ran."""
