@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -147,3 +148,42 @@ def test_trigger_runs_and_cancel_and_pause(cli: Callable[..., Any]) -> None:
     assert cli("jobs", "nightly")[1][0]["paused"] is False
     code, lines, _ = cli("jobs", "nightly", "--next", "3")
     assert code == 0
+
+
+def test_dead_letters_list_replay_purge_through_the_cli(cli: Callable[..., Any], db: Any) -> None:
+    """Poisoned rows land in dead letters (`dead-letters list` shows them with the database's reason);
+    after the fix (here: the rows' NUL removed in place) `dead-letters replay` writes them and marks them
+    resolved; `dead-letters purge` deletes what is left for the job."""
+    code, lines, _ = cli("run-job", "synthetic", "--job-name", "poison", "--param", "records=40",
+                         "--param", "poison_every=10", "--param", "batch_size=20")
+    assert code == 0 and lines[-1]["dead_letters"] == 4 and lines[-1]["records"] == 36
+    code, lines, _ = cli("dead-letters", "list", "--job", "poison")
+    assert code == 0 and len(lines) == 4 and all(r["origin"] == "database" for r in lines)
+    assert all("0x00" in r["reason"] or "null" in r["reason"].lower() for r in lines), lines[0]["reason"]
+    db_fix = "UPDATE dead_letters SET payload = replace(payload, '\\u0000', '') WHERE job_name = 'poison'"
+    cli_fix = _run_sql(db, db_fix)
+    assert cli_fix
+    code, lines, _ = cli("dead-letters", "replay", "poison")
+    assert code == 0 and lines[-1]["resolved"] == 4
+    assert _run_sql(db, "SELECT count(*) FROM dead_letters WHERE job_name = 'poison' AND resolved_at IS NULL") == 0
+    code, lines, _ = cli("dead-letters", "purge", "poison")
+    assert code == 0 and lines[-1]["purged"] == 4
+
+
+def _run_sql(pool: Any, sql: str) -> Any:
+    """Run one statement on the test database from a sync test (on a private loop)."""
+    import asyncpg
+
+    async def go() -> Any:
+        dsn = os.environ["BATCHER_DATABASE_URL"]
+        conn = await asyncpg.connect(dsn)
+        try:
+            return await conn.fetchval(sql) if sql.lstrip().upper().startswith("SELECT") else await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(go())
+    finally:
+        loop.close()
