@@ -69,7 +69,13 @@ class RunExecution:
             RUN_LOG_SINK.reset(token)
 
     async def _outcome(self) -> RunOutcome:
-        job = await self.writer.job_config()
+        try:
+            job = await self.writer.job_config()
+        except LeaseLostError as exc:  # the job was deleted under its run
+            return RunOutcome("failed", "permanent_error", [str(exc)])
+        except DB_UNAVAILABLE as exc:
+            return RunOutcome("failed", "transient_error", [f"{type(exc).__name__}: {exc}"],
+                              retry=self._queue_retries, retry_delay=1.0)
         try:
             async with asyncio.timeout(float(job["timeout_seconds"])) as deadline:
                 await self._iterate(job)
