@@ -79,8 +79,8 @@ lint: venv
 	$(VENV)/bin/lint-imports
 
 bench: venv
-	@set -- bench/*.py; \
-	if [ ! -e "$$1" ]; then echo "bench/ has no benchmark scripts yet"; exit 0; fi; \
+	@set -- $(filter-out bench/common.py,$(wildcard bench/*.py)); \
+	if [ -z "$$1" ]; then echo "bench/ has no benchmark scripts yet"; exit 0; fi; \
 	failed=""; \
 	for script in "$$@"; do \
 		echo "== $$script"; \
