@@ -62,7 +62,6 @@ async def trigger_run(pool: Any, registry: Mapping[str, type[Handler]], job_name
             return int(existing), True
         run_id = await conn.fetchval(Q["insert_queued_run"], job_name, job["job_type"], "manual",
                                      job["priority"], dict(params), 0.0, None, None, 1, 0, "manual")
-        await conn.execute(Q["set_root_self"], run_id)
         await conn.execute(Q["notify_wakeup"], "")
     return int(run_id), False
 
@@ -94,7 +93,6 @@ async def queue_backfill(pool: Any, registry: Mapping[str, type[Handler]], job_n
             validate_params(handler, {**job["params"], **params}, job=job_name)
             run_id = await conn.fetchval(Q["insert_queued_run"], job_name, job["job_type"], "backfill",
                                          job["priority"], params, 0.0, None, None, 1, 0, "backfill")
-            await conn.execute(Q["set_root_self"], run_id)
             ids.append(int(run_id))
         await conn.execute(Q["notify_wakeup"], "")
     return ids

@@ -45,14 +45,17 @@ class RunState:
             self.cancel_reason = reason
         self.cancelled.set()
 
-    def take_counters(self) -> tuple[int, int]:
-        calls, ingress = self.api_calls, self.ingress_bytes
-        self.api_calls = self.ingress_bytes = 0
-        return calls, ingress
+    def pending(self) -> tuple[int, int, int]:
+        """(api calls, ingress bytes, log entries) not committed yet — written by a transaction, then
+        :meth:`committed` once it committed. The handler may add more meanwhile (it runs ahead of the
+        commit), so only what was written is consumed."""
+        return self.api_calls, self.ingress_bytes, len(self.logs)
 
-    def take_logs(self) -> list[tuple[str, str, dict[str, Any]]]:
-        out, self.logs = self.logs, []
-        return out
+    def committed(self, pending: tuple[int, int, int]) -> None:
+        calls, ingress, logs = pending
+        self.api_calls -= calls
+        self.ingress_bytes -= ingress
+        del self.logs[:logs]
 
 
 class Context:
@@ -71,7 +74,6 @@ class Context:
         self.state = state
         self.cancelled = state.cancelled
         self._checkpoints = dict(checkpoints)
-        self.progress_done = 0
 
     def checkpoint(self, stream: str) -> Any | None:
         return self._checkpoints.get(stream)

@@ -26,7 +26,6 @@ async def on_upstream_success(conn: Any, job_name: str) -> list[int]:
             continue
         run_id = await conn.fetchval(Q["insert_queued_run"], dep["job_name"], dep["job_type"], "dependency",
                                      dep["priority"], {}, 0.0, None, None, 1, 0, "dependency")
-        await conn.execute(Q["set_root_self"], run_id)
         queued.append(int(run_id))
         log.info("dependency_queued", job=dep["job_name"], upstream=job_name, run_id=run_id)
     if queued:

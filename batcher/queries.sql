@@ -117,9 +117,6 @@ VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => COALESCE($6::float8, 0
         COALESCE($11, $3))
 RETURNING id;
 
--- name: set_root_self
-UPDATE batch_runs SET root_run_id = id WHERE id = $1 AND root_run_id IS NULL;
-
 -- name: find_queued_manual
 -- An already queued manual run of the job with the same params (a repeated trigger returns it).
 SELECT id FROM batch_runs

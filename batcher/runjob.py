@@ -108,7 +108,6 @@ async def _insert_claimed(conn: Any, services: Services, worker: Worker, job: An
     else:
         run_id = await conn.fetchval(Q["insert_queued_run"], job["job_name"], job["job_type"], "cli",
                                      job["priority"], dict(params), 0.0, None, None, 1, 0, "cli")
-        await conn.execute(Q["set_root_self"], run_id)
     row = await conn.fetchrow(Q["claim_run_by_id"], run_id, worker.worker_id,
                               services.settings.daemon.lease_seconds)
     return dict(row)

@@ -6,7 +6,6 @@ lost the run, and :class:`LeaseLostError` stops it before anything is written.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -77,14 +76,20 @@ class RunWriter:
             if batch.moves_checkpoint:
                 await conn.execute(Q["upsert_checkpoint"], self._run["job_name"], stream.name,
                                    scope_key(stream, root_run_id, self._backfill), batch.checkpoint, self._id)
-            new_errors = self._take_errors(result.reasons)
-            calls, ingress = self._state.take_counters()
+            new_errors = self._new_errors(result.reasons)
+            pending = self._state.pending()
             progress = self._progress(batch, len(batch.records))
             await conn.execute(Q["add_run_counters"], self._id, len(batch.records) - result.database_rejected,
-                               result.dead_lettered, batch.items_checked, batch.items_updated, calls, ingress,
-                               progress, new_errors or None)
-            await self._flush_logs(conn)
+                               result.dead_lettered, batch.items_checked, batch.items_updated, pending[0],
+                               pending[1], progress, new_errors or None)
+            await self._write_logs(conn, self._state.logs[:pending[2]])
+        self._committed(pending, new_errors)
         return result
+
+    def _committed(self, pending: tuple[int, int, int], errors: list[str]) -> None:
+        """A transaction that wrote ``pending`` counters and logs and these errors has committed."""
+        self._state.committed(pending)
+        self._errors.extend(errors)
 
     def _progress(self, batch: Batch, n: int) -> dict[str, Any] | None:
         progress = dict(self._state.progress or {})
@@ -99,14 +104,6 @@ class RunWriter:
         room = MAX_ERRORS - len(self._errors)
         clean = [r.replace("\x00", "\\u0000") for r in reasons]
         return list(dict.fromkeys(r for r in clean if r not in self._errors))[: max(room, 0)]
-
-    def _take_errors(self, reasons: list[str]) -> list[str]:
-        fresh = self._new_errors(reasons)
-        self._errors.extend(fresh)
-        return fresh
-
-    async def _flush_logs(self, conn: Conn) -> None:
-        await self._write_logs(conn, self._state.take_logs())
 
     async def _write_logs(self, conn: Conn, entries: list[tuple[str, str, dict[str, Any]]]) -> None:
         if entries:
@@ -126,7 +123,7 @@ class RunWriter:
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 await self._fence(conn, final=True)
-                row, errors = await self._record_final(conn, outcome)
+                row, errors, pending = await self._record_final(conn, outcome)
         except LeaseLostError:
             del self._state.logs[logs_before:]
             outcome.status, outcome.reason = "lost", "lease_lost"
@@ -134,18 +131,17 @@ class RunWriter:
         except BaseException:
             del self._state.logs[logs_before:]  # the announcement is made again by the retried finish
             raise
-        self._state.take_counters()
-        self._state.take_logs()
-        self._errors.extend(errors)
+        self._committed(pending, errors)
         self.announced = True
         return row
 
-    async def _record_final(self, conn: Conn, outcome: RunOutcome) -> tuple[dict[str, Any], list[str]]:
+    async def _record_final(self, conn: Conn, outcome: RunOutcome,
+                            ) -> tuple[dict[str, Any], list[str], tuple[int, int, int]]:
         errors = self._new_errors(outcome.errors)
         result = {"logs_dropped": max(self._state.logs_total - len(self._state.logs), 0)} \
             if self._state.logs_total > 1000 else None
         row = await conn.fetchrow(Q["finish_run"], self._id, outcome.status, outcome.reason, errors or None,
-                                  result, self._state.api_calls, self._state.ingress_bytes)
+                                  result, *self._state.pending()[:2])
         job = self._run["job_name"]
         if outcome.status == "succeeded":
             await conn.execute(Q["mark_success"], job)
@@ -159,8 +155,9 @@ class RunWriter:
         final = dict(row) if row else dict(self._run)
         if self.announce is not None:
             self.announce(self.summary(final, outcome))
+        pending = self._state.pending()  # after the announcement, which is one of the entries
         await self._write_logs(conn, self._state.logs)
-        return final, errors
+        return final, errors, pending
 
     @staticmethod
     async def queue_retry(conn: Conn, run: Mapping[str, Any], *, delay: float, attempt: int,
@@ -182,6 +179,3 @@ class RunWriter:
                 "runtime_ms": int(row.get("runtime_ms") or 0), "errors": [str(e) for e in errors][:MAX_ERRORS],
                 "retry_queued": outcome.retry}
 
-
-def _json(value: Any) -> str:
-    return json.dumps(value, default=str)

@@ -151,7 +151,6 @@ async def test_abandons_count_against_max_abandons_not_max_retries(
                            "VALUES ('ghost', 'nowhere', 1, 'x', $1)", secrets.randbelow(2**31 - 1) + 1)
         first = await pool.fetchval("INSERT INTO batch_runs (job_name, job_type, trigger, root_trigger) "
                                     "VALUES ('fragile', 'synthetic', 'manual', 'manual') RETURNING id")
-        await pool.execute(Q["set_root_self"], first)
         for death in range(1, 4):
             claimed = await pool.fetch(Q["claim_runs"], "ghost", 1, 60.0, None, 1.0)
             assert len(claimed) == 1, f"death {death}: the queued (retry) run is claimable"
