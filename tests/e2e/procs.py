@@ -77,6 +77,20 @@ class Proc:
             time.sleep(0.05)
         raise AssertionError(f"no {name} event within {timeout} s:\n" + self.log_path.read_text()[-3000:])
 
+    def tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def terminate_and_wait(self, timeout: float, sig: int = signal.SIGTERM) -> int:
+        """Signal the process and wait for its exit status; ``stop_seconds`` says how long it took."""
+        started = time.monotonic()
+        self.signal(sig)
+        try:
+            code = self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running {timeout} s after signal {sig}:\n{self.tail()}") from None
+        self.stop_seconds = time.monotonic() - started
+        return code
+
     def signal(self, sig: int) -> None:
         if self.popen.poll() is None:
             os.kill(self.popen.pid, sig)

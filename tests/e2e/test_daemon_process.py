@@ -10,12 +10,8 @@ deadline; a daemon still alive when the test ends is killed with its process gro
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +21,10 @@ import asyncpg
 import pytest
 
 from batcher import embedded
+from batcher.procutil import alive
+from tests.e2e.procs import Proc
+
+Daemon = Proc  # a `python -m batcher run` process
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -43,69 +43,19 @@ token_env = "PROC_SYNTHETIC_TOKEN"
 SECRET = "tok-3f9a-never-persisted"
 
 
-class Daemon:
-    """`python -m batcher run` in its own session, stderr (JSON logs) in a file."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        with log_path.open("wb") as log:
-            self.popen = subprocess.Popen([sys.executable, "-m", "batcher", "run"], cwd=REPO, env=env,
-                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
-                                          start_new_session=True)
-
-    def events(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                event = json.loads(line)
-                if isinstance(event, dict):
-                    out.append(event)
-        return out
-
-    def tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def wait_event(self, name: str, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for event in self.events():
-                if event.get("event") == name:
-                    return event
-            if self.popen.poll() is not None:
-                raise AssertionError(f"daemon exited ({self.popen.returncode}) before {name}:\n{self.tail()}")
-            time.sleep(0.05)
-        raise AssertionError(f"no {name} event within {timeout} s:\n{self.tail()}")
-
-    def terminate_and_wait(self, timeout: float, sig: int = signal.SIGTERM) -> int:
-        started = time.monotonic()
-        self.popen.send_signal(sig)
-        try:
-            code = self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"daemon still running {timeout} s after {sig}:\n{self.tail()}") from None
-        self.stop_seconds = time.monotonic() - started
-        return code
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(10)
-
-
 @pytest.fixture
 def start_daemon() -> Iterator[Callable[[dict[str, str], Path], Daemon]]:
     """Starts daemons; kills whatever is still alive at the end of the test."""
     started: list[Daemon] = []
 
     def start(env: dict[str, str], log_path: Path) -> Daemon:
-        daemon = Daemon(env, log_path)
+        daemon = Proc(["run"], env, log_path)
         started.append(daemon)
         return daemon
 
     yield start
     for daemon in started:
-        daemon.kill()
+        daemon.close()
 
 
 def base_env(tmp_path: Path, data_dir: Path, config_text: str) -> dict[str, str]:
@@ -212,14 +162,6 @@ def _processes_using(path: Path) -> list[str]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
 @pytest.fixture
 def embedded_data_dir(tmp_path: Path) -> Iterator[Path]:
     """A data dir for embedded servers; whatever is left running in it is stopped at the end."""
@@ -240,7 +182,7 @@ def test_daemon_on_embedded_servers(tmp_path: Path, embedded_data_dir: Path,
     rd = daemon.wait_event("embedded_redis_started", 20)
     daemon.wait_event("daemon_ready", 20)
     assert (embedded_data_dir / "postgres" / "PG_VERSION").exists()
-    assert _alive(pg["pid"]) and _alive(rd["pid"])
+    assert alive(pg["pid"]) and alive(rd["pid"])
 
     poll(run_of(pg["url"], daemon), 20, "a succeeded run of proc-synthetic on embedded PostgreSQL")
 
@@ -248,7 +190,7 @@ def test_daemon_on_embedded_servers(tmp_path: Path, embedded_data_dir: Path,
     assert daemon.stop_seconds < 8, f"SIGTERM → exit took {daemon.stop_seconds:.1f} s"
     names = [e.get("event") for e in daemon.events()]
     assert "daemon_stopped" in names, daemon.tail()
-    poll(lambda: not _alive(pg["pid"]) and not _alive(rd["pid"]), 15, "embedded servers stopped")
+    poll(lambda: not alive(pg["pid"]) and not alive(rd["pid"]), 15, "embedded servers stopped")
     poll(lambda: not _processes_using(embedded_data_dir), 15,
          f"no process using {embedded_data_dir} (left: {_processes_using(embedded_data_dir)})")
     assert {"embedded_postgres_stopped", "embedded_redis_stopped"} <= set(names), names

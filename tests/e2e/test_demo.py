@@ -22,19 +22,12 @@ from typing import Any
 import pytest
 
 from batcher import embedded
+from batcher.procutil import alive
 from tests.e2e.procs import REPO
 
 pytestmark = pytest.mark.timeout(120)
 
 WANTED_JOBS = {"inventory-sync", "datasync-events", "merchant-usage"}  # synthetic, DataSync, usage
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 def _pid_in(path: Path) -> int | None:
@@ -73,7 +66,7 @@ def demo_dir(tmp_path: Path) -> Iterator[Path]:
     if info.exists():
         pids = json.loads(info.read_text())
         for key in ("daemon_pid", "datasync_pid", "demo_pid"):
-            if _alive(pids[key]):
+            if alive(pids[key]):
                 os.killpg(pids[key], signal.SIGKILL)
     embedded.stop_all(data_dir)
 
@@ -109,7 +102,7 @@ def test_make_demo_runs_jobs_and_stops_on_ctrl_c(demo_dir: Path, tmp_path: Path)
 
         pg_pid = _pid_in(demo_dir / "postgres" / "postmaster.pid")
         redis_pid = _pid_in(demo_dir / "redis" / "redis.pid")
-        assert pg_pid and redis_pid and _alive(pg_pid) and _alive(redis_pid)
+        assert pg_pid and redis_pid and alive(pg_pid) and alive(redis_pid)
 
         os.killpg(make.pid, signal.SIGINT)  # Ctrl-C in the terminal: the whole foreground group
         try:
@@ -120,7 +113,7 @@ def test_make_demo_runs_jobs_and_stops_on_ctrl_c(demo_dir: Path, tmp_path: Path)
         assert "demo: stopped" in output, output[-4000:]
         still = {name: pid for name, pid in [("demo", info["demo_pid"]), ("daemon", info["daemon_pid"]),
                                              ("fake DataSync", info["datasync_pid"]), ("PostgreSQL", pg_pid),
-                                             ("Redis", redis_pid)] if _alive(pid)}
+                                             ("Redis", redis_pid)] if alive(pid)}
         assert not still, f"still running after the demo stopped: {still}\n{output[-4000:]}"
         assert not (demo_dir / "demo.json").exists()
     finally:
