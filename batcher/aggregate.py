@@ -111,6 +111,18 @@ async def usage_jobs(pool: Any) -> dict[str, Mapping[str, Any]]:
     return {r["job_name"]: dict(r["params"] or {}) for r in await pool.fetch(SQL_USAGE_JOBS, USAGE_TYPE)}
 
 
+def refuse_unsynced(file_jobs: Mapping[str, Any], stored: Mapping[str, Any], wanted: str | None) -> None:
+    """The usage job is read from batch_config, never written from the caller's file: a wanted job (or,
+    with none stored, any usage job) that is only in the file is refused, naming the way to sync it."""
+    from batcher.jobs import not_synced
+
+    in_file = [n for n, spec in file_jobs.items() if spec.type == USAGE_TYPE and n not in stored]
+    if wanted is not None and wanted in in_file:
+        raise not_synced(wanted)
+    if wanted is None and not stored and in_file:
+        raise not_synced(in_file[0])
+
+
 def pick_job(jobs: Mapping[str, Any], wanted: str | None) -> str:
     """The one job to use; none, several (without ``--job``) or an unknown ``--job`` is a ConfigError."""
     if wanted is not None:
@@ -120,7 +132,8 @@ def pick_job(jobs: Mapping[str, Any], wanted: str | None) -> str:
         return wanted
     if not jobs:
         raise ConfigError(f"no {USAGE_TYPE} job is configured: add one to batcher.toml "
-                          f"([jobs.usage] type = \"{USAGE_TYPE}\")")
+                          f"([jobs.usage] type = \"{USAGE_TYPE}\"), then start the daemon or run "
+                          f"`batcher jobs sync`")
     if len(jobs) > 1:
         raise ConfigError(f"several {USAGE_TYPE} jobs are configured ({', '.join(jobs)}); "
                           "pick one with --job")
@@ -143,8 +156,10 @@ async def cmd_aggregate(args: argparse.Namespace) -> int:
 
     params = run_params(args)
     config = _load_config()
-    async with open_services(config, start_embedded=True, sync=True) as services:
-        job = pick_job(await usage_jobs(services.pool), args.job)
+    async with open_services(config, start_embedded=True) as services:
+        stored = await usage_jobs(services.pool)
+        refuse_unsynced(config.jobs, stored, args.job)
+        job = pick_job(stored, args.job)
         try:
             summary = await run_foreground(services, config, job, job_name=None, params=params,
                                            literal_secrets={}, wait=not args.no_wait)

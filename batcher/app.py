@@ -54,7 +54,8 @@ async def open_services(config: Config, *, start_embedded: bool,
                         schema: Literal["migrate", "check", "none"] = "migrate",
                         sync: bool = False, http: bool = False) -> AsyncIterator[Services]:
     """Embedded servers (when no URL is set), the pool, the schema (migrated, checked, or left to the
-    caller as ``batcher migrate`` does), optionally the file sync and HTTP."""
+    caller as ``batcher migrate`` does), optionally the file sync and HTTP. Only the daemon syncs: one-off
+    commands read batch_config and never write the file's jobs into it (``batcher jobs sync`` does)."""
     s = config.settings
     async with contextlib.AsyncExitStack() as stack:
         urls = await stack.enter_async_context(
@@ -69,7 +70,7 @@ async def open_services(config: Config, *, start_embedded: bool,
         elif schema == "check":
             await _check_schema(pool)
         if sync:
-            await sync_jobs(pool, config.jobs, s.jobs, config.registry)
+            log.info("jobs_synced", **await sync_jobs(pool, config.jobs, s.jobs, config.registry))
         services = Services(s, pool, urls.database_url, urls.redis_url, config.registry)
         if http:
             from batcher.http import HttpRuntime

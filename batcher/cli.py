@@ -80,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job")
     _add_param(p)
     p.add_argument("--wait", action="store_true", help="follow the run; exit by its status")
-    p = sub.add_parser("jobs", help="list jobs")
-    p.add_argument("job", nargs="?")
+    p = sub.add_parser("jobs", help="list jobs, or `jobs sync`: write batcher.toml's jobs into the database")
+    p.add_argument("job", nargs="?", help="one job to show, or `sync` to sync the file's jobs as the daemon "
+                                          "does at start (prints what changed)")
     p.add_argument("--next", type=_positive, metavar="N", help="print the next N fire times of JOB")
     p = sub.add_parser("runs", help="list runs, or `runs show ID`")
     p.add_argument("show", nargs="?", choices=["show"])

@@ -25,6 +25,7 @@ from batcher.commands import (
     trigger_run,
 )
 from batcher.environ import secret_fields
+from batcher.jobs import require_job_row
 from batcher.logs import configure_logging
 from batcher.store import Q
 
@@ -51,19 +52,8 @@ async def cmd_run_job(args: argparse.Namespace) -> int:
 
     config = _config()
     params = _params(args.param)
-    handler_type = args.job if args.job in config.registry else None
-    if handler_type is None and args.job in config.jobs:
-        handler_type = config.jobs[args.job].type
-    secrets: dict[str, str] = {}
-    if handler_type is not None:
-        for field in secret_fields(config.registry[handler_type].Params):
-            if field in params:
-                secrets[field] = str(params.pop(field))
-    from batcher.logs import register_secret
-
-    for value in secrets.values():
-        register_secret(value)
-    async with open_services(config, start_embedded=True, sync=True, http=True) as services:
+    async with open_services(config, start_embedded=True, http=True) as services:
+        secrets = await _literal_secrets(services.pool, config, args, params)
         try:
             summary = await run_foreground(services, config, args.job, job_name=args.job_name, params=params,
                                            literal_secrets=secrets, wait=not args.no_wait)
@@ -74,9 +64,28 @@ async def cmd_run_job(args: argparse.Namespace) -> int:
     return _status_code(summary["status"])
 
 
+async def _literal_secrets(pool: Any, config: Config, args: argparse.Namespace,
+                           params: dict[str, Any]) -> dict[str, str]:
+    """Move the handler's secret fields out of ``params`` (registered for redaction, never stored). The
+    handler is JOB's as batch_config has it (not the caller's file), else JOB as a handler type."""
+    row = None if args.job_name else await pool.fetchrow(Q["get_job"], args.job)
+    handler_type = row["job_type"] if row is not None else args.job
+    secrets: dict[str, str] = {}
+    if handler_type in config.registry:
+        for field in secret_fields(config.registry[handler_type].Params):
+            if field in params:
+                secrets[field] = str(params.pop(field))
+    from batcher.logs import register_secret
+
+    for value in secrets.values():
+        register_secret(value)
+    return secrets
+
+
 async def cmd_trigger(args: argparse.Namespace) -> int:
     config = _config()
-    async with open_services(config, start_embedded=args.wait, sync=True) as services:
+    async with open_services(config, start_embedded=args.wait) as services:
+        await require_job_row(services.pool, config.jobs, args.job)
         run_id, existing = await trigger_run(services.pool, config.registry, args.job, _params(args.param))
         if not args.wait:
             _print_json({"run_id": run_id, "job": args.job, "status": "queued", "existing": existing})
@@ -109,6 +118,8 @@ def _run_summary(row: dict[str, Any]) -> dict[str, Any]:
 
 async def cmd_jobs(args: argparse.Namespace) -> int:
     config = _config()
+    if args.job == "sync":
+        return await _sync_jobs(config, args)
     async with open_services(config, start_embedded=False, schema="check") as services:
         if args.next:
             if not args.job:
@@ -124,6 +135,19 @@ async def cmd_jobs(args: argparse.Namespace) -> int:
                      "paused": row["paused"], "schedule": schedule, "next_run_at": row["next_run_at"],
                      "last_success_at": row["last_success_at"], "queue": row["queue"],
                      "orphaned": row["orphaned"], "adhoc": row["adhoc"]})
+    return EXIT_OK
+
+
+async def _sync_jobs(config: Config, args: argparse.Namespace) -> int:
+    """``batcher jobs sync``: what the daemon does at start, on demand (a bad file is exit 2 at load)."""
+    from batcher.jobs import sync_jobs
+
+    if args.next:
+        raise UsageError("jobs sync takes no --next")
+    async with open_services(config, start_embedded=True) as services:
+        report = await sync_jobs(services.pool, config.jobs, config.settings.jobs, config.registry)
+        await services.pool.execute(Q["notify_wakeup"], "")
+    _print_json(report)
     return EXIT_OK
 
 
@@ -189,7 +213,8 @@ async def cmd_backfill(args: argparse.Namespace) -> int:
     from batcher.commands import queue_backfill
 
     config = _config()
-    async with open_services(config, start_embedded=False, sync=True) as services:
+    async with open_services(config, start_embedded=False) as services:
+        await require_job_row(services.pool, config.jobs, args.job)
         ids = await queue_backfill(services.pool, config.registry, args.job, args.date_from, args.date_to,
                                    confirmed=args.yes)
     _print_json({"job": args.job, "queued": len(ids), "run_ids": ids})

@@ -167,12 +167,15 @@ def _initial_next_run(spec: JobSpec, now: datetime) -> datetime | None:
 
 
 async def sync_jobs(pool: Any, specs: Mapping[str, JobSpec], entries: Mapping[str, Mapping[str, Any]],
-                    registry: Mapping[str, type[Handler]]) -> None:
+                    registry: Mapping[str, type[Handler]]) -> dict[str, list[str]]:
     """Sync the file's jobs into batch_config: an API edit wins until the file's entry changes; jobs
     removed from the file are disabled and marked orphaned. A job with neither schedule nor dependency
-    gets its handler's default schedule."""
+    gets its handler's default schedule. Only ``batcher run`` and ``batcher jobs sync`` call this (one-off
+    commands never write the file's jobs). Returns what changed: job names ``added``, ``updated``,
+    ``orphaned`` and (file jobs left as they were) ``unchanged``."""
     now = datetime.now(UTC)
     async with pool.acquire() as conn, conn.transaction():
+        before = {r["job_name"]: dict(r) for r in await conn.fetch(Q["list_jobs"])}
         for name, spec in specs.items():
             spec = _with_default_schedule(spec, registry[spec.type])
             await conn.execute(
@@ -182,6 +185,31 @@ async def sync_jobs(pool: Any, specs: Mapping[str, JobSpec], entries: Mapping[st
                 spec.prefetch_batches, list(spec.depends_on), spec.paused, job_hash(entries[name]),
                 _initial_next_run(spec, now), now)
         await conn.execute(Q["orphan_jobs"], list(specs))
+        after = {r["job_name"]: dict(r) for r in await conn.fetch(Q["list_jobs"])}
+    return _sync_report(before, after, specs)
+
+
+def _sync_report(before: Mapping[str, Mapping[str, Any]], after: Mapping[str, Mapping[str, Any]],
+                 file_jobs: Mapping[str, Any]) -> dict[str, list[str]]:
+    """What a sync changed, from batch_config's rows before and after it (names sorted)."""
+    orphaned = sorted(n for n, r in after.items() if r["orphaned"] and not before.get(n, {}).get("orphaned"))
+    added = sorted(n for n in after if n not in before)
+    updated = sorted(n for n in after if n in before and after[n] != before[n] and n not in orphaned)
+    unchanged = sorted(n for n in file_jobs if n in before and after[n] == before[n])
+    return {"added": added, "updated": updated, "orphaned": orphaned, "unchanged": unchanged}
+
+
+def not_synced(job: str) -> ConfigError:
+    """A one-off command named a job that is in the caller's file but not (yet) in batch_config: one-off
+    commands never write the file's jobs (only the daemon and ``batcher jobs sync`` do)."""
+    return ConfigError(f"job {job!r} is in batcher.toml but not in the database: start the daemon or run "
+                       f"`batcher jobs sync`")
+
+
+async def require_job_row(pool: Any, file_jobs: Mapping[str, Any], job: str) -> None:
+    """Refuse (exit 2) a job of the caller's file that batch_config does not have yet."""
+    if job in file_jobs and await pool.fetchrow(Q["get_job"], job) is None:
+        raise not_synced(job)
 
 
 def _with_default_schedule(spec: JobSpec, handler: type[Handler]) -> JobSpec:

@@ -1,5 +1,8 @@
 """The handler registry: built-in handlers (``handlers.BUILTIN_HANDLERS``) plus the ``batcher.handlers``
-entry-point group, where third-party packages add theirs (``name = "package.module:HandlerClass"``)."""
+entry-point group, where third-party packages add theirs (``name = "package.module:HandlerClass"``).
+
+Every handler is checked as it is registered: a stream whose ``sink`` is not ``"postgres"`` is refused
+(the MongoDB sink does not exist yet; such a stream would otherwise be written to PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -8,11 +11,28 @@ from importlib.metadata import entry_points
 from batcher.errors import ConfigError
 from batcher.handler import Handler
 
+SUPPORTED_SINKS = ("postgres",)
+
+
+def check_handler(cls: type[Handler], plugin: str | None = None) -> None:
+    """Refuse a handler with a stream no sink of this batcher can write (ConfigError → exit 2); the
+    message names the plugin (its entry-point name), the class, its job type and the stream."""
+    label = f"handler plugin {plugin!r} ({cls.__name__}, job type {cls.type!r})" if plugin else \
+        f"handler {cls.__name__} (job type {cls.type!r})"
+    for stream in cls.streams:
+        if stream.sink not in SUPPORTED_SINKS:
+            raise ConfigError(f"{label}: stream {stream.name!r} has "
+                              f"sink {stream.sink!r}, but the MongoDB sink is not available yet "
+                              f"(only sink='postgres' is)")
+
 
 def load_registry() -> dict[str, type[Handler]]:
-    """Job type name → handler class. A plugin that does not load, or clashes, is a ConfigError."""
+    """Job type name → handler class. A plugin that does not load, clashes, or has a stream with an
+    unsupported sink is a ConfigError."""
     from handlers import BUILTIN_HANDLERS
 
+    for builtin in BUILTIN_HANDLERS.values():
+        check_handler(builtin)
     registry = dict(BUILTIN_HANDLERS)
     for ep in entry_points(group="batcher.handlers"):
         try:
@@ -23,5 +43,6 @@ def load_registry() -> dict[str, type[Handler]]:
             raise ConfigError(f"handler plugin {ep.name!r} ({ep.value}) is not a batcher.Handler subclass")
         if cls.type in registry and registry[cls.type] is not cls:
             raise ConfigError(f"handler plugin {ep.name!r} redefines job type {cls.type!r}")
+        check_handler(cls, ep.name)
         registry[cls.type] = cls
     return registry

@@ -19,7 +19,7 @@ import structlog
 
 from batcher.app import Config
 from batcher.errors import ConfigError
-from batcher.jobs import validate_params
+from batcher.jobs import not_synced, validate_params
 from batcher.models import Services
 from batcher.recovery import abandon_run
 from batcher.runner import RunExecution
@@ -36,7 +36,8 @@ class JobBusy(Exception):
 
 async def ensure_job(services: Services, config: Config, job: str, job_name: str | None,
                      params: Mapping[str, Any], literal_secrets: Mapping[str, str]) -> str:
-    """Resolve JOB to a batch_config row (creating an ad-hoc job for a bare handler type)."""
+    """Resolve JOB to a batch_config row (creating an ad-hoc job for a bare handler type). The caller's
+    batcher.toml is not consulted for jobs: a job only in the file is refused (see ``not_synced``)."""
     row = await services.pool.fetchrow(Q["get_job"], job_name or job)
     if row is not None and job_name is None:
         handler = config.registry.get(row["job_type"])
@@ -45,10 +46,12 @@ async def ensure_job(services: Services, config: Config, job: str, job_name: str
         validate_params(handler, {**row["params"], **params, **literal_secrets}, job=job,
                         allow_literal_secrets=True)
         return str(row["job_name"])
+    name = job_name or job
+    if row is None and name in config.jobs:
+        raise not_synced(name)  # the caller's file is never written into batch_config here
     if job not in config.registry:
         raise ConfigError(f"{job!r} is neither a configured job nor a job type "
                           f"(types: {', '.join(sorted(config.registry))})")
-    name = job_name or job
     if row is not None and not row["adhoc"]:
         raise ConfigError(f"--job-name {name!r} is a configured job; pick another name")
     validate_params(config.registry[job], {**params, **literal_secrets}, job=name, allow_literal_secrets=True)

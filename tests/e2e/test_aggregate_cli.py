@@ -63,7 +63,10 @@ async def cli(db: Any, redis_db: redis.Redis, database_url: str, redis_url: str,
            "BATCHER_LEASE_SECONDS": "10"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    return Cli(capsys, database_url)
+    cli = Cli(capsys, database_url)
+    code, _, err = await asyncio.to_thread(cli, "jobs", "sync")  # what the daemon does at start
+    assert code == 0, err
+    return cli
 
 
 def test_aggregate_then_status_before_and_after_a_mismatch(cli: Cli, redis_db: redis.Redis) -> None:
@@ -128,12 +131,17 @@ def test_bad_input_exits_2_with_a_specific_message(argv: list[str], message: str
 def test_exit_2_unless_exactly_one_usage_job(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                   redis_db: redis.Redis) -> None:
     """No usage_aggregation job, or several without --job, is a configuration error (exit 2); --job
-    picks one of several; a range over 366 days runs with --yes."""
+    picks one of several; a range over 366 days runs with --yes. The jobs are batch_config's: a usage job
+    only in the caller's file is refused (exit 2) until the daemon or `batcher jobs sync` stores it."""
     monkeypatch.setenv("BATCHER_CONFIG", str(write_config(tmp_path / "none.toml", {})))
+    assert cli("jobs", "sync")[0] == 0
     code, _, err = cli("aggregate", "--date", "2025-11-01")
     assert code == 2 and "no usage_aggregation job is configured" in err
     two = write_config(tmp_path / "two.toml", {"usage": USAGE_JOB, "usage-eu": USAGE_JOB})
     monkeypatch.setenv("BATCHER_CONFIG", str(two))
+    code, _, err = cli("aggregate", "--job", "usage-eu", "--date", "2025-11-01")
+    assert code == 2 and "job 'usage-eu' is in batcher.toml but not in the database" in err, err
+    assert cli("jobs", "sync")[0] == 0
     code, _, err = cli("aggregate", "--date", "2025-11-01")
     assert code == 2 and "several usage_aggregation jobs" in err and "--job" in err
     code, summary, _ = cli("aggregate", "--from", "2024-01-01", "--to", "2025-01-01", "--yes",

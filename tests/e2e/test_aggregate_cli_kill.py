@@ -41,6 +41,7 @@ async def test_killed_aggregate_is_resumed_and_converges(db: Any, redis_db: redi
     await db.execute("TRUNCATE merchant_usage")
     expected = _seed(redis_db)
     env = batcher_env(database_url, redis_url, write_config(tmp_path / "b.toml", {"usage": JOB}), tmp_path)
+    _sync(env, tmp_path, procs)
     victim = Proc(["aggregate", "--date", "2025-11-01"], env, tmp_path / "killed.log")
     procs.append(victim)
     await poll(db, "SELECT count(*) FROM checkpoints WHERE job_name = 'usage'")
@@ -61,7 +62,15 @@ async def test_killed_aggregate_is_resumed_and_converges(db: Any, redis_db: redi
     newer = _seed(redis_db, bump=1)
     bigger = {"usage": {**JOB, "params": {"batch_size": 5000}}}  # a changed entry: the file wins
     env["BATCHER_CONFIG"] = str(write_config(tmp_path / "b2.toml", bigger))
+    _sync(env, tmp_path, procs)
     again = Proc(["aggregate", "--date", "2025-11-01"], env, tmp_path / "again.log")
     procs.append(again)
     assert again.wait(60) == 0
     assert await _values(db) == newer
+
+
+def _sync(env: dict[str, str], tmp_path: Path, procs: list[Proc]) -> None:
+    """`batcher jobs sync` (as the daemon does at start): aggregate reads the job, never syncs the file."""
+    sync = Proc(["jobs", "sync"], env, tmp_path / "sync.log")
+    procs.append(sync)
+    assert sync.wait(60) == 0, sync.tail()

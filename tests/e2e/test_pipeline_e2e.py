@@ -68,6 +68,7 @@ def test_checkpoints_reset_makes_the_next_run_read_from_the_start(
     for key, value in {"BATCHER_DATABASE_URL": database_url, "BATCHER_REDIS_URL": redis_url,
                        "BATCHER_CONFIG": str(config), "BATCHER_DATA_DIR": str(tmp_path)}.items():
         monkeypatch.setenv(key, value)
+    assert main(["jobs", "sync"]) == 0
     assert main(["run-job", "inc"]) == 0
     assert main(["run-job", "inc"]) == 0
     capsys.readouterr()

@@ -35,7 +35,11 @@ def cli(db: Any, database_url: str, redis_url: str, tmp_path: Path, monkeypatch:
     monkeypatch.setenv("BATCHER_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("BATCHER_LOG_FORMAT", "json")
 
+    synced: list[bool] = []
+
     def run(*args: str) -> tuple[int, list[Any], str]:
+        if not synced:  # as the daemon does at start: one-off commands never sync the file's jobs
+            synced.append(main(["jobs", "sync"]) == 0)
         code = main(list(args))
         out, err = capsys.readouterr()
         lines = [json.loads(line) for line in out.splitlines() if line.strip().startswith(("{", "["))]
@@ -111,7 +115,7 @@ async def test_run_job_no_wait_exits_1_when_a_live_worker_holds_the_job(cli: Cal
     worker = Worker(await _url(db), db, lease_seconds=30, queues=None)
     await worker.start()
     try:
-        await asyncio.to_thread(cli, "trigger", "nightly")  # syncs the file's jobs and queues a run
+        await asyncio.to_thread(cli, "trigger", "nightly")  # queues a run
         claimed = await db.fetch(Q["claim_runs"], worker.worker_id, 1, 30.0, None, 1.0)
         assert claimed
         code, _, err = await asyncio.to_thread(cli, "run-job", "nightly", "--no-wait")
