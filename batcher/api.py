@@ -31,7 +31,7 @@ from pydantic.alias_generators import to_camel
 
 from batcher import apimodels as m
 from batcher import commands, metrics
-from batcher.apiviews import VIEWS, ApiContext, ApiError, Reply, SchedulerView, View
+from batcher.apiviews import READ_ONLY_ADVICE, VIEWS, ApiContext, ApiError, Reply, SchedulerView, View
 from batcher.errors import ConfigError
 from batcher.models import Services
 from batcher.openapi import OPERATIONS, Operation, build_document
@@ -144,7 +144,7 @@ def _validate(model: type[BaseModel], data: Any, where: str) -> BaseModel:
 
 def _authorize(ctx: ApiContext, request: web.Request) -> None:
     if ctx.token is None:
-        raise ApiError(403, "read_only", "the API is read-only: set BATCHER_API_TOKEN to allow changes")
+        raise ApiError(403, "read_only", f"the API is read-only: {READ_ONLY_ADVICE}")
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not given:
         raise ApiError(401, "unauthorized", "missing bearer token (Authorization: Bearer <token>)")
@@ -212,9 +212,14 @@ def create_app(services: Services, scheduler: SchedulerView | None = None, *, to
     app[CONTEXT] = ctx
     app.router.add_get("/", dashboard)
     app.router.add_get("/static/{name}", static_file)
-    # Routes are added in OPERATIONS order: the fixed /runs/latest before /runs/{id}.
+    # Routes are added in OPERATIONS order: the fixed /runs/latest before /runs/{id}. GET routes answer
+    # HEAD too (add_get: the same handler, aiohttp drops the body).
     for op in OPERATIONS:
-        app.router.add_route(op.method, op.path, _route(op, VIEWS[op.operation_id]), name=op.operation_id)
+        handler = _route(op, VIEWS[op.operation_id])
+        if op.method == "GET":
+            app.router.add_get(op.path, handler, name=op.operation_id)
+        else:
+            app.router.add_route(op.method, op.path, handler, name=op.operation_id)
 
     async def start_feed(_app: web.Application) -> None:
         with contextlib.suppress(*DB_ERRORS):

@@ -146,6 +146,10 @@ class NextQuery(_Query):
     n: Annotated[int, Field(ge=1, le=100)] = 5
 
 
+class HistoryQuery(_Query):
+    runs: Annotated[int, Field(ge=1, le=100)] = 20
+
+
 class DeadLettersQuery(_Query):
     job: Name | None = None
     limit: Annotated[int, Field(ge=1, le=500)] = 50
@@ -354,6 +358,32 @@ class Status(_Out):
 class StatusResponse(_Out):
     success: Literal[True] = True
     status: Status
+
+
+class InfoResponse(_Out):
+    success: Literal[True] = True
+    version: str
+    read_only: bool = Field(description="true: the daemon has no BATCHER_API_TOKEN, every change is refused")
+    how_to_allow_changes: str | None = Field(description="what to do about it (null when changes are allowed)")
+
+
+class RunPoint(_Out):
+    """One run that ran, as the dashboard's per-job charts draw it."""
+
+    id: int
+    status: str
+    reason: str | None
+    trigger: str
+    started_at: datetime | None
+    finished_at: datetime | None
+    runtime_ms: int | None
+    records: int
+    dead_letters: int
+
+
+class HistoryResponse(_Out):
+    success: Literal[True] = True
+    history: dict[str, list[RunPoint]] = Field(description="job name → its last runs, newest first")
 
 
 class HealthResponse(_Out):

@@ -103,7 +103,7 @@ async def _resolve(ctx: ApiContext, ref: m.JobRef) -> str:
 
 async def get_config(ctx: ApiContext, _p: Path, _q: Any, _b: Any) -> BaseModel:
     rows = await ctx.services.pool.fetch(Q["list_jobs"])
-    return m.ConfigResponse(config={r["job_name"]: m.job_config(dict(r)) for r in rows})
+    return m.ConfigResponse(config={r["job_name"]: m.job_config(commands.job_view(dict(r))) for r in rows})
 
 
 async def update_config(ctx: ApiContext, _p: Path, _q: Any, body: m.ConfigUpdate) -> BaseModel:
@@ -112,7 +112,7 @@ async def update_config(ctx: ApiContext, _p: Path, _q: Any, body: m.ConfigUpdate
         raise ApiError(400, "validation_error", "nothing to change: give at least one setting")
     name = await _resolve(ctx, body)
     row, rescheduled = await commands.update_job_config(ctx.services.pool, ctx.services.registry, name, changes)
-    config = m.job_config(row)
+    config = m.job_config(commands.job_view(row))
     nxt = config.next_run_at.isoformat() if config.next_run_at else "none (not scheduled)"
     message = f"job {name!r} updated" + (f"; next run {nxt}" if rescheduled else "")
     log.info("api_config_updated", job=name, keys=sorted(changes), rescheduled=rescheduled)
@@ -141,6 +141,12 @@ async def pause(ctx: ApiContext, path: Path, _q: Any, _b: Any) -> BaseModel:
 
 async def resume(ctx: ApiContext, path: Path, _q: Any, _b: Any) -> BaseModel:
     return await _set_paused(ctx, path, False)
+
+
+async def job_history(ctx: ApiContext, _p: Path, q: m.HistoryQuery, _b: Any) -> BaseModel:
+    history = await commands.job_history(ctx.services.pool, q.runs)
+    return m.HistoryResponse(history={job: [m.RunPoint.model_validate(r) for r in rows]
+                                      for job, rows in history.items()})
 
 
 async def next_runs(ctx: ApiContext, path: Path, q: m.NextQuery, _b: Any) -> BaseModel:
@@ -216,6 +222,17 @@ async def get_status(ctx: ApiContext, _p: Path, _q: Any, _b: Any) -> BaseModel:
     return m.StatusResponse(status=status)
 
 
+READ_ONLY_ADVICE = "start the daemon with BATCHER_API_TOKEN=<a secret> to allow changes"
+
+
+async def info(ctx: ApiContext, _p: Path, _q: Any, _b: Any) -> BaseModel:
+    from batcher import __version__
+
+    read_only = ctx.token is None
+    return m.InfoResponse(version=__version__, read_only=read_only,
+                          how_to_allow_changes=READ_ONLY_ADVICE if read_only else None)
+
+
 async def openapi(ctx: ApiContext, _p: Path, _q: Any, _b: Any) -> Reply:
     return Reply(body=ctx.document)
 
@@ -265,5 +282,6 @@ VIEWS: dict[str, View] = {
     "getConfig": get_config, "updateConfig": update_config, "getStatus": get_status, "triggerRun": trigger,
     "listRuns": list_runs, "latestRun": latest_run, "getRun": get_run, "cancelRun": cancel,
     "pauseJob": pause, "resumeJob": resume, "nextRuns": next_runs, "listDeadLetters": dead_letters,
-    "openapi": openapi, "metrics": metrics_text, "healthz": healthz, "readyz": readyz,
+    "jobHistory": job_history, "getInfo": info, "openapi": openapi, "metrics": metrics_text,
+    "healthz": healthz, "readyz": readyz,
 }

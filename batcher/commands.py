@@ -40,6 +40,15 @@ def jsonable(row: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def job_view(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A job's row as shown to users (API config, ``batcher jobs``): a disabled job has no next run
+    (null, even if an older version left one stored); a paused job keeps its next run."""
+    out = dict(row)
+    if not out.get("enabled"):
+        out["next_run_at"] = None
+    return out
+
+
 async def get_job(pool: Any, name: str) -> dict[str, Any]:
     row = await pool.fetchrow(Q["get_job"], name)
     if row is None:
@@ -246,6 +255,16 @@ async def latest_run(pool: Any, job: str | None) -> dict[str, Any] | None:
 
 async def latest_run_per_job(pool: Any) -> dict[str, dict[str, Any]]:
     return {r["job_name"]: dict(r) for r in await pool.fetch(Q["latest_run_per_job"])}
+
+
+async def job_history(pool: Any, runs: int) -> dict[str, list[dict[str, Any]]]:
+    """Every job's last ``runs`` runs that ran, newest first (one query; jobs without runs: [])."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for row in await pool.fetch(Q["job_history"], runs):
+        points = out.setdefault(row["job_name"], [])
+        if row["id"] is not None:
+            points.append(dict(row))
+    return out
 
 
 async def next_occurrences(pool: Any, name: str, n: int) -> tuple[dict[str, Any], list[datetime]]:

@@ -2,7 +2,8 @@
 
 Called inside the transaction that records an upstream's final status, so the dependent's run is queued
 (trigger ``dependency``) atomically with the last needed success; a final failure records the dependent
-``skipped``/``upstream_failed``. Dependent rows are locked, so concurrent upstream successes serialize.
+``skipped``/``upstream_failed``, a final cancel (by hand, or a shutdown with no retry)
+``skipped``/``upstream_cancelled``. Dependent rows are locked, so concurrent upstream successes serialize.
 """
 
 from __future__ import annotations
@@ -33,9 +34,20 @@ async def on_upstream_success(conn: Any, job_name: str) -> list[int]:
     return queued
 
 
+#: The reasons of a run that ended ``cancelled`` (batcher.runner): a cancel is not a failure.
+CANCEL_REASONS = frozenset({"cancelled", "shutdown"})
+
+
+def skip_reason(upstream_reason: str | None) -> str:
+    """The dependents' skip reason for an upstream that ended for good with ``upstream_reason``."""
+    return "upstream_cancelled" if upstream_reason in CANCEL_REASONS else "upstream_failed"
+
+
 async def on_upstream_failure(conn: Any, job_name: str, run_id: int, reason: str | None) -> None:
-    """Record every dependent of ``job_name`` skipped/upstream_failed (the upstream failed for good)."""
+    """Record every dependent of ``job_name`` skipped (the upstream failed or was cancelled for good):
+    reason ``upstream_cancelled`` after a cancel, else ``upstream_failed``."""
+    skip = skip_reason(reason)
     for dep in await conn.fetch(Q["dependents_of"], job_name):
         await conn.execute(Q["insert_dependency_skip"], dep["job_name"], dep["job_type"],
-                           {"upstream": job_name, "upstream_run_id": run_id, "upstream_reason": reason})
-        log.info("dependency_skipped", job=dep["job_name"], upstream=job_name, upstream_run_id=run_id)
+                           {"upstream": job_name, "upstream_run_id": run_id, "upstream_reason": reason}, skip)
+        log.info("dependency_skipped", job=dep["job_name"], upstream=job_name, upstream_run_id=run_id, reason=skip)

@@ -25,12 +25,13 @@ SELECT job_name, source, file_hash, orphaned, adhoc FROM batch_config;
 -- Insert a job from the file, or update it when its file entry changed (an API edit wins until then).
 -- $1 name, $2 type, $3 enabled, $4 interval, $5 cron, $6 tz, $7 params, $8 queue, $9 priority,
 -- $10 max_retries, $11 max_abandons, $12 retry_base, $13 timeout, $14 overlap, $15 misfire_grace,
--- $16 prefetch, $17 depends_on, $18 paused, $19 file_hash, $20 next_run_at
+-- $16 prefetch, $17 depends_on, $18 paused, $19 file_hash, $20 next_run_at (stored only when enabled:
+-- a disabled job has no next run)
 INSERT INTO batch_config AS c (job_name, job_type, enabled, interval_minutes, cron, timezone, params, queue,
     priority, max_retries, max_abandons, retry_base_seconds, timeout_seconds, overlap, misfire_grace_seconds,
     prefetch_batches, depends_on, paused, source, file_hash, orphaned, adhoc, schedule_anchor, next_run_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, 'file', $19,
-        false, false, $21, $20)
+        false, false, $21, CASE WHEN $3 THEN $20::timestamptz END)
 ON CONFLICT (job_name) DO UPDATE SET
     job_type = EXCLUDED.job_type, enabled = EXCLUDED.enabled, interval_minutes = EXCLUDED.interval_minutes,
     cron = EXCLUDED.cron, timezone = EXCLUDED.timezone, params = EXCLUDED.params, queue = EXCLUDED.queue,
@@ -330,9 +331,10 @@ FROM batch_config d WHERE d.job_name = ANY($2::text[]);
 SELECT EXISTS (SELECT 1 FROM batch_runs WHERE job_name = $1 AND status = 'queued' AND trigger = 'dependency');
 
 -- name: insert_dependency_skip
--- The dependent is recorded skipped when an upstream fails for good.
+-- The dependent is recorded skipped when an upstream fails or is cancelled for good ($4: upstream_failed
+-- or upstream_cancelled).
 INSERT INTO batch_runs (job_name, job_type, trigger, status, reason, params, result, finished_at, root_trigger)
-VALUES ($1, $2, 'dependency', 'skipped', 'upstream_failed', '{}'::jsonb, $3, now(), 'dependency')
+VALUES ($1, $2, 'dependency', 'skipped', $4, '{}'::jsonb, $3, now(), 'dependency')
 RETURNING id;
 
 -- name: prune_finished_runs
@@ -385,6 +387,16 @@ SELECT * FROM batch_runs WHERE ($1::text IS NULL OR job_name = $1) ORDER BY id D
 SELECT r.* FROM batch_config c
 CROSS JOIN LATERAL (SELECT * FROM batch_runs x WHERE x.job_name = c.job_name ORDER BY x.id DESC LIMIT 1) r
 ORDER BY c.job_name;
+
+-- name: job_history
+-- The dashboard's charts: every job's last $1 runs that ran (finished, not skipped), newest first (one
+-- index scan per job on batch_runs_job_recent); a job without such runs: one row with a null id.
+SELECT c.job_name, r.id, r.status, r.reason, r.trigger, r.started_at, r.finished_at, r.runtime_ms, r.records,
+       r.dead_letters
+FROM batch_config c
+LEFT JOIN LATERAL (SELECT * FROM batch_runs x WHERE x.job_name = c.job_name
+                   AND x.status IN ('succeeded', 'failed', 'cancelled') ORDER BY x.id DESC LIMIT $1) r ON true
+ORDER BY c.job_name, r.id DESC;
 
 -- name: status_jobs
 -- Every job with whether it has a timer (enabled, unpaused, scheduled) and its latest start.

@@ -1,9 +1,12 @@
 // batcher dashboard: plain JavaScript over the admin API (/api/batch/...), no build step, no outside assets.
 //
-// Every few seconds it reads the jobs, the latest run of each job, the running and recent runs, the dead
-// letters and the daemon's status, and redraws. Changes (trigger, pause, resume, cancel) send the API token
-// as "Authorization: Bearer"; the token is asked for once and kept in sessionStorage, i.e. in this tab only.
-// A "#token=..." fragment in the URL (what `make demo` prints) is taken and removed from the address bar.
+// Every few seconds it reads the jobs, the latest run and the last runs (charts) of each job, the running
+// and recent runs, the dead letters, the daemon's status and whether its API is read-only, and redraws.
+// Changes (trigger, pause, resume, cancel) send the API token as "Authorization: Bearer"; the token is asked
+// for once and kept in sessionStorage, i.e. in this tab only. A "#token=..." fragment in the URL (what
+// `make demo` prints) is taken and removed from the address bar. A read-only daemon (no BATCHER_API_TOKEN)
+// gets a banner and disabled change buttons instead, and no token is asked for.
+// The charts are drawn by charts.js (window.batcherCharts).
 "use strict";
 
 (() => {
@@ -11,9 +14,13 @@
   const REFRESH_MS = 2000;
   const TOKEN_KEY = "batcher.apiToken";
   const FINISHED = new Set(["succeeded", "failed", "cancelled", "skipped"]);
+  const HISTORY_RUNS = 20;  // runs per job in the jobs table's charts
+  const MAX_SAMPLES = 150;  // records-over-time samples kept for the open run (about 5 min at 2 s)
+  const charts = window.batcherCharts;
 
   const state = {
-    jobs: {}, latest: {}, running: [], runs: [], deadLetters: [], status: null,
+    jobs: {}, latest: {}, running: [], runs: [], deadLetters: [], status: null, info: null, history: {},
+    samples: { runId: null, points: [] },
     openRunId: null, openRunJson: "", auto: true, timer: null, busy: null, again: false, connected: null,
     memoryToken: null, returnKey: null,
   };
@@ -221,7 +228,7 @@
     const headers = { Accept: "application/json" };
     if (body !== undefined) headers["Content-Type"] = "application/json";
     if (bearer) headers.Authorization = `Bearer ${bearer}`;
-    const response = await fetch(API + path, {
+    const response = await fetch(path.startsWith("/api/") ? path : API + path, {
       method, headers, body: body === undefined ? undefined : JSON.stringify(body), cache: "no-store",
     });
     let data = null;
@@ -239,8 +246,37 @@
 
   const get = (path) => call("GET", path);
 
+  // ------------------------------------------------------------------------------------------ read-only
+
+  function readOnly() {
+    return Boolean(state.info && state.info.readOnly);
+  }
+
+  // A change button: disabled, with a tooltip saying why, when the daemon is read-only.
+  function changeAttrs(attrs) {
+    if (!readOnly()) return attrs;
+    return {
+      ...attrs, disabled: true, "aria-describedby": "readonly-banner",
+      title: `Read-only dashboard: the daemon has no API token; ${state.info.howToAllowChanges}`,
+    };
+  }
+
+  function renderInfo() {
+    const banner = $("readonly-banner");
+    banner.hidden = !readOnly();
+    if (readOnly()) {
+      const how = state.info.howToAllowChanges;
+      $("readonly-how").textContent = how.charAt(0).toUpperCase() + how.slice(1);
+    }
+    $("token-button").hidden = readOnly();
+  }
+
   // A change: asks for the token when there is none, and once more when the daemon refuses it.
   async function change(path, body, what) {
+    if (readOnly()) {
+      notice(`${what}: the dashboard is read-only (${state.info.howToAllowChanges})`, "error");
+      return null;
+    }
     for (let attempt = 0; attempt < 2; attempt += 1) {
       let bearer = token();
       if (!bearer) {
@@ -261,9 +297,8 @@
           notice("The daemon refused that token; enter it again.", "error");
           continue;
         }
-        const hint = err instanceof ApiError && err.code === "read_only"
-          ? " (start the daemon with BATCHER_API_TOKEN to allow changes)" : "";
-        notice(`${what} failed: ${err.message}${hint}`, "error");
+        if (err instanceof ApiError && err.code === "read_only") refreshSoon(0);  // learn it, disable the buttons
+        notice(`${what} failed: ${err.message}`, "error");
         return null;
       }
     }
@@ -292,7 +327,8 @@
     const running = new Set(state.running.map((r) => r.jobName));
     const rows = names.map((name) => {
       const job = state.jobs[name];
-      const last = state.latest[name];
+      // A run in progress is the job's news, not a skipped occurrence queued after it (overlap).
+      const last = state.running.find((r) => r.jobName === name) || state.latest[name];
       const stateCell = h("td", { class: "state" },
         job.paused ? badge("paused") : null,
         job.enabled ? h("span", { class: "tag on" }, "enabled") : h("span", { class: "tag off" }, "disabled"),
@@ -305,11 +341,15 @@
           "aria-label": `Latest run of ${name}: ${last.status}, run ${last.id}; show details`,
         }), " ", h("span", { class: "muted" }, timeCell(last.finishedAt || last.startedAt || last.queuedAt)))
         : h("td", { class: "muted" }, "no runs yet");
+      const history = state.history[name] || [];
+      const chartCell = h("td", { class: "chart" }, history.length
+        ? charts.runHistory(history, name, { duration, count, clock })
+        : h("span", { class: "muted" }, "—"));
       const actions = h("td", { class: "actions" },
-        button("Trigger", () => trigger(name), { "data-key": `trigger-${name}`, "aria-label": `Trigger ${name} now` }),
+        button("Trigger", () => trigger(name), changeAttrs({ "data-key": `trigger-${name}`, "aria-label": `Trigger ${name} now` })),
         job.paused
-          ? button("Resume", () => setPaused(name, false), { "data-key": `pause-${name}`, "aria-label": `Resume ${name}` })
-          : button("Pause", () => setPaused(name, true), { "data-key": `pause-${name}`, "aria-label": `Pause ${name}` }),
+          ? button("Resume", () => setPaused(name, false), changeAttrs({ "data-key": `pause-${name}`, "aria-label": `Resume ${name}` }))
+          : button("Pause", () => setPaused(name, true), changeAttrs({ "data-key": `pause-${name}`, "aria-label": `Pause ${name}` })),
         button("Dead letters", () => showDeadLetters(name), {
           "data-key": `dl-${name}`, "aria-label": `Show dead letters of ${name}`,
         }));
@@ -320,11 +360,12 @@
         h("td", {}, scheduled ? timeCell(job.nextRunAt)
           : h("span", { class: "muted" }, job.paused ? "paused" : job.enabled ? "—" : "not scheduled")),
         lastCell,
+        chartCell,
         h("td", {}, job.lastSuccessAt ? timeCell(job.lastSuccessAt) : h("span", { class: "muted" }, "never")),
         actions);
     });
     tbody.replaceChildren(...rows);
-    if (!rows.length) tbody.append(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No jobs configured.")));
+    if (!rows.length) tbody.append(h("tr", {}, h("td", { colspan: 8, class: "muted" }, "No jobs configured.")));
     fillJobSelect($("runs-job"));
     fillJobSelect($("dl-job"));
   }
@@ -352,10 +393,10 @@
           button("Details", () => openRun(run.id), {
             "data-key": `running-details-${run.id}`, "aria-label": `Details of run ${run.id} (${run.jobName})`,
           }),
-          button(cancelling ? "Cancelling…" : "Cancel", () => cancelRun(run.id), {
+          button(cancelling ? "Cancelling…" : "Cancel", () => cancelRun(run.id), changeAttrs({
             class: "danger", disabled: cancelling, "data-key": `running-cancel-${run.id}`,
             "aria-label": `Cancel run ${run.id} (${run.jobName})`,
-          })),
+          }))),
         progressBar(run));
     });
     list.replaceChildren(...items);
@@ -383,10 +424,10 @@
           button("Details", () => openRun(run.id), {
             "data-key": `run-details-${run.id}`, "aria-label": `Details of run ${run.id} (${run.jobName})`,
           }),
-          active ? button("Cancel", () => cancelRun(run.id), {
+          active ? button("Cancel", () => cancelRun(run.id), changeAttrs({
             class: "danger", "data-key": `run-cancel-${run.id}`, disabled: Boolean(run.cancelRequested),
             "aria-label": `Cancel run ${run.id} (${run.jobName})`,
-          }) : null));
+          })) : null));
     });
     tbody.replaceChildren(...rows);
     if (!rows.length) tbody.append(h("tr", {}, h("td", { colspan: 9, class: "muted" }, "No runs match.")));
@@ -439,13 +480,42 @@
     try {
       const { run } = await get(`/runs/${id}`);
       if (state.openRunId !== id) return;
-      const json = JSON.stringify(run);
+      sample(run);
+      const json = JSON.stringify(run) + state.samples.points.length;
       if (json === state.openRunJson) return;
       state.openRunJson = json;
       renderRun(run);
     } catch (err) {
       if (state.openRunId === id) $("run-body").replaceChildren(h("p", { class: "error" }, `Cannot load run ${id}: ${err.message}`));
     }
+  }
+
+  // Records over time of the open run: one sample per refresh while it runs (the first at its start,
+  // with none), at most MAX_SAMPLES (the oldest are dropped, the start kept); when it finishes, its final
+  // count once. A run first seen finished has no samples (and no chart).
+  function sample(run) {
+    const s = state.samples;
+    if (s.runId !== run.id) {
+      s.runId = run.id;
+      s.points = [];
+    }
+    if (!s.points.length) {
+      if (run.status !== "running" || !run.startedAt) return;
+      s.points.push({ t: parseTime(run.startedAt).getTime(), v: 0 });
+    }
+    const last = s.points[s.points.length - 1];
+    if (last.final) return;
+    const done = FINISHED.has(run.status);
+    const t = done && run.finishedAt ? parseTime(run.finishedAt).getTime() : Date.now();
+    s.points.push({ t: Math.max(t, last.t), v: progressOf(run).records, final: done });
+    if (s.points.length > MAX_SAMPLES) s.points.splice(1, 1);
+  }
+
+  function recordsChart(run) {
+    const points = state.samples.runId === run.id ? state.samples.points : [];
+    if (points.length < 2) return null;
+    return h("section", { class: "records-over-time", "aria-label": "Records over time" },
+      h("h3", {}, "Records over time"), charts.recordsOverTime(points, { duration, count }));
   }
 
   function fact(label, value) {
@@ -462,10 +532,10 @@
     const head = h("div", { class: "run-status" }, badge(run.status, run.reason),
       run.cancelRequested ? h("span", { class: "muted" }, ` cancel requested: ${run.cancelRequested}`) : null,
       h("span", { class: "spacer" }),
-      active ? button("Cancel run", () => cancelRun(run.id), {
+      active ? button("Cancel run", () => cancelRun(run.id), changeAttrs({
         class: "danger", "data-key": `detail-cancel-${run.id}`, disabled: Boolean(run.cancelRequested),
         "aria-label": `Cancel run ${run.id} (${run.jobName})`,
-      }) : null);
+      })) : null);
     const facts = h("dl", { class: "facts" },
       fact("Job", `${run.jobName} (${run.jobType})`),
       fact("Trigger", `${run.trigger}${run.attempt > 1 ? `, attempt ${run.attempt}` : ""}${run.retryOf ? `, retry of #${run.retryOf}` : ""}`),
@@ -499,7 +569,8 @@
     const params = h("details", { "data-part": "params", open: wasOpen.params || null },
       h("summary", { "data-key": "detail-params" }, "Params, progress and result"),
       h("pre", {}, JSON.stringify({ params: run.params, progress: run.progress, result: run.result }, null, 2)));
-    body.replaceChildren(...[head, active ? progressBar(run) : null, facts, counters, errors, logs, params].filter(Boolean));
+    body.replaceChildren(...[head, active ? progressBar(run) : null, recordsChart(run), facts, counters, errors, logs,
+      params].filter(Boolean));
     restoreFocus(key);
   }
 
@@ -507,6 +578,7 @@
   // control meanwhile: then its replacement (same data-key) gets it.
   function closeRun() {
     state.openRunId = null;
+    state.samples = { runId: null, points: [] };
     state.openRunJson = "";
     const key = state.returnKey;
     state.returnKey = null;
@@ -559,16 +631,20 @@
   async function refreshOnce() {
     const key = focusedKey();
     try {
-      const [config, latest, running, runs, dead, status] = await Promise.all([
+      const [config, latest, running, runs, dead, status, info, history] = await Promise.all([
         get("/config"), get("/runs/latest?byJobType=true"), get("/runs?status=running&limit=100"),
-        get(`/runs?${runsQuery()}`), get(`/dead-letters?${dlQuery()}`), get("/status"),
+        get(`/runs?${runsQuery()}`), get(`/dead-letters?${dlQuery()}`), get("/status"), get("/api/info"),
+        get(`/jobs/history?runs=${HISTORY_RUNS}`),
       ]);
+      state.info = info;
+      state.history = history.history;
       state.jobs = config.config;
       state.latest = latest.runs;
       state.running = running.runs;
       state.runs = runs.runs;
       state.deadLetters = dead.deadLetters;
       state.status = status.status;
+      renderInfo();
       renderDaemon();
       renderJobs();
       renderRunning();

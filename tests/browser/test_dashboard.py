@@ -2,8 +2,12 @@
 against a real daemon subprocess (test PostgreSQL and Redis, the API on a free port with a token).
 
 The page loads without console errors; triggering a slow synthetic job asks for the token once, shows a
-progress bar under "Running now", then a succeeded run whose logs open in the run's details; pausing a
-job shows it paused. Screenshots go to ``test-artifacts/`` (``dashboard.png``, ``run-details.png``).
+progress bar under "Running now" (and "running" as the job's last result, even with a skipped occurrence
+recorded after it), a records-over-time chart in the running run's details, then a succeeded run whose
+logs open in the run's details; pausing a job shows it paused; every job with runs has a chart of its
+last runs. A read-only daemon (no token) shows a banner and disabled change buttons with a tooltip, and
+never asks for a token. Screenshots go to ``test-artifacts/`` (``dashboard.png``, ``run-details.png``,
+``run-records-chart.png``, ``dashboard-read-only.png``, ...).
 
 Chromium is ``/usr/bin/chromium`` from Debian (``make deps-browser``), never ``playwright install``. Every
 wait is Playwright's auto-waiting ``expect`` with a timeout, or a poll with a deadline.
@@ -24,6 +28,7 @@ import asyncpg
 import pytest
 from playwright.async_api import Browser, async_playwright, expect
 
+from batcher.store import Q
 from tests.e2e.procs import REPO, Proc, batcher_env, write_config
 
 pytestmark = pytest.mark.timeout(90)
@@ -66,14 +71,11 @@ def _wait_for_api(base: str, proc: Proc, timeout: float = 30.0) -> None:
         time.sleep(0.1)
 
 
-@pytest.fixture
-async def daemon_url(db: asyncpg.Pool, database_url: str, redis_url: str, tmp_path: Path) -> AsyncIterator[str]:
-    """A real `python -m batcher run` with the jobs above, its API on a free port with a token (killed with
-    its process group afterwards if still alive)."""
+async def _daemon(database_url: str, redis_url: str, tmp_path: Path, **env_extra: str) -> AsyncIterator[str]:
     port = _free_port()
     config = write_config(tmp_path / "batcher.toml", JOBS)
     env = batcher_env(database_url, redis_url, config, tmp_path / "data", BATCHER_API_PORT=str(port),
-                      BATCHER_API_TOKEN=TOKEN, BATCHER_TICK_SECONDS="0.5")
+                      BATCHER_TICK_SECONDS="0.5", **env_extra)
     proc = Proc(["run"], env, tmp_path / "daemon.log")
     try:
         base = f"http://127.0.0.1:{port}"
@@ -81,6 +83,21 @@ async def daemon_url(db: asyncpg.Pool, database_url: str, redis_url: str, tmp_pa
         yield base
     finally:
         proc.close()
+
+
+@pytest.fixture
+async def daemon_url(db: asyncpg.Pool, database_url: str, redis_url: str, tmp_path: Path) -> AsyncIterator[str]:
+    """A real `python -m batcher run` with the jobs above, its API on a free port with a token (killed with
+    its process group afterwards if still alive)."""
+    async for base in _daemon(database_url, redis_url, tmp_path, BATCHER_API_TOKEN=TOKEN):
+        yield base
+
+
+@pytest.fixture
+async def read_only_url(db: asyncpg.Pool, database_url: str, redis_url: str, tmp_path: Path) -> AsyncIterator[str]:
+    """The same daemon without BATCHER_API_TOKEN (the default of `make run`): its API is read-only."""
+    async for base in _daemon(database_url, redis_url, tmp_path):
+        yield base
 
 
 @pytest.fixture
@@ -98,10 +115,8 @@ async def browser() -> AsyncIterator[Browser]:
             await chromium.close()
 
 
-async def test_dashboard_trigger_progress_logs_and_pause(daemon_url: str, browser: Browser) -> None:
-    """Load the page (no console errors), trigger ``slow-import`` (the token is asked for once), watch
-    its progress bar, open the succeeded run's logs, cancel a second run, pause ``hourly-sync``, keep the
-    keyboard focus across refreshes; screenshots are saved."""
+async def _open(browser: Browser, url: str) -> tuple[Any, Any, list[str]]:
+    """A new 1440x900 page on ``url`` that records console errors/warnings, page errors and HTTP errors."""
     ARTIFACTS.mkdir(exist_ok=True)
     context = await browser.new_context(viewport={"width": 1440, "height": 900})
     context.set_default_timeout(15_000)
@@ -111,8 +126,17 @@ async def test_dashboard_trigger_progress_logs_and_pause(daemon_url: str, browse
             if msg.type in ("error", "warning") else None)
     page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
     page.on("response", lambda r: problems.append(f"HTTP {r.status} {r.url}") if r.status >= 400 else None)
+    await page.goto(url + "/")
+    return context, page, problems
 
-    await page.goto(daemon_url + "/")
+
+async def test_dashboard_trigger_progress_logs_and_pause(daemon_url: str, browser: Browser, db: asyncpg.Pool) -> None:
+    """Load the page (no console errors), trigger ``slow-import`` (the token is asked for once), watch
+    its progress bar and its records-over-time chart, see "running" as its last result though a skipped
+    occurrence was recorded after it, open the succeeded run's logs, see the per-job charts of the last
+    runs, cancel a second run, pause ``hourly-sync``, keep the keyboard focus across refreshes;
+    screenshots are saved."""
+    context, page, problems = await _open(browser, daemon_url)
     await expect(page).to_have_title("batcher")
     jobs = page.locator("#jobs tbody")
     hourly = jobs.locator("tr[data-job='hourly-sync']")
@@ -135,14 +159,32 @@ async def test_dashboard_trigger_progress_logs_and_pause(daemon_url: str, browse
     bar = page.locator("#running").get_by_role("progressbar", name="Progress of run")
     await expect(bar).to_be_visible()
     await expect(bar).to_have_attribute("aria-valuenow", re.compile(r"^(?:[1-9]\d?|100)$"))
+    # A scheduled occurrence skipped for overlap is recorded after the manual run: the job's last result
+    # still shows the run in progress, not "skipped · overlap".
+    await db.execute("INSERT INTO batch_runs (job_name, job_type, trigger, scheduled_for, status, reason, params,"
+                     " finished_at, root_trigger) VALUES ('slow-import', 'synthetic', 'schedule', now(), 'skipped',"
+                     " 'overlap', '{}', now(), 'schedule')")
+    await expect(page.locator("#runs tbody tr.r-skipped", has=page.get_by_text("slow-import", exact=True))
+                 ).to_have_count(1)
+    await expect(slow.get_by_role("button", name="Latest run of slow-import: running")).to_be_visible()
     await page.screenshot(path=str(ARTIFACTS / "dashboard-running.png"), full_page=True)
 
+    # Its details draw records over time from the samples the page takes while it refreshes.
+    await page.locator("#running .run-card").get_by_role("button", name="Details of run").click()
+    details = page.get_by_role("dialog", name="Run #")
+    chart = details.locator("svg.records-chart")
+    await expect(chart).to_have_attribute("data-samples", re.compile(r"^(?:[3-9]|\d\d+)$"))
+    await expect(chart).to_have_attribute("aria-label", re.compile(r"^Records over time: [\d,]+ after"))
+    assert await chart.locator("polyline.rec-line").count() == 1
+    await page.screenshot(path=str(ARTIFACTS / "run-records-chart.png"), full_page=True)
+    await page.keyboard.press("Escape")
+    await expect(details).to_be_hidden()
+
     # Then it succeeds: the recent runs table shows it, and its details have its logs.
-    run_row = page.locator("#runs tbody tr", has=page.get_by_text("slow-import", exact=True)).first
+    run_row = page.locator("#runs tbody tr:not(.r-skipped)", has=page.get_by_text("slow-import", exact=True)).first
     await expect(run_row).to_contain_text("succeeded", timeout=30_000)
     await expect(page.locator("#running .run-card")).to_have_count(0)
     await run_row.get_by_role("button", name="Details of run").click()
-    details = page.get_by_role("dialog", name="Run #")
     await expect(details).to_be_visible()
     await expect(details).to_contain_text("succeeded")
     await expect(details.locator(".counters")).to_contain_text("400")
@@ -154,6 +196,10 @@ async def test_dashboard_trigger_progress_logs_and_pause(daemon_url: str, browse
     await page.screenshot(path=str(ARTIFACTS / "run-details.png"), full_page=True)
     await page.keyboard.press("Escape")
     await expect(details).to_be_hidden()
+
+    # Per-job charts of the last runs: a bar per run that ran (the skipped occurrence is left out), its
+    # colour the outcome, with a tooltip; both jobs have run by now.
+    await _check_history_charts(page)
 
     # Cancel: trigger it again and cancel it from its progress card; the run ends cancelled.
     await slow.get_by_role("button", name="Trigger slow-import now").click()
@@ -187,5 +233,49 @@ async def test_dashboard_trigger_progress_logs_and_pause(daemon_url: str, browse
     await expect(resume).to_be_focused()
 
     await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+    await context.close()
+    assert problems == [], "\n".join(problems)
+
+
+async def _check_history_charts(page: Any) -> None:
+    """Each job's row has an SVG chart of its last runs: one bar per run with its status and a tooltip."""
+    for job in ("hourly-sync", "slow-import"):
+        chart = page.locator(f"#jobs tbody tr[data-job='{job}'] svg.run-history")
+        await expect(chart).to_be_visible()
+        await expect(chart).to_have_attribute("aria-label", re.compile(rf"^Last \d+ runs? of {job}: .*succeeded"))
+        bar = chart.locator("rect.hbar[data-status='succeeded']").first
+        await expect(bar).to_have_count(1)
+        assert re.match(r"^Run #\d+ · succeeded · .* records", await bar.locator("title").text_content() or "")
+    assert await page.locator("#jobs svg.run-history rect[data-status='skipped']").count() == 0
+
+
+async def test_read_only_dashboard_says_so_and_disables_changes(read_only_url: str, browser: Browser,
+                                                                 db: asyncpg.Pool) -> None:
+    """A daemon without BATCHER_API_TOKEN: the page shows a read-only banner saying how to allow changes;
+    Trigger, Pause and a running run's Cancel are disabled with a tooltip naming BATCHER_API_TOKEN; no
+    token button and no token dialog; the per-job chart is there; no console or HTTP errors."""
+    context, page, problems = await _open(browser, read_only_url)
+    banner = page.get_by_role("note", name="Read-only")
+    await expect(banner).to_be_visible()
+    await expect(banner).to_contain_text("Read-only dashboard")
+    await expect(banner).to_contain_text("Start the daemon with BATCHER_API_TOKEN")
+    hourly = page.locator("#jobs tbody tr[data-job='hourly-sync']")
+    await expect(hourly.get_by_role("button", name="Latest run of hourly-sync: succeeded")).to_be_visible()
+    for name in ("Trigger hourly-sync now", "Pause hourly-sync", "Trigger slow-import now"):
+        control = page.get_by_role("button", name=name)
+        await expect(control).to_be_disabled()
+        await expect(control).to_have_attribute("title", re.compile(r"^Read-only dashboard: .*BATCHER_API_TOKEN"))
+    await expect(page.locator("#token-button")).to_be_hidden()
+    await expect(page.locator("#jobs tbody tr[data-job='hourly-sync'] svg.run-history rect.hbar")).to_have_count(1)
+
+    # A run queued by other means (the CLI) runs; its Cancel is disabled too.
+    await db.execute(Q["insert_queued_run"], "slow-import", "synthetic", "manual", 0, {}, 0.0, None, None, 1, 0,
+                     "manual")
+    await db.execute(Q["notify_wakeup"], "")
+    cancel = page.locator("#running .run-card").get_by_role("button", name="Cancel run")
+    await expect(cancel).to_be_disabled()
+    await expect(cancel).to_have_attribute("title", re.compile("BATCHER_API_TOKEN"))
+    await page.screenshot(path=str(ARTIFACTS / "dashboard-read-only.png"), full_page=True)
+    await expect(page.get_by_role("dialog", name="API token")).to_be_hidden()
     await context.close()
     assert problems == [], "\n".join(problems)
