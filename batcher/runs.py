@@ -122,7 +122,9 @@ class RunWriter:
         logs_before = len(self._state.logs)
         try:
             async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(Q["lock_job_family"], self._run["job_name"])  # job rows before the run row
                 await self._fence(conn, final=True)
+                await self._honour_cancel_request(conn, outcome)
                 row, errors, pending = await self._record_final(conn, outcome)
         except LeaseLostError:
             del self._state.logs[logs_before:]
@@ -134,6 +136,17 @@ class RunWriter:
         self._committed(pending, errors)
         self.announced = True
         return row
+
+    async def _honour_cancel_request(self, conn: Conn, outcome: RunOutcome) -> None:
+        """A cancel requested for this run ends its chain: an outcome that would go on (a retry, or a
+        shutdown a later run-job resumes) becomes ``cancelled`` with the request's reason, without retry."""
+        requested = await conn.fetchval(Q["cancel_request_of_run"], self._id)
+        resumable = outcome.status == "cancelled" and outcome.reason == "shutdown"
+        if not requested or not (outcome.retry or resumable):
+            return
+        stopped = f"run stopped: {requested}"
+        outcome.errors = [stopped] if outcome.status == "cancelled" else [*outcome.errors, stopped]
+        outcome.status, outcome.reason, outcome.retry = "cancelled", str(requested), False
 
     async def _record_final(self, conn: Conn, outcome: RunOutcome,
                             ) -> tuple[dict[str, Any], list[str], tuple[int, int, int]]:
