@@ -6,7 +6,8 @@ lost the run, and :class:`LeaseLostError` stops it before anything is written.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from batcher.context import RunState
@@ -85,6 +86,13 @@ class RunWriter:
             await self._write_logs(conn, self._state.logs[:pending[2]])
         self._committed(pending, new_errors)
         return result
+
+    @asynccontextmanager
+    async def fenced_transaction(self, *, final: bool = False) -> AsyncIterator[Conn]:
+        """A transaction behind this run's fence for writers other than batches (dead-letter replay)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._fence(conn, final=final)
+            yield conn
 
     def _committed(self, pending: tuple[int, int, int], errors: list[str]) -> None:
         """A transaction that wrote ``pending`` counters and logs and these errors has committed."""
