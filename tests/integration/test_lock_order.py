@@ -107,4 +107,18 @@ async def test_concurrent_finishes_of_a_diamond_queue_the_dependent_once(
         assert not any(isinstance(r, asyncpg.PostgresError) for r in results), results
         assert [r["status"] for r in results] == ["succeeded", "succeeded"]
         dependent = await runs_of(pool, "a")
-    assert [(r["trigger"], r["status"]) for r in dependent] == [("dependency", "queued")]
+        assert [(r["trigger"], r["status"]) for r in dependent] == [("dependency", "queued")]
+        for round_ in range(20):  # both at once (a barrier); the dependent's queued run cancelled each round
+            await pool.execute("UPDATE batch_runs SET status = 'cancelled' WHERE status = 'queued'")
+            barrier = asyncio.Barrier(2)
+
+            async def after_barrier(run: dict[str, Any], barrier: asyncio.Barrier = barrier) -> Any:
+                await barrier.wait()
+                return await _finish(pool, run)
+
+            x, y = await _running(pool, "x", "w"), await _running(pool, "y", "w")
+            results = await asyncio.gather(after_barrier(x), after_barrier(y), return_exceptions=True)
+            assert [r["status"] if isinstance(r, dict) else r for r in results] == ["succeeded"] * 2, results
+            queued = await pool.fetchval("SELECT count(*) FROM batch_runs WHERE job_name = 'a' "
+                                         "AND status = 'queued'")
+            assert queued == 1, f"round {round_}: the dependent queued {queued} times"
