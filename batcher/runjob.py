@@ -5,7 +5,8 @@ so no daemon schedules it; ``--job-name`` gives it its own name and so its own c
 chain has root trigger ``cli``: daemons never claim it, and the reaper never queues its retry. Instead
 the next ``run-job`` of the job takes the chain over: when the newest ``cli`` run of the job was abandoned
 (its process died) or stopped by a shutdown, the new run is its retry and resumes from its run-scoped
-checkpoint. A live worker holding the job makes ``run-job`` wait (``--no-wait``: exit 1).
+checkpoint — never a chain whose last run was cancelled by a user. A live worker holding the job makes
+``run-job`` wait (``--no-wait``: exit 1).
 """
 
 from __future__ import annotations
