@@ -271,9 +271,22 @@ async def cmd_dead_letters(args: argparse.Namespace) -> int:
             before = _date(args.before) if args.before else None
             _print_json({"job": args.job, "purged": await deadletters.purge_dead_letters(pool, args.job, before)})
             return EXIT_OK
-        handler = config.registry[job["job_type"]]
-        result = await deadletters.replay_dead_letters(pool, args.job, {s.name: s for s in handler.streams}, None)
-        _print_json(result if isinstance(result, dict) else vars(result))
+        return await _replay(services, config, job, wait=not args.no_wait)
+    return EXIT_OK
+
+
+async def _replay(services: Any, config: Config, job: dict[str, Any], *, wait: bool) -> int:
+    """Replay as a run of the job (never beside a live one): busy with --no-wait → exit 1."""
+    from batcher.replay import replay_as_run
+    from batcher.runjob import JobBusy
+
+    handler = config.registry[job["job_type"]]
+    try:
+        result = await replay_as_run(services, job["job_name"], {s.name: s for s in handler.streams}, wait=wait)
+    except JobBusy as exc:
+        print(f"batcher: cannot replay now: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    _print_json(result)
     return EXIT_OK
 
 

@@ -41,7 +41,9 @@ class RunState:
             self.logs.append((level, event, fields))
 
     def request_cancel(self, reason: str) -> None:
-        if self.cancel_reason is None:
+        """The first reason wins, except that a user's cancel replaces ``shutdown``: a cancelled run must
+        end its chain, where a shutdown would queue its retry."""
+        if self.cancel_reason is None or (self.cancel_reason == "shutdown" and reason != "lease_lost"):
             self.cancel_reason = reason
         self.cancelled.set()
 

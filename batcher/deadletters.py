@@ -13,7 +13,9 @@ Replay feeds each unresolved dead letter of a job back into its stream:
 
 Rows that parse are written with the stream's conflict policy in one transaction per page and stream; the
 dead letters of rows written (or already present) are marked resolved, the others keep their row with
-the new reason. The SQL constants below belong in ``queries.sql``; they live here until moved there.
+the new reason. ``batcher dead-letters replay`` runs it as a run of the job (:mod:`batcher.replay`):
+every one of those transactions is opened behind that run's fence, so a replay never writes beside a
+live run of the job. The SQL constants below belong in ``queries.sql``; they live here until moved there.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import decimal
 import json
 import uuid
 from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -41,6 +44,8 @@ REPLAY_PAGE = 1000
 
 #: Rows to write, each with the ids of the dead letters it replays (newest last).
 _Entries = list[tuple[list[int], tuple[Any, ...]]]
+#: Opens one write transaction and yields its connection (a run's fenced transaction, or a plain one).
+Transaction = Callable[[], AbstractAsyncContextManager[Any]]
 
 
 @dataclass
@@ -70,43 +75,51 @@ async def purge_dead_letters(pool: asyncpg.Pool[Any], job: str, before: datetime
 
 
 async def replay_dead_letters(pool: asyncpg.Pool[Any], job_name: str, streams: Mapping[str, Stream],
-                              run_id: int | None) -> ReplayResult:
-    """Write a job's unresolved dead letters through their streams; resolve the ones that now go in."""
+                              run_id: int | None, transaction: Transaction | None = None) -> ReplayResult:
+    """Write a job's unresolved dead letters through their streams; resolve the ones that now go in. Each
+    write opens ``transaction()`` (default: a plain transaction on ``pool``)."""
     result = ReplayResult()
     after = 0
     while True:
-        async with pool.acquire() as conn:
-            page = await conn.fetch(Q["unresolved_dead_letters"], job_name, after, REPLAY_PAGE)
-            if not page:
-                return result
-            after = page[-1]["id"]
-            by_stream: dict[str, list[Any]] = {}
-            for letter in page:
-                by_stream.setdefault(letter["stream"], []).append(letter)
-            for name, letters in by_stream.items():
-                stream = streams.get(name)
-                if stream is None:
-                    result.skipped += len(letters)
-                    continue
+        page = await pool.fetch(Q["unresolved_dead_letters"], job_name, after, REPLAY_PAGE)
+        if not page:
+            return result
+        after = page[-1]["id"]
+        by_stream: dict[str, list[Any]] = {}
+        for letter in page:
+            by_stream.setdefault(letter["stream"], []).append(letter)
+        for name, letters in by_stream.items():
+            stream = streams.get(name)
+            if stream is None:
+                result.skipped += len(letters)
+                continue
+            async with (transaction or _plain(pool))() as conn:
                 await _replay_stream(conn, stream, letters, run_id, result)
+
+
+def _plain(pool: asyncpg.Pool[Any]) -> Transaction:
+    @asynccontextmanager
+    async def transaction() -> Any:
+        async with pool.acquire() as conn, conn.transaction():
+            yield conn
+    return transaction
 
 
 async def _replay_stream(conn: PgConnection, stream: Stream, letters: list[Any], run_id: int | None,
                          result: ReplayResult) -> None:
-    """Write one stream's page of parsed dead letters and record the outcome, in one transaction."""
+    """Write one stream's page of parsed dead letters and record the outcome, in the caller's transaction."""
     columns = await sinks.column_types(conn, stream.table)
     entries, failed = _parse_letters(stream, columns, letters, result)
-    async with conn.transaction():
-        outcome = await sinks.write_records(conn, stream, [row for _, row in entries]) if entries else None
-        poisoned = dict(outcome.poisoned) if outcome else {}
-        failed += [(letter_id, sinks.clean_text(poisoned[i])) for i, (ids, _) in enumerate(entries)
-                   if i in poisoned for letter_id in ids]
-        resolved = [letter_id for i, (ids, _) in enumerate(entries) if i not in poisoned for letter_id in ids]
-        if resolved:
-            await conn.execute(Q["resolve_dead_letters"], resolved, run_id)
-        if failed:
-            await conn.execute(Q["update_dead_letter_reasons"], [f[0] for f in failed],
-                               [f[1] for f in failed], run_id)
+    outcome = await sinks.write_records(conn, stream, [row for _, row in entries]) if entries else None
+    poisoned = dict(outcome.poisoned) if outcome else {}
+    failed += [(letter_id, sinks.clean_text(poisoned[i])) for i, (ids, _) in enumerate(entries)
+               if i in poisoned for letter_id in ids]
+    resolved = [letter_id for i, (ids, _) in enumerate(entries) if i not in poisoned for letter_id in ids]
+    if resolved:
+        await conn.execute(Q["resolve_dead_letters"], resolved, run_id)
+    if failed:
+        await conn.execute(Q["update_dead_letter_reasons"], [f[0] for f in failed],
+                           [f[1] for f in failed], run_id)
     result.resolved += len(resolved)
     result.written += outcome.written if outcome else 0
     result.still_failing += len(failed)

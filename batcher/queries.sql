@@ -63,6 +63,22 @@ SELECT * FROM batch_config WHERE job_name = $1;
 -- name: list_jobs
 SELECT * FROM batch_config ORDER BY job_name;
 
+-- name: lock_job_family
+-- Lock order (DESIGN §5): every transaction that may lock a run row and job rows locks the job rows
+-- first — the run's job and the jobs that depend on it, in job_name order — then the run row. A
+-- finisher, the reaper and run-job all take this lock first, so they never wait on each other in a cycle.
+SELECT job_name FROM batch_config WHERE job_name = $1 OR depends_on @> ARRAY[$1]::text[]
+ORDER BY job_name FOR UPDATE;
+
+-- name: abandoned_run
+-- One candidate of abandoned_runs, re-checked and locked after its job rows were locked.
+SELECT r.* FROM batch_runs r LEFT JOIN workers w ON w.worker_id = r.worker_id
+WHERE r.id = $2 AND r.status = 'running' AND (
+    r.lease_expires_at < now() OR w.worker_id IS NULL OR NOT EXISTS (
+        SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
+          AND l.classid = $1::oid AND l.objid = w.lock_key::oid AND l.objsubid = 2))
+FOR UPDATE OF r SKIP LOCKED;
+
 -- name: lock_job
 -- Serialises run creation for one job (run-job, manual triggers, materialize).
 SELECT * FROM batch_config WHERE job_name = $1 FOR UPDATE;
@@ -269,16 +285,28 @@ SELECT count(*) FROM workers w WHERE EXISTS (
     SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
       AND l.classid = $1::oid AND l.objid = w.lock_key::oid AND l.objsubid = 2);
 
+-- name: mark_abandoned_cancelled
+-- A dead worker's run whose cancel was requested: the cancel ends it (no retry), with the request's reason.
+UPDATE batch_runs SET status = 'cancelled', reason = cancel_requested, finished_at = now(),
+    runtime_ms = (extract(epoch FROM now() - started_at) * 1000)::bigint, lease_expires_at = NULL,
+    errors = errors || jsonb_build_array('run stopped: ' || cancel_requested || ' (its worker died)')
+WHERE id = $1 AND status = 'running' AND cancel_requested IS NOT NULL
+RETURNING *;
+
+-- name: cancel_request_of_run
+-- The run's pending cancel request, read in its final transaction (after the fence locked the row).
+SELECT cancel_requested FROM batch_runs WHERE id = $1;
+
 -- name: abandoned_runs
--- Running runs whose lease expired or whose worker's liveness lock is free (locked rows skipped).
+-- Running runs whose lease expired or whose worker's liveness lock is free (candidates, not locked: the
+-- reaper locks each one's job rows first, then re-checks it with abandoned_run).
 SELECT r.* FROM batch_runs r LEFT JOIN workers w ON w.worker_id = r.worker_id
 WHERE r.status = 'running' AND (
     r.lease_expires_at < now() OR w.worker_id IS NULL OR NOT EXISTS (
         SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
           AND l.classid = $1::oid AND l.objid = w.lock_key::oid AND l.objsubid = 2))
 ORDER BY r.id
-LIMIT 100
-FOR UPDATE OF r SKIP LOCKED;
+LIMIT 100;
 
 -- name: mark_abandoned
 UPDATE batch_runs SET status = 'failed', reason = 'abandoned', finished_at = now(),

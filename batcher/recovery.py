@@ -4,6 +4,10 @@ A run is abandoned when its lease expired or its worker's liveness lock is free 
 within seconds). It ends ``failed``/``abandoned``; unless it belongs to a ``run-job`` chain (the next
 ``run-job`` of that job takes it over) a retry row is queued at once — no backoff, the job did nothing
 wrong — that resumes from the chain's checkpoint. Abandons count against ``max_abandons``.
+
+A run whose cancel was requested ends ``cancelled`` (reason: the request) instead: no retry, no
+takeover, its dependents recorded as for any cancel — a cancel ends the chain wherever the run is.
+Each abandon is its own transaction that locks the job rows first (``lock_job_family``), then the run.
 """
 
 from __future__ import annotations
@@ -22,7 +26,11 @@ log = structlog.get_logger("batcher.recovery")
 
 
 async def abandon_run(conn: Any, run: Mapping[str, Any], *, queue_retry: bool) -> int | None:
-    """Mark one locked running run abandoned; queue its retry when allowed. Returns the retry's id."""
+    """Mark one locked running run abandoned; queue its retry when allowed. Returns the retry's id.
+    A requested cancel wins: the run ends cancelled and nothing is retried."""
+    if run["cancel_requested"]:
+        await _end_cancelled(conn, run)
+        return None
     row = await conn.fetchrow(Q["mark_abandoned"], run["id"])
     if row is None:
         return None
@@ -37,13 +45,28 @@ async def abandon_run(conn: Any, run: Mapping[str, Any], *, queue_retry: bool) -
     return await RunWriter.queue_retry(conn, run, delay=0.0, attempt=int(run["attempt"]), abandons=abandons)
 
 
+async def _end_cancelled(conn: Any, run: Mapping[str, Any]) -> None:
+    row = await conn.fetchrow(Q["mark_abandoned_cancelled"], run["id"])
+    if row is None:
+        return
+    log.warning("run_cancelled_after_worker_died", run_id=run["id"], job=run["job_name"],
+                worker_id=run["worker_id"], reason=row["reason"])
+    await on_upstream_failure(conn, run["job_name"], int(run["id"]), row["reason"])
+
+
 async def reap_abandoned(pool: Any) -> int:
-    """Abandon every running run whose worker is gone; returns how many."""
-    async with pool.acquire() as conn, conn.transaction():
-        rows = await conn.fetch(Q["abandoned_runs"], LOCK_CLASS)
-        for run in rows:
-            await abandon_run(conn, run, queue_retry=run["root_trigger"] != "cli")
-    return len(rows)
+    """Abandon every running run whose worker is gone; returns how many. One transaction per run, which
+    locks the run's job rows before the run row (the lock order of ``lock_job_family``)."""
+    candidates = await pool.fetch(Q["abandoned_runs"], LOCK_CLASS)
+    reaped = 0
+    for candidate in candidates:
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(Q["lock_job_family"], candidate["job_name"])
+            run = await conn.fetchrow(Q["abandoned_run"], LOCK_CLASS, candidate["id"])
+            if run is not None:
+                await abandon_run(conn, run, queue_retry=run["root_trigger"] != "cli")
+                reaped += 1
+    return reaped
 
 
 async def count_live_workers(pool: Any) -> int:

@@ -5,7 +5,8 @@ so no daemon schedules it; ``--job-name`` gives it its own name and so its own c
 chain has root trigger ``cli``: daemons never claim it, and the reaper never queues its retry. Instead
 the next ``run-job`` of the job takes the chain over: when the newest ``cli`` run of the job was abandoned
 (its process died) or stopped by a shutdown, the new run is its retry and resumes from its run-scoped
-checkpoint. A live worker holding the job makes ``run-job`` wait (``--no-wait``: exit 1).
+checkpoint — never a chain whose last run was cancelled by a user. A live worker holding the job makes
+``run-job`` wait (``--no-wait``: exit 1).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from batcher.errors import ConfigError
 from batcher.jobs import not_synced, validate_params
 from batcher.models import Services
 from batcher.recovery import abandon_run
-from batcher.runner import RunExecution
-from batcher.store import Q
+from batcher.runner import RETRY_SQLSTATES, RunExecution
+from batcher.store import DB_ERRORS, Q
 from batcher.worker import LOCK_CLASS, Worker
 
 log = structlog.get_logger("batcher.runjob")
@@ -61,26 +62,20 @@ async def ensure_job(services: Services, config: Config, job: str, job_name: str
 
 async def claim_foreground_run(services: Services, worker: Worker, job_name: str,
                                params: Mapping[str, Any], *, wait: bool) -> dict[str, Any]:
-    """Create and claim this command's run in one transaction, recovering a dead worker's run first."""
+    """Create and claim this command's run in one transaction, recovering a dead worker's run first.
+    A transaction the database rolled back to break a deadlock or a serialization conflict is retried."""
     announced = False
     while True:
-        async with services.pool.acquire() as conn, conn.transaction():
-            job = await conn.fetchrow(Q["lock_job"], job_name)
-            running = await conn.fetchrow(Q["running_run_of_job"], job_name, LOCK_CLASS)
-            previous = None
-            if running is not None and running["worker_alive"] and not running["lease_expired"]:
-                pass
-            else:
-                if running is not None:
-                    same_work = dict(running["params"] or {}) == dict(params)
-                    # same work: this run continues the dead run's chain from its checkpoint; other work: the
-                    # dead run is recovered as any daemon recovers it (a retry unless it was a run-job chain)
-                    await abandon_run(conn, dict(running),
-                                      queue_retry=not same_work and running["root_trigger"] != "cli")
-                    previous = running if same_work else None
-                else:
-                    previous = await _resumable_chain(conn, job_name, params)
-                return await _insert_claimed(conn, services, worker, job, params, previous)
+        try:
+            claimed, running = await _try_claim(services, worker, job_name, params)
+        except DB_ERRORS as exc:
+            sqlstate = getattr(exc, "sqlstate", None)
+            if sqlstate not in RETRY_SQLSTATES:
+                raise
+            log.info("claim_retried", job=job_name, sqlstate=sqlstate)
+            continue
+        if claimed is not None:
+            return claimed
         if not wait:
             raise JobBusy(f"job {job_name!r} is running on live worker {running['worker_id']} "
                           f"(run {running['id']})")
@@ -90,13 +85,37 @@ async def claim_foreground_run(services: Services, worker: Worker, job_name: str
         await asyncio.sleep(BUSY_POLL_SECONDS)
 
 
+async def _try_claim(services: Services, worker: Worker, job_name: str,
+                     params: Mapping[str, Any]) -> tuple[dict[str, Any] | None, Any]:
+    """(the claimed run, None), or (None, the live run that holds the job). Job rows are locked before
+    the run row (``lock_job_family``), the order every finisher and the reaper use too."""
+    async with services.pool.acquire() as conn, conn.transaction():
+        await conn.execute(Q["lock_job_family"], job_name)
+        job = await conn.fetchrow(Q["lock_job"], job_name)
+        running = await conn.fetchrow(Q["running_run_of_job"], job_name, LOCK_CLASS)
+        if running is not None and running["worker_alive"] and not running["lease_expired"]:
+            return None, running
+        previous = None
+        if running is not None:
+            same_work = dict(running["params"] or {}) == dict(params)
+            # same work: this run continues the dead run's chain from its checkpoint; other work: the
+            # dead run is recovered as any daemon recovers it (a retry unless it was a run-job chain).
+            # A cancel requested for the dead run ends its chain: it is neither continued nor retried.
+            await abandon_run(conn, dict(running),
+                              queue_retry=not same_work and running["root_trigger"] != "cli")
+            previous = running if same_work and not running["cancel_requested"] else None
+        else:
+            previous = await _resumable_chain(conn, job_name, params)
+        return await _insert_claimed(conn, services, worker, job, params, previous), None
+
+
 async def _resumable_chain(conn: Any, job_name: str, params: Mapping[str, Any]) -> Any:
     last = await conn.fetchrow(Q["latest_chain_run"], job_name)
     if last is None or dict(last["params"] or {}) != dict(params):
         return None
     if last["status"] == "failed" and last["reason"] == "abandoned":
         return last
-    if last["status"] == "cancelled" and last["reason"] == "shutdown":
+    if last["status"] == "cancelled" and last["reason"] == "shutdown":  # never after a user's cancel
         return last
     return None
 

@@ -6,7 +6,8 @@ lost the run, and :class:`LeaseLostError` stops it before anything is written.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from batcher.context import RunState
@@ -86,6 +87,13 @@ class RunWriter:
         self._committed(pending, new_errors)
         return result
 
+    @asynccontextmanager
+    async def fenced_transaction(self, *, final: bool = False) -> AsyncIterator[Conn]:
+        """A transaction behind this run's fence for writers other than batches (dead-letter replay)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._fence(conn, final=final)
+            yield conn
+
     def _committed(self, pending: tuple[int, int, int], errors: list[str]) -> None:
         """A transaction that wrote ``pending`` counters and logs and these errors has committed."""
         self._state.committed(pending)
@@ -122,7 +130,9 @@ class RunWriter:
         logs_before = len(self._state.logs)
         try:
             async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(Q["lock_job_family"], self._run["job_name"])  # job rows before the run row
                 await self._fence(conn, final=True)
+                await self._honour_cancel_request(conn, outcome)
                 row, errors, pending = await self._record_final(conn, outcome)
         except LeaseLostError:
             del self._state.logs[logs_before:]
@@ -134,6 +144,17 @@ class RunWriter:
         self._committed(pending, errors)
         self.announced = True
         return row
+
+    async def _honour_cancel_request(self, conn: Conn, outcome: RunOutcome) -> None:
+        """A cancel requested for this run ends its chain: an outcome that would go on (a retry, or a
+        shutdown a later run-job resumes) becomes ``cancelled`` with the request's reason, without retry."""
+        requested = await conn.fetchval(Q["cancel_request_of_run"], self._id)
+        resumable = outcome.status == "cancelled" and outcome.reason == "shutdown"
+        if not requested or not (outcome.retry or resumable):
+            return
+        stopped = f"run stopped: {requested}"
+        outcome.errors = [stopped] if outcome.status == "cancelled" else [*outcome.errors, stopped]
+        outcome.status, outcome.reason, outcome.retry = "cancelled", str(requested), False
 
     async def _record_final(self, conn: Conn, outcome: RunOutcome,
                             ) -> tuple[dict[str, Any], list[str], tuple[int, int, int]]:

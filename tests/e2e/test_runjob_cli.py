@@ -157,7 +157,7 @@ def test_trigger_runs_and_cancel_and_pause(cli: Callable[..., Any]) -> None:
 def test_dead_letters_list_replay_purge_through_the_cli(cli: Callable[..., Any], db: Any) -> None:
     """Poisoned rows land in dead letters (`dead-letters list` shows them with the database's reason);
     after the fix (here: the rows' NUL removed in place) `dead-letters replay` writes them and marks them
-    resolved; `dead-letters purge` deletes what is left for the job."""
+    resolved, as a run of the job (succeeded/replay); `dead-letters purge` deletes what is left for the job."""
     code, lines, _ = cli("run-job", "synthetic", "--job-name", "poison", "--param", "records=40",
                          "--param", "poison_every=10", "--param", "batch_size=20")
     assert code == 0 and lines[-1]["dead_letters"] == 4 and lines[-1]["records"] == 36
@@ -169,6 +169,9 @@ def test_dead_letters_list_replay_purge_through_the_cli(cli: Callable[..., Any],
     assert cli_fix
     code, lines, _ = cli("dead-letters", "replay", "poison")
     assert code == 0 and lines[-1]["resolved"] == 4
+    replay_run = lines[-1]["run_id"]  # the replay is a run of the job (issue 14 #12)
+    assert _run_sql(db, f"SELECT status || '/' || reason FROM batch_runs WHERE id = {int(replay_run)}") == \
+        "succeeded/replay"
     assert _run_sql(db, "SELECT count(*) FROM dead_letters WHERE job_name = 'poison' AND resolved_at IS NULL") == 0
     code, lines, _ = cli("dead-letters", "purge", "poison")
     assert code == 0 and lines[-1]["purged"] == 4

@@ -377,9 +377,9 @@ async def _finish_through_a_deadlock(svc: Services, name: str) -> tuple[dict[str
         await tx.start()
         await claimer.execute("SELECT 1 FROM batch_config WHERE job_name = $1 FOR UPDATE", name)
         finishing = asyncio.create_task(RunExecution(svc, run, lease_seconds=30.0).execute())
-        await poll(lambda: pool.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-            "AND query LIKE 'UPDATE batch_config SET last_success_at%'"), "finish waits for the config row")
+        await poll(lambda: pool.fetchval(  # at its first statement: it locks the job rows before the run row
+            "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+            claimer.get_server_pid()), "finish waits for the config row")
         with contextlib.suppress(Exception):  # the claim side may be the deadlock victim instead
             await claimer.execute("UPDATE batch_runs SET worker_id = 'w-claim' WHERE id = $1", run_id)
         await tx.rollback()
