@@ -222,3 +222,17 @@ async def test_ambiguous_commit_counts_once(services: Services, database_url: st
     assert len(rejects) == len(set(rejects)) == row["dead_letters"], row["errors"]
     if fault == "drop":  # the batch landed and the run went on
         assert (row["status"], row["records"], made["calls"]) == ("succeeded", 3, 6), row
+
+
+async def test_record_with_a_lone_surrogate_in_a_json_column_is_a_dead_letter(db: asyncpg.Pool) -> None:
+    """Issue 14, defect 9 (what the escaping must not change): records are never rewritten to fit. A record
+    whose jsonb value holds a lone surrogate is refused by PostgreSQL and kept as a dead letter; the other
+    records of its batch are written."""
+    from batcher import sinks
+
+    records = [("s", 1, "ok", 1, {"label": "fine"}), ("s", 2, "bad", 2, {"label": "x\ud800"})]
+    async with db.acquire() as conn, conn.transaction():
+        result = await sinks.write_batch(conn, STREAM, Batch(stream=STREAM.name, records=records),
+                                         job_name=JOB, run_id=None)
+    assert (result.written, result.dead_lettered) == (1, 1), result
+    assert await db.fetchval("SELECT seq FROM synthetic_records") == 1
