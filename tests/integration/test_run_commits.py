@@ -170,15 +170,25 @@ class CommitFaults(asyncpg.Connection):  # type: ignore[misc]
 
     - ``cancel``: the commit lands, then the caller sees ``CancelledError`` (a cancel arriving with the reply);
     - ``drop``: the commit lands, then the connection dies (``ConnectionDoesNotExistError``);
-    - ``drop_before``: the connection dies before sending ``COMMIT`` (the transaction rolls back).
+    - ``drop_before``: the connection dies before sending ``COMMIT`` (the transaction rolls back);
+    - ``drop_unchecked``: as ``drop``, and the check that follows fails too (the next fence settles it).
     """
 
     armed: ClassVar[list[str]] = []
+    fail_check: ClassVar[list[bool]] = []
+
+    async def fetchval(self, query: str, *args: Any, column: int = 0, timeout: float | None = None) -> Any:
+        if query == Q["run_commit_seq"] and CommitFaults.fail_check:
+            CommitFaults.fail_check.pop()
+            raise asyncpg.ConnectionDoesNotExistError("connection lost while checking")
+        return await super().fetchval(query, *args, column=column, timeout=timeout)
 
     async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
         if query != "COMMIT;" or not CommitFaults.armed:
             return str(await super().execute(query, *args, timeout=timeout))
         fault = CommitFaults.armed.pop()
+        if fault == "drop_unchecked":
+            CommitFaults.fail_check.append(True)
         if fault == "drop_before":
             self.terminate()
             raise asyncpg.ConnectionDoesNotExistError("connection lost before COMMIT")
@@ -189,13 +199,14 @@ class CommitFaults(asyncpg.Connection):  # type: ignore[misc]
         raise asyncpg.ConnectionDoesNotExistError("connection lost during COMMIT")
 
 
-@pytest.mark.parametrize("fault", ["cancel", "drop", "drop_before"])
+@pytest.mark.parametrize("fault", ["cancel", "drop", "drop_before", "drop_unchecked"])
 async def test_ambiguous_commit_counts_once(services: Services, database_url: str, fault: str) -> None:
     """Issue 14, defect 10. When ``COMMIT`` of a batch landed but its caller saw a cancellation or a lost
     connection, ``finish`` used to write that batch's API calls, bytes, log entries and errors again. Each
     batch now writes a commit sequence number; after an ambiguous commit the writer asks a fresh connection
-    whether it landed. Every counter, log entry and error ends up counted exactly once — also when the
-    commit did not land (``drop_before``), where nothing may be lost either."""
+    whether it landed (or, when that check fails too, the next fence does). Every counter, log entry and
+    error ends up counted exactly once — also when the commit did not land (``drop_before``), where
+    nothing may be lost either."""
     made = {"calls": 0, "bytes": 0, "logs": 0, "batches": 0}
 
     async def source(ctx: Any) -> AsyncIterator[Batch]:
@@ -211,10 +222,12 @@ async def test_ambiguous_commit_counts_once(services: Services, database_url: st
     try:
         CommitFaults.armed[:] = [fault]
         _, row = await execute(services, source, pool=faulty)
+        left = CommitFaults.armed + CommitFaults.fail_check
     finally:
         CommitFaults.armed.clear()
+        CommitFaults.fail_check.clear()
         await faulty.close()
-    assert not CommitFaults.armed
+    assert not left, "the fault was not hit"
     logs = await services.pool.fetchval("SELECT count(*) FROM run_logs WHERE run_id = $1 AND event = 'probe_batch'",
                                         row["id"])
     assert (row["api_calls"], row["ingress_bytes"], logs) == (made["calls"], made["bytes"], made["logs"]), row
