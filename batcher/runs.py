@@ -135,7 +135,7 @@ class RunWriter:
         seq = self._in_doubt[0]
         try:
             committed = int(await asyncio.wait_for(self._pool.fetchval(Q["run_commit_seq"], self._id),
-                                                   DOUBT_CHECK_SECONDS))
+                                                   DOUBT_CHECK_SECONDS) or 0)
         except DB_ERRORS as check:  # TimeoutError among them
             log.warning("batch_commit_in_doubt", run_id=self._id, seq=seq, error=type(exc).__name__,
                         check_error=type(check).__name__)
