@@ -3,6 +3,11 @@
 orjson is several times faster than the standard library, but stricter: it rejects lone surrogate escapes
 (which a single bad upstream record may carry), integers beyond 64 bits and non-string keys. Whenever it
 refuses, the standard library's result is used instead, so behaviour never changes — only speed.
+
+:func:`storable` is the one rule for text the runtime stores about a run (errors, reasons, run log entries):
+PostgreSQL ``text`` and ``jsonb`` cannot hold a NUL character nor a lone surrogate, so both are escaped as
+visible text (``\\u0000``, ``\\ud800``). Records are not passed through it: a record the database cannot
+hold is a dead letter, never silently changed.
 """
 
 from __future__ import annotations
@@ -13,6 +18,30 @@ from typing import Any
 import orjson
 
 _std_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_std_ascii_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
+
+
+def storable_text(text: str) -> str:
+    """``text`` with NUL and lone surrogates escaped as the six characters ``\\u0000`` / ``\\udXXX``."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\u0000")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def storable(value: Any) -> Any:
+    """``value`` with every string in it (mapping keys included) made :func:`storable_text`; other values
+    are kept as they are."""
+    if isinstance(value, str):
+        return storable_text(value)
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable(v) for v in value]
+    return value
 
 
 def loads(data: bytes | bytearray | memoryview | str) -> Any:
@@ -24,8 +53,13 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
 
 
 def dumps(value: Any) -> bytes:
-    """Compact UTF-8 JSON bytes."""
+    """Compact UTF-8 JSON bytes; a lone surrogate becomes a ``\\udXXX`` JSON escape (valid JSON, which
+    PostgreSQL then refuses as data: a dead letter for a record, not an exception while encoding)."""
     try:
         return orjson.dumps(value)
     except (orjson.JSONEncodeError, TypeError):
-        return _std_dumps(value).encode()
+        text = _std_dumps(value)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return _std_ascii_dumps(value).encode()

@@ -32,6 +32,8 @@ from urllib.parse import quote, quote_plus
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
+from batcher.jsoncodec import storable_text
+
 MASK: Final = "***"
 
 #: Called with ``(level, event, fields)`` for each entry logged while set; fields are JSON-safe.
@@ -145,7 +147,7 @@ def _redact_value(value: Any, depth: int = 0) -> Any:
     if isinstance(value, str) or depth >= _MAX_DEPTH:
         return _safe_text(str(value))
     if isinstance(value, Mapping):
-        return {str(k): MASK if is_secret_key(str(k)) else _redact_value(v, depth + 1)
+        return {storable_text(str(k)): MASK if is_secret_key(str(k)) else _redact_value(v, depth + 1)
                 for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [_redact_value(v, depth + 1) for v in value]
@@ -153,13 +155,15 @@ def _redact_value(value: Any, depth: int = 0) -> Any:
 
 
 def _safe_text(text: str) -> str:
-    """Redacted, with NUL characters (which ``jsonb`` rejects) escaped as the four characters ``\\x00``."""
-    return redact(text).replace("\x00", "\\x00")
+    """Redacted, with NUL characters (which ``jsonb`` rejects) escaped as the four characters ``\\x00`` and
+    lone surrogates (which no PostgreSQL text holds) as ``\\udXXX``."""
+    return storable_text(redact(text).replace("\x00", "\\x00"))
 
 
 def redact_event(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
     """Processor: mask secrets everywhere in the entry; runs after exceptions were rendered to text."""
-    return {key: MASK if is_secret_key(key) else _redact_value(value) for key, value in event_dict.items()}
+    return {storable_text(key): MASK if is_secret_key(key) else _redact_value(value)
+            for key, value in event_dict.items()}
 
 
 def _redact_foreign_event(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:

@@ -192,22 +192,32 @@ FOR UPDATE OF r;
 -- ===================================================================== a run's life
 
 -- name: fence
--- First statement of every transaction that writes for a run: renews the lease, sees a cancel request.
+-- First statement of every transaction that writes for a run: renews the lease, sees a cancel request,
+-- and returns the run's commit sequence (the row is locked from here on, so it is the committed one).
 -- Zero rows: this worker lost the run.
 UPDATE batch_runs SET lease_expires_at = now() + make_interval(secs => $3)
 WHERE id = $1 AND claim_token = $2 AND status = 'running'
-RETURNING cancel_requested;
+RETURNING cancel_requested, commit_seq;
 
 -- name: add_run_counters
--- Counters committed with each batch. $2 records, $3 dead letters, $4 checked, $5 updated,
--- $6 api calls, $7 ingress bytes, $8 progress (jsonb or NULL), $9 new errors (jsonb array)
+-- Counters committed with each batch: the last statement of the batch's transaction. It renews the lease
+-- from the clock (not now(), the transaction's start: a batch longer than the lease would commit an
+-- expired one, and the heartbeat skips the row while the batch holds it) and sets the commit sequence.
+-- $2 records, $3 dead letters, $4 checked, $5 updated, $6 api calls, $7 ingress bytes,
+-- $8 progress (jsonb or NULL), $9 new errors (jsonb array), $10 commit sequence, $11 lease seconds
 UPDATE batch_runs SET records = records + $2, dead_letters = dead_letters + $3,
     items_checked = items_checked + $4, items_updated = items_updated + $5,
     api_calls = api_calls + $6, ingress_bytes = ingress_bytes + $7,
     progress = COALESCE($8, progress),
     errors = CASE WHEN jsonb_array_length(errors) >= 20 THEN errors
-                  ELSE errors || COALESCE($9, '[]'::jsonb) END
+                  ELSE errors || COALESCE($9, '[]'::jsonb) END,
+    commit_seq = $10, lease_expires_at = clock_timestamp() + make_interval(secs => $11)
 WHERE id = $1;
+
+-- name: run_commit_seq
+-- After an ambiguous COMMIT: the run's commit sequence, once the transaction in doubt has ended (FOR SHARE
+-- waits for it while the server still holds its row lock).
+SELECT commit_seq FROM batch_runs WHERE id = $1 FOR SHARE;
 
 -- name: finish_run
 -- Final status of a run (fenced by the preceding `fence` in the same transaction).

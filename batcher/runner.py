@@ -24,6 +24,7 @@ from batcher.context import Context, RunState
 from batcher.environ import resolve_params
 from batcher.errors import LeaseLostError, PermanentError, RunCancelledError
 from batcher.handler import Batch, Handler
+from batcher.jsoncodec import storable_text
 from batcher.logs import RUN_LOG_SINK, bind_run_context, redact
 from batcher.models import RunOutcome, Services
 from batcher.pipeline import prefetching
@@ -32,6 +33,7 @@ from batcher.store import DB_ERRORS, DB_UNAVAILABLE
 
 log = structlog.get_logger("batcher.runner")
 SHIELD_FINISH_TIMEOUT = 30.0
+MAX_NOTE_CHARS = 500
 #: A final-status transaction the database rolled back to break a deadlock or a serialization conflict
 #: (e.g. against a concurrent claim holding the job's row) is retried like an outage: it is fenced.
 RETRY_SQLSTATES = ("40P01", "40001")
@@ -172,18 +174,40 @@ class RunExecution:
     async def _finish_durably(self, outcome: RunOutcome) -> Mapping[str, Any]:
         """Record the final status, retrying while the database is unreachable (e.g. restarting) or after a
         deadlock for up to two leases; past that the run is left to the reaper, which recovers it like any
-        lost run."""
+        lost run. Any other error (a value that cannot be encoded or stored) is not worth a retry as it
+        was: the outcome is stored once more without the pending log entries, so the run still ends."""
         deadline = time.monotonic() + 2 * self.writer.lease_seconds
         delay = 0.2
+        degraded = False
         while True:
             try:
                 return await self.writer.finish(outcome)
-            except DB_ERRORS as exc:
-                if not isinstance(exc, DB_UNAVAILABLE) and getattr(exc, "sqlstate", None) not in RETRY_SQLSTATES:
-                    raise
+            except Exception as exc:
+                if not _retryable(exc):
+                    if degraded:
+                        raise
+                    degraded = True
+                    self._degrade(outcome, exc)
+                    continue
                 if time.monotonic() > deadline:
                     log.error("run_finish_failed", error=f"{type(exc).__name__}: {exc}")
                     outcome.status, outcome.reason = "lost", "database_unreachable"
                     return self.run
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    def _degrade(self, outcome: RunOutcome, exc: Exception) -> None:
+        """Drop what the final transaction could not store (the pending log entries) and say so."""
+        dropped = len(self.state.logs)
+        self.state.logs.clear()
+        note = storable_text(redact(f"the run's log entries could not be stored ({type(exc).__name__}: {exc}); "
+                                    f"{dropped} dropped"))[:MAX_NOTE_CHARS]
+        outcome.errors = [*outcome.errors, note]
+        log.error("run_finish_degraded", error=note, dropped_logs=dropped)
+
+
+def _retryable(exc: BaseException) -> bool:
+    """An outage or a deadlock; never a value asyncpg could not encode (a ValueError, sent nowhere)."""
+    if isinstance(exc, ValueError) or not isinstance(exc, DB_ERRORS):
+        return False
+    return isinstance(exc, DB_UNAVAILABLE) or getattr(exc, "sqlstate", None) in RETRY_SQLSTATES

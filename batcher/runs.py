@@ -1,29 +1,44 @@
 """The database side of one run: fenced batch commits, checkpoints, counters, final status and retry.
 
 Every write transaction begins with the ``fence`` statement (DESIGN §5): no row back means this worker
-lost the run, and :class:`LeaseLostError` stops it before anything is written.
+lost the run, and :class:`LeaseLostError` stops it before anything is written. A batch's last statement
+renews the lease from the clock, so a batch longer than the lease never commits an expired one.
+
+Exactly-once accounting: counters and log entries are consumed only once the transaction that wrote them
+committed. Each batch also sets the run's ``commit_seq``; when its ``COMMIT`` fails ambiguously (connection
+lost or task cancelled while it was in flight) a fresh connection tells whether it landed, and failing that
+the next fence does — the batch's counters are then consumed, never written twice.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
+
+import structlog
 
 from batcher.context import RunState
 from batcher.dependencies import on_upstream_failure, on_upstream_success
 from batcher.errors import LeaseLostError, RunCancelledError
 from batcher.handler import Batch, Handler, Stream
+from batcher.jsoncodec import storable, storable_text
 from batcher.models import RunOutcome
 from batcher.sinks import WriteResult, write_batch
-from batcher.store import Q
+from batcher.store import DB_ERRORS, Q
 
 if TYPE_CHECKING:
     import asyncpg
 
     from batcher.store import Conn
 
+log = structlog.get_logger("batcher.runs")
 MAX_ERRORS = 20
+#: How long the check after an ambiguous COMMIT may wait (for the transaction in doubt to end, included).
+DOUBT_CHECK_SECONDS = 10.0
+#: A batch whose COMMIT is in doubt: (its commit sequence, the counters and logs it wrote, its errors).
+InDoubt = tuple[int, tuple[int, int, int], list[str]]
 
 
 def scope_key(stream: Stream, root_run_id: int, backfill: bool = False) -> str:
@@ -49,6 +64,9 @@ class RunWriter:
         self._backfill = run.get("root_trigger") == "backfill"
         self.announce: Callable[[dict[str, Any]], None] | None = None  # called in the final transaction
         self.announced = False
+        self._seq = int(run.get("commit_seq") or 0)  # the run's last committed batch
+        self._in_doubt: InDoubt | None = None
+        self._logs_consumed = 0  # log entries committed so far: positions in the buffer move by this
 
     async def job_config(self) -> Mapping[str, Any]:
         row = await self._pool.fetchrow(Q["get_job"], self._run["job_name"])
@@ -65,26 +83,41 @@ class RunWriter:
         row = await conn.fetchrow(Q["fence"], self._id, self._token, self._lease)
         if row is None:
             raise LeaseLostError(f"run {self._id} is no longer ours")
+        self._settle(int(row["commit_seq"]))
         if row["cancel_requested"] and not final:
             self._state.request_cancel(row["cancel_requested"])
             raise RunCancelledError(row["cancel_requested"])
 
     async def commit_batch(self, stream: Stream, batch: Batch, root_run_id: int) -> WriteResult:
-        """Fence → rows and dead letters → checkpoint → counters and logs, in one transaction."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            await self._fence(conn)
-            result = await write_batch(conn, stream, batch, job_name=self._run["job_name"], run_id=self._id)
-            if batch.moves_checkpoint:
-                await conn.execute(Q["upsert_checkpoint"], self._run["job_name"], stream.name,
-                                   scope_key(stream, root_run_id, self._backfill), batch.checkpoint, self._id)
-            new_errors = self._new_errors(result.reasons)
-            pending = self._state.pending()
-            progress = self._progress(batch, len(batch.records))
-            await conn.execute(Q["add_run_counters"], self._id, len(batch.records) - result.database_rejected,
-                               result.dead_lettered, batch.items_checked, batch.items_updated, pending[0],
-                               pending[1], progress, new_errors or None)
-            await self._write_logs(conn, self._state.logs[:pending[2]])
-        self._committed(pending, new_errors)
+        """Fence → rows and dead letters → checkpoint → logs → counters, in one transaction.
+
+        An exception from the ``COMMIT`` itself leaves the batch in doubt: :meth:`_resolve_doubt` asks a
+        fresh connection whether it landed. A batch that landed is consumed (and the run goes on, unless the
+        task was cancelled); otherwise the exception propagates with nothing consumed.
+        """
+        seq = 0
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await self._fence(conn)
+                seq = self._seq + 1
+                result = await write_batch(conn, stream, batch, job_name=self._run["job_name"], run_id=self._id)
+                if batch.moves_checkpoint:
+                    await conn.execute(Q["upsert_checkpoint"], self._run["job_name"], stream.name,
+                                       scope_key(stream, root_run_id, self._backfill), batch.checkpoint, self._id)
+                new_errors = self._new_errors(result.reasons)
+                pending = self._state.pending()
+                progress = self._progress(batch, len(batch.records))
+                await self._write_logs(conn, self._state.logs[:pending[2]])
+                await conn.execute(Q["add_run_counters"], self._id, len(batch.records) - result.database_rejected,
+                                   result.dead_lettered, batch.items_checked, batch.items_updated, pending[0],
+                                   pending[1], progress, new_errors or None, seq, self._lease)
+                self._in_doubt = (seq, pending, new_errors)  # from here on, only the COMMIT can fail
+        except BaseException as exc:
+            if self._in_doubt is None or self._in_doubt[0] != seq or not await self._resolve_doubt(exc) \
+                    or not isinstance(exc, Exception):
+                raise
+            return result
+        self._settle(seq)
         return result
 
     @asynccontextmanager
@@ -94,9 +127,36 @@ class RunWriter:
             await self._fence(conn, final=final)
             yield conn
 
+    def _settle(self, committed_seq: int) -> None:
+        """The run's committed sequence is ``committed_seq``: consume a batch in doubt if it is among them."""
+        if self._in_doubt is not None:
+            seq, pending, errors = self._in_doubt
+            self._in_doubt = None
+            if committed_seq >= seq:
+                self._committed(pending, errors)
+        self._seq = committed_seq
+
+    async def _resolve_doubt(self, exc: BaseException) -> bool:
+        """After an ambiguous COMMIT: whether the batch landed (settled either way), asked on a fresh
+        connection; False when that cannot be told now (the next fence settles it)."""
+        assert self._in_doubt is not None
+        seq = self._in_doubt[0]
+        try:
+            committed = int(await asyncio.wait_for(self._pool.fetchval(Q["run_commit_seq"], self._id),
+                                                   DOUBT_CHECK_SECONDS) or 0)
+        except DB_ERRORS as check:  # TimeoutError among them
+            log.warning("batch_commit_in_doubt", run_id=self._id, seq=seq, error=type(exc).__name__,
+                        check_error=type(check).__name__)
+            return False
+        self._settle(committed)
+        log.warning("batch_commit_in_doubt", run_id=self._id, seq=seq, error=type(exc).__name__,
+                    landed=committed >= seq)
+        return committed >= seq
+
     def _committed(self, pending: tuple[int, int, int], errors: list[str]) -> None:
         """A transaction that wrote ``pending`` counters and logs and these errors has committed."""
         self._state.committed(pending)
+        self._logs_consumed += pending[2]
         self._errors.extend(errors)
 
     def _progress(self, batch: Batch, n: int) -> dict[str, Any] | None:
@@ -108,15 +168,15 @@ class RunWriter:
         return progress
 
     def _new_errors(self, reasons: list[str]) -> list[str]:
-        """The reasons not recorded yet, within the run's cap (NUL escaped: jsonb cannot hold it)."""
+        """The reasons not recorded yet, within the run's cap (NUL and lone surrogates escaped)."""
         room = MAX_ERRORS - len(self._errors)
-        clean = [r.replace("\x00", "\\u0000") for r in reasons]
+        clean = [storable_text(r) for r in reasons]
         return list(dict.fromkeys(r for r in clean if r not in self._errors))[: max(room, 0)]
 
     async def _write_logs(self, conn: Conn, entries: list[tuple[str, str, dict[str, Any]]]) -> None:
         if entries:
-            await conn.execute(Q["insert_run_logs"], self._id, [e[0] for e in entries],
-                               [e[1] for e in entries], [e[2] for e in entries])
+            await conn.execute(Q["insert_run_logs"], self._id, [storable_text(e[0]) for e in entries],
+                               [storable_text(e[1]) for e in entries], [storable(e[2]) for e in entries])
 
     async def finish(self, outcome: RunOutcome) -> Mapping[str, Any]:
         """Record the final status (and success effects or the retry row) behind the fence.
@@ -127,7 +187,7 @@ class RunWriter:
         """
         if outcome.status == "lost":
             return dict(await self._pool.fetchrow(Q["get_run"], self._id) or self._run)
-        logs_before = len(self._state.logs)
+        logs_before = len(self._state.logs) + self._logs_consumed  # the fence may settle a batch in doubt
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute(Q["lock_job_family"], self._run["job_name"])  # job rows before the run row
@@ -135,11 +195,11 @@ class RunWriter:
                 await self._honour_cancel_request(conn, outcome)
                 row, errors, pending = await self._record_final(conn, outcome)
         except LeaseLostError:
-            del self._state.logs[logs_before:]
+            del self._state.logs[logs_before - self._logs_consumed:]
             outcome.status, outcome.reason = "lost", "lease_lost"
             return dict(await self._pool.fetchrow(Q["get_run"], self._id) or self._run)
-        except BaseException:
-            del self._state.logs[logs_before:]  # the announcement is made again by the retried finish
+        except BaseException:  # the announcement is made again by the retried finish
+            del self._state.logs[logs_before - self._logs_consumed:]
             raise
         self._committed(pending, errors)
         self.announced = True

@@ -51,13 +51,13 @@ async def _worker(svc: Services) -> AsyncIterator[Worker]:
 async def test_cancel_is_honoured_by_the_reaper_after_the_worker_died(
         db: Any, database_url: str, redis_url: str) -> None:
     """The reaper ends a dead worker's run whose cancel was requested ``cancelled``/``cancelled`` — no
-    retry is queued — and records its dependent skipped as for any cancel (upstream_reason cancelled)."""
+    retry is queued — and records its dependent skipped as for any cancel (``upstream_cancelled``)."""
     async with services_for(database_url, redis_url, JOBS) as svc:
         run = await _ghost_run(svc.pool, {}, "manual")
         assert await reap_abandoned(svc.pool) == 1
         victim, after = await runs_of(svc.pool, "victim"), await runs_of(svc.pool, "after")
     assert [(r["status"], r["reason"]) for r in victim] == [("cancelled", "cancelled")], "no retry queued"
-    assert [(r["status"], r["reason"]) for r in after] == [("skipped", "upstream_failed")]
+    assert [(r["status"], r["reason"]) for r in after] == [("skipped", "upstream_cancelled")]
     assert after[0]["result"] == {"upstream": "victim", "upstream_run_id": run["id"],
                                   "upstream_reason": "cancelled"}
 
