@@ -196,7 +196,9 @@ class Scheduler:
         Every run claimed before (a claim in flight included) has ended when it returns."""
         self._draining = True
         self.wakeup()
-        await self._settle_claims(grace + HARD_CANCEL_AFTER)
+        began = time.monotonic()
+        await self._settle_claims(HARD_CANCEL_AFTER)
+        grace = max(grace - (time.monotonic() - began), 0.0)  # the wait for a claim counts against the grace
         tasks = [t for t, _ in self.running.values()]
         log.info("drain_started", running=len(tasks), grace_seconds=grace)
         if tasks:
