@@ -9,7 +9,11 @@ and asks the scheduler for a catch-up tick.
 The heartbeat runs every third of the lease: it renews the leases of the runs this process is executing
 (a row left ``running`` by a crashed task is not renewed, so it expires and is reaped) that are not locked
 by a batch transaction (``FOR UPDATE SKIP LOCKED``), reports cancel requests, and — if it cannot
-renew for a whole lease — self-fences (cancels its handlers).
+renew for a whole lease — self-fences (cancels its handlers). Only a broken liveness connection is
+replaced: a failed or timed-out heartbeat query on the pool (each step bounded by a third of the lease)
+is logged and retried, never closing the liveness connection. A run that was not renewed and is no
+longer running under this worker (reaped by another daemon) is cancelled at once with ``lease_lost``.
+The heartbeat task restarts itself if it ever ends before :meth:`Worker.stop`.
 """
 
 from __future__ import annotations
@@ -165,6 +169,8 @@ class Worker:
         """One heartbeat: check the liveness connection (reconnected only when *it* is broken), then renew
         leases on a pooled connection — a failure there never touches the liveness lock."""
         await self._check_liveness()
+        if not self.holds_lock:
+            raise ConnectionError("liveness connection lost")  # renew only while our lock is held
         await self._renew()
 
     async def _check_liveness(self) -> None:
