@@ -1,16 +1,15 @@
 """The daemon's loop, hosted by APScheduler 3.11's AsyncIOScheduler (DESIGN §5).
 
 APScheduler starts one long-lived loop job (``misfire_grace_time=None``: a start-up stall cannot skip it) that
-sleeps until the earliest of: the tick, the next
-``next_run_at``, or a ``NOTIFY batcher_wakeup`` / a freed slot. Each pass materializes due occurrences,
-reaps runs of dead workers, and claims up to the free slots of the concurrency semaphore, dispatching each
-claimed run to a :class:`~batcher.runner.RunExecution` task. The loop cannot be lost: an error in a pass is
-logged (``tick_failed``) and the next pass runs; a supervisor restarts the loop if it ever ends while not
-draining (``scheduler_loop_restarted``); ``loop_healthy`` tells /healthz and the systemd watchdog when it is
-dead or stuck in a pass. ``drain()`` implements the shutdown of
+sleeps until the earliest of: the tick, the next ``next_run_at``, or a ``NOTIFY batcher_wakeup`` / a freed
+slot. Each pass materializes due occurrences, reaps runs of dead workers, and claims up to the free slots of
+the concurrency semaphore, dispatching each claimed run to a :class:`~batcher.runner.RunExecution` task. The
+loop cannot be lost: an error in a pass is logged (``tick_failed``) and the next pass runs; a supervisor
+restarts the loop if it ever ends while not draining (``scheduler_loop_restarted``); ``loop_healthy`` tells
+/healthz and the systemd watchdog when it is dead or stuck in a pass. ``drain()`` implements the shutdown of
 DESIGN §5: stop claiming, let runs finish within the grace, then ask them to stop at their next batch
-boundary, and 5 s later cancel them (their final commit is shielded). A claim in flight when the drain
-begins finishes first (the claim lock), so the drain sees every run this worker claimed.
+boundary, and 5 s later cancel them (their final commit is shielded). A claim in flight when the drain begins
+finishes first (the claim lock), so the drain sees every run this worker claimed.
 """
 
 from __future__ import annotations
