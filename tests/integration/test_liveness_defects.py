@@ -179,6 +179,24 @@ async def test_error_in_a_pass_does_not_stop_scheduling(db: Any, database_url: s
         assert len(calls) > 1
 
 
+async def test_start_up_stall_does_not_skip_the_scheduling_loop(db: Any, database_url: str,
+                                                                 redis_url: str) -> None:
+    """Defect 7: the event loop blocked for 1.5 s right after start() (a slow start-up; APScheduler's
+    default misfire grace is 1 s) does not skip the loop job for good: the due job still runs."""
+    async with services_for(database_url, redis_url, {"quick": QUICK}) as svc:
+        worker = Worker(svc.database_url, svc.pool, lease_seconds=3.0, queues=None)
+        await worker.start()
+        sched = Scheduler(svc, worker)
+        await sched.start()
+        time.sleep(1.5)  # noqa: ASYNC251 - the stall itself (it blocks the event loop), not a wait for something
+        try:
+            await wait_for(lambda: svc.pool.fetchval("SELECT count(*) FROM batch_runs WHERE status = 'succeeded'"),
+                           what="the due run succeeded")
+        finally:
+            await sched.drain(0.5)
+            await worker.stop()
+
+
 async def test_scheduling_loop_that_ends_is_restarted(db: Any, database_url: str, redis_url: str) -> None:
     """Defect 7: if the loop ever returns while the daemon is not draining, its supervisor starts it
     again (scheduler_loop_restarted): the due job is still claimed and succeeds."""
