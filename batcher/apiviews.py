@@ -39,6 +39,9 @@ class SchedulerView(Protocol):
     running: dict[int, Any]
     worker: Any
 
+    def loop_healthy(self, bound: float) -> bool:
+        """The loop runs and no pass has been in progress for longer than ``bound`` seconds."""
+
 
 @dataclass
 class ApiContext:
@@ -206,6 +209,12 @@ def _seconds_since_tick(ctx: ApiContext) -> float | None:
     return None if ctx.scheduler is None else max(time.monotonic() - ctx.scheduler.last_tick, 0.0)
 
 
+def _loop_alive(ctx: ApiContext, since: float | None) -> bool:
+    """The loop is alive: it runs (not dead), no pass is stuck, and its last full pass is recent."""
+    return (ctx.scheduler is not None and since is not None and since <= ctx.stall_after
+            and ctx.scheduler.loop_healthy(ctx.stall_after))
+
+
 async def get_status(ctx: ApiContext, _p: Path, _q: Any, _b: Any) -> BaseModel:
     overview = await commands.scheduling_overview(ctx.services.pool)
     sched, since = ctx.scheduler, _seconds_since_tick(ctx)
@@ -213,7 +222,7 @@ async def get_status(ctx: ApiContext, _p: Path, _q: Any, _b: Any) -> BaseModel:
         worker_id=sched.worker.worker_id, concurrency=sched.concurrency, queues=sched.queues,
         active_runs=sorted(sched.running))
     scheduler = m.SchedulerStatus(
-        is_running=since is not None and since <= ctx.stall_after, is_initialized=sched is not None,
+        is_running=_loop_alive(ctx, since), is_initialized=sched is not None,
         active_job_timers=overview["active_job_timers"], last_run_times=overview["last_run_times"],
         ticks=0 if sched is None else sched.ticks)
     status = m.Status(registered_jobs=overview["registered_jobs"], running_jobs=overview["running_jobs"],
@@ -247,7 +256,7 @@ async def metrics_text(ctx: ApiContext, _p: Path, _q: Any, _b: Any) -> Reply:
 
 async def healthz(ctx: ApiContext, _p: Path, _q: Any, _b: Any) -> Reply:
     since = _seconds_since_tick(ctx)
-    alive = since is not None and since <= ctx.stall_after
+    alive = _loop_alive(ctx, since)
     body = m.HealthResponse(success=alive, alive=alive, ticks=0 if ctx.scheduler is None else ctx.scheduler.ticks,
                             seconds_since_tick=None if since is None else round(since, 3))
     return Reply(status=200 if alive else 503, model=body)

@@ -105,15 +105,22 @@ def _install_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-async def _watchdog(notifier: Notifier, scheduler: Any) -> None:
-    """WATCHDOG=1 only while the scheduling loop ticks."""
+def watchdog_beat(notifier: Notifier, scheduler: Any) -> bool:
+    """One watchdog check: WATCHDOG=1 only while the scheduling loop runs and no pass of it has been stuck
+    for longer than the watchdog interval (without it, systemd kills and restarts the daemon)."""
     assert notifier.watchdog_interval is not None
-    last = -1
+    if not scheduler.loop_healthy(notifier.watchdog_interval):
+        log.error("watchdog_withheld", loop_running=scheduler.loop_running)
+        return False
+    notifier.watchdog()
+    return True
+
+
+async def _watchdog(notifier: Notifier, scheduler: Any) -> None:
+    assert notifier.watchdog_interval is not None
     while True:
         await asyncio.sleep(notifier.watchdog_interval)
-        if scheduler.ticks != last:
-            notifier.watchdog()
-            last = scheduler.ticks
+        watchdog_beat(notifier, scheduler)
 
 
 async def run_daemon(config: Config) -> int:

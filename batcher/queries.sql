@@ -286,6 +286,11 @@ WHERE id IN (SELECT id FROM batch_runs WHERE worker_id = $1 AND status = 'runnin
              ORDER BY id FOR UPDATE SKIP LOCKED)
 RETURNING id, cancel_requested;
 
+-- name: runs_running_here
+-- Which of these runs are still running under this worker: a plain read, so a row locked by our own batch
+-- transaction (skipped by renew_leases) is seen, never waited on. A run missing here was taken from us.
+SELECT id FROM batch_runs WHERE worker_id = $1 AND status = 'running' AND id = ANY($2::bigint[]);
+
 -- name: delete_worker
 DELETE FROM workers WHERE worker_id = $1;
 

@@ -1,11 +1,15 @@
 """The daemon's loop, hosted by APScheduler 3.11's AsyncIOScheduler (DESIGN §5).
 
-APScheduler runs one long-lived loop job that sleeps until the earliest of: the tick, the next
-``next_run_at``, or a ``NOTIFY batcher_wakeup`` / a freed slot. Each pass materializes due occurrences,
-reaps runs of dead workers, and claims up to the free slots of the concurrency semaphore, dispatching each
-claimed run to a :class:`~batcher.runner.RunExecution` task. ``drain()`` implements the shutdown of
+APScheduler starts one long-lived loop job (``misfire_grace_time=None``: a start-up stall cannot skip it) that
+sleeps until the earliest of: the tick, the next ``next_run_at``, or a ``NOTIFY batcher_wakeup`` / a freed
+slot. Each pass materializes due occurrences, reaps runs of dead workers, and claims up to the free slots of
+the concurrency semaphore, dispatching each claimed run to a :class:`~batcher.runner.RunExecution` task. The
+loop cannot be lost: an error in a pass is logged (``tick_failed``) and the next pass runs; a supervisor
+restarts the loop if it ever ends while not draining (``scheduler_loop_restarted``); ``loop_healthy`` tells
+/healthz and the systemd watchdog when it is dead or stuck in a pass. ``drain()`` implements the shutdown of
 DESIGN §5: stop claiming, let runs finish within the grace, then ask them to stop at their next batch
-boundary, and 5 s later cancel them (their final commit is shielded).
+boundary, and 5 s later cancel them (their final commit is shielded). A claim in flight when the drain begins
+finishes first (the claim lock), so the drain sees every run this worker claimed.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -47,7 +51,11 @@ class Scheduler:
         self.aging = daemon.aging_per_minute
         self.running: dict[int, tuple[asyncio.Task[dict[str, Any]], RunExecution]] = {}
         self.ticks = 0
-        self.last_tick = time.monotonic()  # when the last pass began (/healthz)
+        self.last_tick = time.monotonic()  # when the last full pass began (/healthz)
+        self.loop_running = False
+        self._pass_started: float | None = None  # the pass in progress began then (None: waiting)
+        self._claim_lock = asyncio.Lock()  # held by a claim until it dispatched; taken for good by drain
+        self._supervisor: asyncio.Task[Any] | None = None
         self._wake = asyncio.Event()
         self._draining = False
         self._stopped = asyncio.Event()
@@ -72,7 +80,8 @@ class Scheduler:
 
     async def start(self) -> None:
         self._aps.start()
-        self._aps.add_job(self._loop, id="batcher-loop", name="batcher loop", max_instances=1)
+        self._aps.add_job(self._supervise, id="batcher-loop", name="batcher loop", max_instances=1,
+                          next_run_time=datetime.now(UTC), misfire_grace_time=None)
         self._aps.add_job(self.maintenance, CronTrigger(hour=3, minute=17, timezone=UTC), id="batcher-maintenance",
                           name="daily maintenance", max_instances=1, coalesce=True, misfire_grace_time=3600)
 
@@ -83,27 +92,61 @@ class Scheduler:
         except DB_ERRORS as exc:
             log.warning("maintenance_failed", error=f"{type(exc).__name__}: {exc}")
 
+    def loop_healthy(self, bound: float) -> bool:
+        """The loop runs and is not stuck: no pass in progress for longer than ``bound`` seconds (a loop
+        waiting for its next pass is healthy; a dead one is not)."""
+        started = self._pass_started
+        return self.loop_running and (started is None or time.monotonic() - started <= bound)
+
+    async def _supervise(self) -> None:
+        """Run the loop until drained; if it ever ends otherwise, log it and start it again."""
+        self._supervisor = asyncio.current_task()
+        try:
+            while not self._draining:
+                try:
+                    await self._loop()
+                except Exception as exc:  # noqa: BLE001 - the loop must outlive any bug in it
+                    log.error("scheduler_loop_crashed", error=f"{type(exc).__name__}: {exc}")
+                if not self._draining:
+                    log.error("scheduler_loop_restarted")
+                    await asyncio.sleep(min(self.tick_seconds, 1.0))
+        finally:
+            self._stopped.set()
+
     async def _loop(self) -> None:
         due_at = 0.0  # monotonic time of the next full pass
-        while not self._draining:
-            self._wake.clear()
-            try:
-                if self._slot_freed and time.monotonic() < due_at:
-                    self._slot_freed = False
-                    await self.claim()  # a run ended: fill its slot, no full pass needed
-                else:
-                    self._slot_freed = False
-                    due_in = await self.tick()
-                    wait = self.tick_seconds if due_in is None else min(self.tick_seconds, due_in)
-                    due_at = time.monotonic() + max(wait, 0.01)
-            except DB_ERRORS as exc:
-                log.warning("tick_failed", error=f"{type(exc).__name__}: {exc}")
-                due_at = time.monotonic() + self.tick_seconds
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=max(due_at - time.monotonic(), 0.01))
-            except TimeoutError:
-                pass
-        self._stopped.set()
+        self.loop_running = True
+        try:
+            while not self._draining:
+                self._wake.clear()
+                self._pass_started = time.monotonic()
+                due_at = await self._pass(due_at)
+                self._pass_started = None
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=max(due_at - time.monotonic(), 0.01))
+                except TimeoutError:
+                    pass
+        finally:
+            self.loop_running = False
+            self._pass_started = None
+
+    async def _pass(self, due_at: float) -> float:
+        """One pass (a claim alone when a run ended before the next full pass is due); any error is logged
+        and the loop goes on. Returns when the next full pass is due."""
+        try:
+            if self._slot_freed and time.monotonic() < due_at:
+                self._slot_freed = False
+                await self.claim()  # a run ended: fill its slot, no full pass needed
+                return due_at
+            self._slot_freed = False
+            due_in = await self.tick()
+            wait = self.tick_seconds if due_in is None else min(self.tick_seconds, due_in)
+            return time.monotonic() + max(wait, 0.01)
+        except DB_ERRORS as exc:
+            log.warning("tick_failed", error=f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # a bug in one pass must not end scheduling
+            log.error("tick_failed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
+        return time.monotonic() + self.tick_seconds
 
     async def tick(self) -> float | None:
         """One pass: materialize, reap, claim. Returns seconds until the next due occurrence."""
@@ -119,17 +162,20 @@ class Scheduler:
         return await seconds_until_next_due(pool)
 
     async def claim(self) -> int:
-        free = self.concurrency - len(self.running)
-        if free <= 0 or self._draining or self.worker.fenced or not self.worker.holds_lock:
-            return 0
-        try:
-            rows = await self.services.pool.fetch(Q["claim_runs"], self.worker.worker_id, free, self.lease,
-                                                  self.queues, self.aging)
-        except UniqueViolation:
-            return 0  # another worker claimed the same job between our snapshot and our lock
-        for row in rows:
-            self._dispatch(dict(row))
-        return len(rows)
+        if self._draining:
+            return 0  # (drain keeps the claim lock: never wait for it)
+        async with self._claim_lock:  # drain waits for this: what we claim is dispatched before it lists
+            free = self.concurrency - len(self.running)
+            if free <= 0 or self._draining or self.worker.fenced or not self.worker.holds_lock:
+                return 0
+            try:
+                rows = await self.services.pool.fetch(Q["claim_runs"], self.worker.worker_id, free, self.lease,
+                                                      self.queues, self.aging)
+            except UniqueViolation:
+                return 0  # another worker claimed the same job between our snapshot and our lock
+            for row in rows:
+                self._dispatch(dict(row))
+            return len(rows)
 
     def _dispatch(self, run: dict[str, Any]) -> None:
         execution = RunExecution(self.services, run, lease_seconds=self.lease)
@@ -145,9 +191,13 @@ class Scheduler:
         self._wake.set()
 
     async def drain(self, grace: float) -> None:
-        """Stop claiming; wait up to ``grace`` s; then cancel at batch boundaries; 5 s later, hard cancel."""
+        """Stop claiming; wait up to ``grace`` s; then cancel at batch boundaries; 5 s later, hard cancel.
+        Every run claimed before (a claim in flight included) has ended when it returns."""
         self._draining = True
         self.wakeup()
+        began = time.monotonic()
+        await self._settle_claims(HARD_CANCEL_AFTER)
+        grace = max(grace - (time.monotonic() - began), 0.0)  # the wait for a claim counts against the grace
         tasks = [t for t, _ in self.running.values()]
         log.info("drain_started", running=len(tasks), grace_seconds=grace)
         if tasks:
@@ -161,9 +211,25 @@ class Scheduler:
         for task in [t for t, _ in self.running.values() if not t.done()]:
             task.cancel()
         await asyncio.gather(*[t for t, _ in list(self.running.values())], return_exceptions=True)
-        try:
-            await asyncio.wait_for(self._stopped.wait(), timeout=self.tick_seconds + 5)
-        except TimeoutError:
-            pass
+        await self._stop_loop()
         self._aps.shutdown(wait=False)
         log.info("drain_finished")
+
+    async def _settle_claims(self, timeout: float) -> None:
+        """Wait for a claim in flight to dispatch its runs, then keep the claim lock: no claim after this.
+        A claim stuck longer than ``timeout`` is cancelled with the loop (its runs, if the database took
+        them, are reaped once our lock is free; no handler of theirs ever started)."""
+        try:
+            await asyncio.wait_for(self._claim_lock.acquire(), timeout)
+        except TimeoutError:
+            log.warning("drain_claim_stuck", seconds=timeout)
+            await self._stop_loop(0.0)
+            await self._claim_lock.acquire()
+
+    async def _stop_loop(self, timeout: float | None = None) -> None:
+        try:
+            await asyncio.wait_for(self._stopped.wait(), self.tick_seconds + 5 if timeout is None else timeout)
+        except TimeoutError:
+            if self._supervisor is not None:
+                self._supervisor.cancel()
+                await asyncio.gather(self._supervisor, return_exceptions=True)

@@ -9,7 +9,11 @@ and asks the scheduler for a catch-up tick.
 The heartbeat runs every third of the lease: it renews the leases of the runs this process is executing
 (a row left ``running`` by a crashed task is not renewed, so it expires and is reaped) that are not locked
 by a batch transaction (``FOR UPDATE SKIP LOCKED``), reports cancel requests, and — if it cannot
-renew for a whole lease — self-fences (cancels its handlers).
+renew for a whole lease — self-fences (cancels its handlers). Only a broken liveness connection is
+replaced: a failed or timed-out heartbeat query on the pool (each step bounded by a third of the lease)
+is logged and retried, never closing the liveness connection. A run that was not renewed and is no
+longer running under this worker (reaped by another daemon) is cancelled at once with ``lease_lost``.
+The heartbeat task restarts itself if it ever ends before :meth:`Worker.stop`.
 """
 
 from __future__ import annotations
@@ -81,14 +85,30 @@ class Worker:
         self._broken = asyncio.Event()
         self.last_renewed = time.monotonic()
         self.fenced = False
+        self._stopping = False
+        self._slow_since: float | None = None  # the liveness check has been timing out since then
+        self._timeout = max(lease_seconds / 3, 0.2)  # each heartbeat step: pool acquire + query, SELECT 1
 
     async def start(self) -> None:
         await self._connect()
-        self._task = asyncio.create_task(self._heartbeat_loop(), name=f"heartbeat {self.worker_id}")
+        self._start_heartbeat()
         log.info("worker_started", worker_id=self.worker_id, kind=self._kind, queues=self._queues)
+
+    def _start_heartbeat(self) -> None:
+        self._task = asyncio.create_task(self._heartbeat_loop(), name=f"heartbeat {self.worker_id}")
+        self._task.add_done_callback(self._heartbeat_ended)
+
+    def _heartbeat_ended(self, task: asyncio.Task[None]) -> None:
+        """The heartbeat only ends through ``stop()``: anything else is logged and it is started again."""
+        if self._stopping:
+            return
+        error = "cancelled" if task.cancelled() else repr(task.exception())
+        log.error("heartbeat_restarted", worker_id=self.worker_id, error=error)
+        self._start_heartbeat()
 
     async def stop(self) -> None:
         """Stop the heartbeat, delete the worker row, release the lock (call after runs ended)."""
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -129,39 +149,78 @@ class Worker:
         self._broken.set()
 
     async def _heartbeat_loop(self) -> None:
-        interval = max(self.lease_seconds / 3, 0.2)
         while True:
             try:
-                await asyncio.wait_for(self._broken.wait(), interval)
+                await asyncio.wait_for(self._broken.wait(), self._timeout)
             except TimeoutError:
                 pass
             try:
                 await self.beat()
-            except store.DB_OR_CONNECT_ERRORS as exc:
+            except Exception as exc:  # noqa: BLE001 - a failed beat is retried at the next one, never fatal
                 log.warning("heartbeat_failed", error=f"{type(exc).__name__}: {exc}")
-                await self._reconnect()
-                if not self.holds_lock:
-                    await asyncio.sleep(min(interval, 0.5))
+            if not self.holds_lock:
+                await asyncio.sleep(min(self._timeout, 0.5))  # reconnecting: do not spin
             if time.monotonic() - self.last_renewed > self.lease_seconds and not self.fenced:
                 self.fenced = True
                 log.error("worker_self_fenced", worker_id=self.worker_id)
                 self.owner.fence_all()
 
     async def beat(self) -> None:
-        """One heartbeat: check the lock connection, renew leases, report cancel requests."""
-        if self._conn is None or self._conn.is_closed():
-            raise ConnectionError("liveness connection lost")
-        await asyncio.wait_for(self._conn.fetchval("SELECT 1"), self.lease_seconds / 3)
-        async with self._pool.acquire() as conn:
-            await conn.execute(Q["heartbeat_worker"], self.worker_id)
-            rows = await conn.fetch(Q["renew_leases"], self.worker_id, self.lease_seconds, self.owner.active_runs())
+        """One heartbeat: check the liveness connection (reconnected only when *it* is broken), then renew
+        leases on a pooled connection — a failure there never touches the liveness lock."""
+        await self._check_liveness()
+        if not self.holds_lock:
+            raise ConnectionError("liveness connection lost")  # renew only while our lock is held
+        await self._renew()
+
+    async def _check_liveness(self) -> None:
+        if self._conn is None or self._conn.is_closed() or self._broken.is_set():
+            await self._reconnect()
+            return
+        try:
+            await asyncio.wait_for(self._conn.fetchval("SELECT 1"), self._timeout)
+        except TimeoutError:
+            # Slow is not broken: closing the connection would free the lock. Only a check that has not
+            # answered for a whole lease (a half-open connection) counts as broken.
+            now = time.monotonic()
+            self._slow_since = self._slow_since or now
+            log.warning("liveness_check_slow", seconds=round(now - self._slow_since, 1))
+            if now - self._slow_since > self.lease_seconds:
+                await self._reconnect()
+            return
+        except store.DB_OR_CONNECT_ERRORS as exc:
+            log.warning("liveness_connection_failed", error=f"{type(exc).__name__}: {exc}")
+            await self._reconnect()
+            return
+        self._slow_since = None
+
+    async def _renew(self) -> None:
+        """Renew the leases of our runs; cancel those that are no longer ours; touch the worker row."""
+        asked = self.owner.active_runs()
+        async with asyncio.timeout(self._timeout), self._pool.acquire() as conn:
+            rows = await conn.fetch(Q["renew_leases"], self.worker_id, self.lease_seconds, asked)
+            renewed = {row["id"] for row in rows}
+            skipped = [run_id for run_id in asked if run_id not in renewed]
+            # A skipped row may be locked by our own batch transaction: it is lost only if it is no
+            # longer running here (a plain read never waits on that lock).
+            ours = {r["id"] for r in await conn.fetch(Q["runs_running_here"], self.worker_id, skipped)} \
+                if skipped else set()
+        self.last_renewed = time.monotonic()
+        self.fenced = False
         for row in rows:
             if row["cancel_requested"]:
                 self.owner.cancel_run(row["id"], row["cancel_requested"])
-        self.last_renewed = time.monotonic()
-        self.fenced = False
+        active = set(self.owner.active_runs())
+        for run_id in skipped:
+            if run_id not in ours and run_id in active:
+                log.error("run_lease_lost", run_id=run_id, worker_id=self.worker_id)
+                self.owner.cancel_run(run_id, "lease_lost")
+        async with asyncio.timeout(self._timeout):
+            await self._pool.execute(Q["heartbeat_worker"], self.worker_id)
 
     async def _reconnect(self) -> None:
+        """Replace the liveness connection (it failed): terminate it, connect, re-take the lock."""
+        self._slow_since = None
         if self._conn is not None:
             self._conn.terminate()
             self._conn = None
@@ -172,4 +231,3 @@ class Worker:
             return
         log.info("worker_reconnected", worker_id=self.worker_id)
         self.owner.wakeup()
-

@@ -70,7 +70,8 @@ async def test_healthz_is_503_when_the_loop_stalls(make_client: MakeClient) -> N
     """/healthz compares the loop's last tick with the stall limit: an old tick is 503 alive=false, a
     fresh one 200; without a scheduler (API only) it is 503."""
     sched = SimpleNamespace(ticks=5, last_tick=time.monotonic() - 100, tick_seconds=1.0, concurrency=1,
-                            queues=None, running={}, worker=SimpleNamespace(worker_id="w"))
+                            queues=None, running={}, worker=SimpleNamespace(worker_id="w"),
+                            loop_healthy=lambda bound: True)
     client = await make_client(scheduler=sched, stall_after=30.0)
     body = await (await client.get("/healthz")).json()
     assert body == {"success": False, "alive": False, "ticks": 5, "secondsSinceTick": pytest.approx(100, abs=5)}
