@@ -36,9 +36,12 @@ async def test_kill9_daemon_is_recovered_by_another_through_the_freed_lock(
     """kill -9 of the daemon running a job: the other daemon sees the freed liveness lock (well before the
     6 s lease expires), records the run abandoned, and its retry resumes from the run-scoped checkpoint;
     synthetic_records holds exactly the 2,000 expected rows and the chain's record counters add up."""
-    env = batcher_env(database_url, redis_url, write_config(tmp_path / "b.toml", {"slow": SLOW_JOB}), tmp_path)
+    # paused until both daemons are ready: otherwise the first one can finish the run before the second starts
+    env = batcher_env(database_url, redis_url,
+                      write_config(tmp_path / "b.toml", {"slow": {**SLOW_JOB, "paused": True}}), tmp_path)
     daemons = [_daemon(procs, env, tmp_path, f"d{i}") for i in range(2)]
-    await db.execute("UPDATE batch_config SET next_run_at = now()")
+    await db.execute("UPDATE batch_config SET paused = false, next_run_at = now()")
+    await db.execute("SELECT pg_notify('batcher_wakeup', '')")
     await poll(db, "SELECT records >= 300 FROM batch_runs WHERE status = 'running'")
     worker = await db.fetchval("SELECT worker_id FROM batch_runs WHERE status = 'running'")
     victim = next(d for d in daemons if f":{d.pid}:" in worker)
