@@ -138,6 +138,7 @@ WITH RECURSIVE levels AS (
         WHERE r.job_name = c.job_name AND r.status = 'queued' AND r.not_before <= now() AND r.root_trigger <> 'cli'
         ORDER BY r.priority DESC, r.queued_at, r.id LIMIT 1) t
     WHERE NOT c.paused AND ($4::text[] IS NULL OR c.queue = ANY($4::text[]))
+      AND NOT EXISTS (SELECT 1 FROM batch_runs x WHERE x.job_name = c.job_name AND x.status = 'running')
     UNION ALL
     SELECT l.job_name, t.id, t.priority, t.queued_at
     FROM levels l CROSS JOIN LATERAL (
@@ -378,8 +379,6 @@ RETURNING *;
 -- Newest first, queued_at >= $3 (since) when given; $5 cursor: only ids below it; $4 limit. One statement per
 -- combination of the job ($1) and status ($2) filters, each with a static WHERE: a generic plan of
 -- `$1 IS NULL OR job_name = $1` cannot use an index on job_name (commands.page_runs picks the statement).
--- Ordering by the equality-filtered column too (same order) ties a generic plan to the matching index,
--- (job_name, id DESC) or (status, id DESC), instead of a backward primary-key scan that filters.
 SELECT * FROM batch_runs
 WHERE $1::text IS NULL AND $2::text IS NULL
   AND queued_at >= coalesce($3::timestamptz, '-infinity') AND id < coalesce($5::bigint, 9223372036854775807)
@@ -389,11 +388,14 @@ ORDER BY id DESC LIMIT $4;
 SELECT * FROM batch_runs
 WHERE job_name = $1 AND $2::text IS NULL
   AND queued_at >= coalesce($3::timestamptz, '-infinity') AND id < coalesce($5::bigint, 9223372036854775807)
-ORDER BY job_name, id DESC LIMIT $4;
+ORDER BY id DESC LIMIT $4;
 
 -- name: page_runs_by_status
+-- `status BETWEEN $2 AND $2`, not `=`, so that ORDER BY status, id DESC is the order of batch_runs_status_recent
+-- and no other path gives it: a generic plan guesses that LIMIT $4 reads a tenth of the rows and would
+-- otherwise prefer a backward primary-key scan that filters (through the whole history for a rare status).
 SELECT * FROM batch_runs
-WHERE $1::text IS NULL AND status = $2
+WHERE $1::text IS NULL AND status BETWEEN $2 AND $2
   AND queued_at >= coalesce($3::timestamptz, '-infinity') AND id < coalesce($5::bigint, 9223372036854775807)
 ORDER BY status, id DESC LIMIT $4;
 
@@ -401,7 +403,7 @@ ORDER BY status, id DESC LIMIT $4;
 SELECT * FROM batch_runs
 WHERE job_name = $1 AND status = $2
   AND queued_at >= coalesce($3::timestamptz, '-infinity') AND id < coalesce($5::bigint, 9223372036854775807)
-ORDER BY job_name, id DESC LIMIT $4;
+ORDER BY id DESC LIMIT $4;
 
 -- name: latest_run
 SELECT * FROM batch_runs WHERE ($1::text IS NULL OR job_name = $1) ORDER BY id DESC LIMIT 1;
