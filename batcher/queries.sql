@@ -126,17 +126,24 @@ ORDER BY id LIMIT 1;
 -- name: claim_runs
 -- Lock the best claimable jobs (SKIP LOCKED), then their best runs — locked with SKIP LOCKED too, so a claim
 -- never waits on a run row (a finishing run holds its row and then wants its job's row: waiting here would
--- deadlock with it). A run's score is priority + aging × minutes queued, so within one priority the oldest
--- (then lowest id) run scores best: `levels` walks batch_runs_claimable per job from one priority level down
--- to the next (one index probe each) and keeps each level's first due run, and a job's best run is its best
--- level's — the same run a scan of every queued run would pick, without reading the whole queue.
+-- deadlock with it). A run's score is priority + aging × minutes queued (ties: lowest id), so within one
+-- priority the oldest (then lowest id) run scores best, and without aging the top priority's lowest id.
+-- `levels` takes that run per job from an index (batch_runs_claimable, or batch_runs_claimable_by_id
+-- without aging), then with aging walks down the job's priority levels (one probe each); a job's best run is
+-- its best level's — the run a scan of every queued run would pick, without reading the whole queue.
 -- $1 worker, $2 free slots, $3 lease seconds, $4 queues (NULL = all), $5 aging points per minute (>= 0)
 WITH RECURSIVE levels AS (
     SELECT c.job_name, t.id, t.priority, t.queued_at
     FROM batch_config c CROSS JOIN LATERAL (
-        SELECT r.id, r.priority, r.queued_at FROM batch_runs r
-        WHERE r.job_name = c.job_name AND r.status = 'queued' AND r.not_before <= now() AND r.root_trigger <> 'cli'
-        ORDER BY r.priority DESC, r.queued_at, r.id LIMIT 1) t
+        (SELECT r.id, r.priority, r.queued_at FROM batch_runs r
+         WHERE r.job_name = c.job_name AND r.status = 'queued' AND r.not_before <= now()
+           AND r.root_trigger <> 'cli' AND $5::float8 > 0
+         ORDER BY r.priority DESC, r.queued_at, r.id LIMIT 1)
+        UNION ALL
+        (SELECT r.id, r.priority, r.queued_at FROM batch_runs r
+         WHERE r.job_name = c.job_name AND r.status = 'queued' AND r.not_before <= now()
+           AND r.root_trigger <> 'cli' AND $5::float8 <= 0
+         ORDER BY r.priority DESC, r.id LIMIT 1)) t
     WHERE NOT c.paused AND ($4::text[] IS NULL OR c.queue = ANY($4::text[]))
       AND NOT EXISTS (SELECT 1 FROM batch_runs x WHERE x.job_name = c.job_name AND x.status = 'running')
     UNION ALL
@@ -146,6 +153,7 @@ WITH RECURSIVE levels AS (
         WHERE r.job_name = l.job_name AND r.status = 'queued' AND r.priority < l.priority
           AND r.not_before <= now() AND r.root_trigger <> 'cli'
         ORDER BY r.priority DESC, r.queued_at, r.id LIMIT 1) t
+    WHERE $5::float8 > 0
 ), best AS (
     SELECT DISTINCT ON (job_name) job_name, id, priority + $5::float8 * extract(epoch FROM now() - queued_at) / 60
         AS score

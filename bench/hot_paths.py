@@ -91,8 +91,8 @@ FROM batch_config d WHERE d.job_name = ANY($2::text[])""",
 }
 # The schema before 0007: its indexes dropped, the one it replaces restored.
 BASELINE_SCHEMA = """
-DROP INDEX IF EXISTS batch_runs_claimable, batch_runs_status_recent, batch_runs_dependency_mark,
-    dead_letters_unresolved;
+DROP INDEX IF EXISTS batch_runs_claimable, batch_runs_claimable_by_id, batch_runs_status_recent,
+    batch_runs_dependency_mark, dead_letters_unresolved;
 CREATE INDEX IF NOT EXISTS batch_runs_queued ON batch_runs (job_name, priority DESC, queued_at)
     WHERE status = 'queued';
 """

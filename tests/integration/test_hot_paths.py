@@ -75,7 +75,7 @@ async def add_history(conn: Any, jobs: int = JOBS, per_job: int = PER_JOB) -> No
 async def test_claim_runs_reads_the_best_run_per_job_and_priority_not_the_whole_queue(db: Any) -> None:
     """With 10,000 queued runs over 10 jobs (two priority levels each), one claim reads a few rows per job
     and priority level — not every queued run — and still claims each job's best run (the oldest of the
-    higher priority; aging 0)."""
+    higher priority, without aging the lowest id)."""
     async with db.acquire() as conn:
         await add_jobs(conn)
         await conn.execute("""
@@ -87,7 +87,7 @@ async def test_claim_runs_reads_the_best_run_per_job_and_priority_not_the_whole_
         args = ("w1", JOBS, 60.0, None, 0.0)
         expected = await conn.fetch("""
             SELECT DISTINCT ON (job_name) id FROM batch_runs WHERE status = 'queued'
-            ORDER BY job_name, priority DESC, queued_at, id""")
+            ORDER BY job_name, priority DESC, id""")
         for measure in (True, False):  # each claim rolled back
             tr = conn.transaction()
             await tr.start()
@@ -153,3 +153,50 @@ async def test_dependencies_satisfied_reads_one_run_of_the_dependent(db: Any) ->
         stale = await conn.fetchval(Q["dependencies_satisfied"], "job_1", ["job_0"])
     assert read <= 5, f"dependencies_satisfied read {read} runs"
     assert satisfied is True and stale is False
+
+
+# The claim as it was before issue 14: rank every claimable queued run, then take each locked job's best.
+FULL_SCAN_BEST = """
+WITH ranked AS (
+    SELECT r.job_name, max(r.priority + $2::float8 * extract(epoch FROM now() - r.queued_at) / 60) AS score
+    FROM batch_runs r WHERE r.status = 'queued' AND r.not_before <= now() AND r.root_trigger <> 'cli'
+    GROUP BY r.job_name
+), jobs AS (
+    SELECT c.job_name, ranked.score FROM batch_config c JOIN ranked USING (job_name)
+    WHERE NOT c.paused
+      AND NOT EXISTS (SELECT 1 FROM batch_runs x WHERE x.job_name = c.job_name AND x.status = 'running')
+    ORDER BY ranked.score DESC, c.job_name LIMIT $1
+)
+SELECT DISTINCT ON (r.job_name) r.id
+FROM batch_runs r JOIN jobs USING (job_name)
+WHERE r.status = 'queued' AND r.not_before <= now() AND r.root_trigger <> 'cli'
+ORDER BY r.job_name, r.priority + $2::float8 * extract(epoch FROM now() - r.queued_at) / 60 DESC, r.id"""
+
+
+async def test_claim_runs_picks_what_a_full_scan_of_the_queue_picks(db: Any) -> None:
+    """Semantics kept: on a queue with up to four priority levels per job, runs queued in the same instant
+    (ties broken by id), runs not due yet, cli chains, a paused job and a job with a running run, the claim
+    takes exactly the runs the pre-issue-14 full scan ranked best — with aging and without."""
+    async with db.acquire() as conn:
+        await add_jobs(conn, 40)
+        await conn.execute("UPDATE batch_config SET paused = true WHERE job_name = 'job_7'")
+        await conn.execute("""
+            INSERT INTO batch_runs (job_name, job_type, trigger, queued_at, not_before, priority, root_trigger,
+                                    status)
+            SELECT format('job_%s', i % 40), 'synthetic', 'manual',
+                   now() - make_interval(mins => (i * 7919) % 50), now() + make_interval(mins => CASE
+                       WHEN (i * 31) % 11 = 0 THEN 5 ELSE -1 END),
+                   ((i * 13) % 4) * 3, CASE WHEN (i * 17) % 13 = 0 THEN 'cli' ELSE 'manual' END,
+                   CASE WHEN i = 9 THEN 'running' ELSE 'queued' END
+            FROM generate_series(1, 4000) i ORDER BY i""")
+        await conn.execute("ANALYZE batch_runs")
+        for aging in (0.0, 1.0, 0.25):
+            for slots in (1, 5, 40):
+                expected = {r["id"] for r in await conn.fetch(FULL_SCAN_BEST, slots, aging)}
+                tr = conn.transaction()
+                await tr.start()
+                try:
+                    claimed = {r["id"] for r in await conn.fetch(Q["claim_runs"], "w1", slots, 60.0, None, aging)}
+                finally:
+                    await tr.rollback()
+                assert claimed == expected, (aging, slots)
