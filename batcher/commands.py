@@ -130,7 +130,7 @@ async def set_paused(pool: Any, job_name: str, paused: bool) -> None:
 
 async def list_runs(pool: Any, *, job: str | None = None, status: str | None = None, limit: int = 20,
                     before_id: int | None = None) -> list[dict[str, Any]]:
-    rows = await pool.fetch(Q["list_runs"], job, status, limit, before_id)
+    rows = await pool.fetch(Q[runs_query(job, status)], job, status, None, limit, before_id)
     return [jsonable(r) for r in rows]
 
 
@@ -239,10 +239,19 @@ async def update_job_config(pool: Any, registry: Mapping[str, type[Handler]], na
     return dict(updated), rescheduled
 
 
+_RUNS_QUERIES = {(False, False): "page_runs", (True, False): "page_runs_by_job",
+                 (False, True): "page_runs_by_status", (True, True): "page_runs_by_job_status"}
+
+
+def runs_query(job: str | None, status: str | None) -> str:
+    """The page_runs statement for this combination of filters (each has a static, index-friendly WHERE)."""
+    return _RUNS_QUERIES[job is not None, status is not None]
+
+
 async def page_runs(pool: Any, *, job: str | None, status: str | None, since: datetime | None, limit: int,
                     cursor: int | None) -> tuple[list[dict[str, Any]], int | None]:
     """One page of runs, newest first, and the cursor of the next page (None: this is the last)."""
-    rows = [dict(r) for r in await pool.fetch(Q["page_runs"], job, status, since, limit + 1, cursor)]
+    rows = [dict(r) for r in await pool.fetch(Q[runs_query(job, status)], job, status, since, limit + 1, cursor)]
     more = len(rows) > limit
     rows = rows[:limit]
     return rows, (int(rows[-1]["id"]) if more else None)

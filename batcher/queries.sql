@@ -141,30 +141,50 @@ WHERE job_name = $1 AND status = 'queued' AND trigger = 'manual' AND params = $2
 ORDER BY id LIMIT 1;
 
 -- name: claim_runs
--- Two steps in one statement: lock the best claimable jobs (SKIP LOCKED), then take each one's best run —
--- locked with SKIP LOCKED too, so a claim never waits on a run row (a finishing run holds its row and then
--- wants its job's row: waiting here would deadlock with it).
--- $1 worker, $2 free slots, $3 lease seconds, $4 queues (NULL = all), $5 aging points per minute
-WITH ranked AS (
-    SELECT r.job_name,
-           max(r.priority + $5::float8 * extract(epoch FROM now() - r.queued_at) / 60) AS score
-    FROM batch_runs r
-    WHERE r.status = 'queued' AND r.not_before <= now() AND r.root_trigger <> 'cli'
-    GROUP BY r.job_name
-), jobs AS (
-    SELECT c.job_name, ranked.score FROM batch_config c JOIN ranked USING (job_name)
+-- Lock the best claimable jobs (SKIP LOCKED), then their best runs — locked with SKIP LOCKED too, so a claim
+-- never waits on a run row (a finishing run holds its row and then wants its job's row: waiting here would
+-- deadlock with it). A run's score is priority + aging × minutes queued (ties: lowest id), so within one
+-- priority the oldest (then lowest id) run scores best, and without aging the top priority's lowest id.
+-- `levels` takes that run per job from an index (batch_runs_claimable, or batch_runs_claimable_by_id
+-- without aging), then with aging walks down the job's priority levels (one probe each); a job's best run is
+-- its best level's — the run a scan of every queued run would pick, without reading the whole queue.
+-- $1 worker, $2 free slots, $3 lease seconds, $4 queues (NULL = all), $5 aging points per minute (>= 0)
+WITH RECURSIVE levels AS (
+    SELECT c.job_name, t.id, t.priority, t.queued_at
+    FROM batch_config c CROSS JOIN LATERAL (
+        (SELECT r.id, r.priority, r.queued_at FROM batch_runs r
+         WHERE r.job_name = c.job_name AND r.status = 'queued' AND r.not_before <= now()
+           AND r.root_trigger <> 'cli' AND $5::float8 > 0
+         ORDER BY r.priority DESC, r.queued_at, r.id LIMIT 1)
+        UNION ALL
+        (SELECT r.id, r.priority, r.queued_at FROM batch_runs r
+         WHERE r.job_name = c.job_name AND r.status = 'queued' AND r.not_before <= now()
+           AND r.root_trigger <> 'cli' AND $5::float8 <= 0
+         ORDER BY r.priority DESC, r.id LIMIT 1)) t
     WHERE NOT c.paused AND ($4::text[] IS NULL OR c.queue = ANY($4::text[]))
       AND NOT EXISTS (SELECT 1 FROM batch_runs x WHERE x.job_name = c.job_name AND x.status = 'running')
-    ORDER BY ranked.score DESC, c.job_name
+    UNION ALL
+    SELECT l.job_name, t.id, t.priority, t.queued_at
+    FROM levels l CROSS JOIN LATERAL (
+        SELECT r.id, r.priority, r.queued_at FROM batch_runs r
+        WHERE r.job_name = l.job_name AND r.status = 'queued' AND r.priority < l.priority
+          AND r.not_before <= now() AND r.root_trigger <> 'cli'
+        ORDER BY r.priority DESC, r.queued_at, r.id LIMIT 1) t
+    WHERE $5::float8 > 0
+), best AS (
+    SELECT DISTINCT ON (job_name) job_name, id, priority + $5::float8 * extract(epoch FROM now() - queued_at) / 60
+        AS score
+    FROM levels
+    ORDER BY job_name, score DESC, id
+), jobs AS (
+    SELECT c.job_name, best.id, best.score FROM batch_config c JOIN best USING (job_name)
+    WHERE NOT c.paused AND ($4::text[] IS NULL OR c.queue = ANY($4::text[]))
+      AND NOT EXISTS (SELECT 1 FROM batch_runs x WHERE x.job_name = c.job_name AND x.status = 'running')
+    ORDER BY best.score DESC, c.job_name
     LIMIT $2
     FOR UPDATE OF c SKIP LOCKED
-), best AS (
-    SELECT DISTINCT ON (r.job_name) r.id
-    FROM batch_runs r JOIN jobs USING (job_name)
-    WHERE r.status = 'queued' AND r.not_before <= now() AND r.root_trigger <> 'cli'
-    ORDER BY r.job_name, r.priority + $5::float8 * extract(epoch FROM now() - r.queued_at) / 60 DESC, r.id
 ), locked AS (
-    SELECT r.id FROM batch_runs r WHERE r.id IN (SELECT id FROM best) AND r.status = 'queued'
+    SELECT r.id FROM batch_runs r WHERE r.id IN (SELECT id FROM jobs) AND r.status = 'queued'
     FOR UPDATE OF r SKIP LOCKED
 )
 UPDATE batch_runs r SET status = 'running', worker_id = $1, claim_token = gen_random_uuid(),
@@ -254,13 +274,6 @@ SELECT * FROM batch_runs WHERE id = $1;
 
 -- name: run_logs
 SELECT seq, at, level, event, fields FROM run_logs WHERE run_id = $1 ORDER BY seq LIMIT $2;
-
--- name: list_runs
--- Newest first, filtered by job and status when given.
-SELECT * FROM batch_runs
-WHERE ($1::text IS NULL OR job_name = $1) AND ($2::text IS NULL OR status = $2)
-  AND ($4::bigint IS NULL OR id < $4)
-ORDER BY id DESC LIMIT $3;
 
 -- name: request_cancel
 UPDATE batch_runs SET cancel_requested = $2 WHERE id = $1 AND status = 'running' RETURNING id;
@@ -416,10 +429,33 @@ WHERE job_name = $1
 RETURNING *;
 
 -- name: page_runs
--- Newest first, filtered by job, status and queued_at >= since; $5 cursor: only ids below it.
+-- Newest first, queued_at >= $3 (since) when given; $5 cursor: only ids below it; $4 limit. One statement per
+-- combination of the job ($1) and status ($2) filters, each with a static WHERE: a generic plan of
+-- `$1 IS NULL OR job_name = $1` cannot use an index on job_name (commands.page_runs picks the statement).
 SELECT * FROM batch_runs
-WHERE ($1::text IS NULL OR job_name = $1) AND ($2::text IS NULL OR status = $2)
-  AND ($3::timestamptz IS NULL OR queued_at >= $3) AND ($5::bigint IS NULL OR id < $5)
+WHERE $1::text IS NULL AND $2::text IS NULL
+  AND queued_at >= coalesce($3::timestamptz, '-infinity') AND id < coalesce($5::bigint, 9223372036854775807)
+ORDER BY id DESC LIMIT $4;
+
+-- name: page_runs_by_job
+SELECT * FROM batch_runs
+WHERE job_name = $1 AND $2::text IS NULL
+  AND queued_at >= coalesce($3::timestamptz, '-infinity') AND id < coalesce($5::bigint, 9223372036854775807)
+ORDER BY id DESC LIMIT $4;
+
+-- name: page_runs_by_status
+-- `status BETWEEN $2 AND $2`, not `=`, so that ORDER BY status, id DESC is the order of batch_runs_status_recent
+-- and no other path gives it: a generic plan guesses that LIMIT $4 reads a tenth of the rows and would
+-- otherwise prefer a backward primary-key scan that filters (through the whole history for a rare status).
+SELECT * FROM batch_runs
+WHERE $1::text IS NULL AND status BETWEEN $2 AND $2
+  AND queued_at >= coalesce($3::timestamptz, '-infinity') AND id < coalesce($5::bigint, 9223372036854775807)
+ORDER BY status, id DESC LIMIT $4;
+
+-- name: page_runs_by_job_status
+SELECT * FROM batch_runs
+WHERE job_name = $1 AND status = $2
+  AND queued_at >= coalesce($3::timestamptz, '-infinity') AND id < coalesce($5::bigint, 9223372036854775807)
 ORDER BY id DESC LIMIT $4;
 
 -- name: latest_run

@@ -245,7 +245,7 @@ EXPLAINED = {  # statement â†’ arguments (worker, slots, lease, queues, aging â€
     "abandoned_runs": (0x42415443,),
     "seconds_until_next_due": (),
     "job_busy": ("lag-05000",),
-    "list_runs": (None, None, 20, None),
+    "page_runs": (None, None, None, 21, None),
 }
 
 
