@@ -133,7 +133,7 @@ def test_plain_pip_install_runs_without_a_checkout(tmp_path: Path, scratch_db: s
     """Defect 15: the wheel ships all SQL (schema, migrations, queries), the handlers package and the
     dashboard's static files; installed into a fresh venv (imports resolve there, not to the checkout),
     ``batcher migrate``, ``batcher run-job synthetic --param records=5`` and ``batcher run`` (up to
-    /readyz, then SIGTERM) all work from a directory outside the checkout."""
+    /readyz and the dashboard, then SIGTERM: exit 0) all work from a directory outside the checkout."""
     wheel = _build_wheel(tmp_path)
     names = set(zipfile.ZipFile(wheel).namelist())
     for wanted in SHIPPED:
@@ -165,6 +165,9 @@ def test_plain_pip_install_runs_without_a_checkout(tmp_path: Path, scratch_db: s
                                   stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
     try:
         _wait_ready(port, daemon, 60)
+        for page in ("/", "/static/app.js"):  # the dashboard is served from the installed package
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{page}", timeout=5) as resp:
+                assert resp.status == 200 and resp.read(), page
         os.kill(daemon.pid, signal.SIGTERM)
         assert daemon.wait(30) == 0, log.read_text()[-3000:]
     finally:
