@@ -230,6 +230,7 @@ class RunWriter:
             await on_upstream_success(conn, job)
         elif not outcome.retry:
             await on_upstream_failure(conn, job, self._id, outcome.reason)
+            await self._drop_ended_chain_checkpoints(conn, outcome)
         if outcome.retry:
             await self.queue_retry(conn, self._run, delay=outcome.retry_delay,
                                    attempt=int(self._run["attempt"]) + (0 if outcome.status == "cancelled" else 1))
@@ -239,6 +240,13 @@ class RunWriter:
         pending = self._state.pending()  # after the announcement, which is one of the entries
         await self._write_logs(conn, self._state.logs)
         return final, errors, pending
+
+    async def _drop_ended_chain_checkpoints(self, conn: Conn, outcome: RunOutcome) -> None:
+        """A chain that ended for good (failed or cancelled, no retry queued) never resumes: its run-scoped
+        checkpoints go with it. A ``run-job`` chain stopped by a shutdown stays: the next run-job resumes it."""
+        if outcome.reason == "shutdown" and self._run.get("root_trigger") == "cli":
+            return
+        await conn.execute(Q["delete_run_checkpoints"], self._run["job_name"], str(self._root))
 
     @staticmethod
     async def queue_retry(conn: Conn, run: Mapping[str, Any], *, delay: float, attempt: int,

@@ -2,8 +2,9 @@
 
 Owns asyncpg (with :mod:`batcher.sinks` and :mod:`batcher.worker`). JSON and JSONB use binary-format
 codecs so ``copy_records_to_table`` into ``jsonb`` columns works (a text codec breaks COPY). Every SQL
-statement lives as a named, described block in ``queries.sql`` beside this module; :data:`Q` maps names
-to statements.
+statement lives as a named, described block in ``sql/queries.sql`` of this package; :data:`Q` maps names
+to statements. All SQL (``sql/schema.sql``, ``sql/migrations/``, ``sql/queries.sql``) is package data, read
+through :mod:`importlib.resources`, so a plain (non-editable) install finds it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from typing import Any
 
 import asyncpg
@@ -20,15 +22,15 @@ from asyncpg.pool import PoolConnectionProxy
 from batcher import jsoncodec
 from batcher.errors import SchemaTooNewError, ServiceUnavailableError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SCHEMA_FILE = PROJECT_ROOT / "schema.sql"
-MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
-QUERIES_FILE = Path(__file__).resolve().parent / "queries.sql"
+SQL_DIR: Traversable = files("batcher") / "sql"
+SCHEMA_FILE: Traversable = SQL_DIR / "schema.sql"
+MIGRATIONS_DIR: Traversable = SQL_DIR / "migrations"
+QUERIES_FILE: Traversable = SQL_DIR / "queries.sql"
 MIGRATION_LOCK_KEY = 0x6261746368  # "batch": pg_advisory_xact_lock key for migrations
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 
-def _load_queries(path: Path) -> dict[str, str]:
+def _load_queries(path: Traversable) -> dict[str, str]:
     """Parse ``-- name: x`` blocks (comment lines after the name describe the statement)."""
     queries: dict[str, str] = {}
     name: str | None = None
@@ -95,8 +97,7 @@ async def connect(url: str, *, timeout: float = 10.0) -> asyncpg.Connection:
 
 def code_schema_version() -> int:
     """The newest schema version this code knows: 1 (schema.sql) or the highest migration number."""
-    versions = [int(m.group(1)) for p in MIGRATIONS_DIR.glob("*.sql")
-                if (m := _MIGRATION_NAME.match(p.name))]
+    versions = [int(m.group(1)) for p in MIGRATIONS_DIR.iterdir() if (m := _MIGRATION_NAME.match(p.name))]
     return max([1, *versions])
 
 
@@ -104,10 +105,10 @@ def _pending_migrations(applied: set[int]) -> list[tuple[int, str, str]]:
     """Every numbered migration not applied yet, in number order — a lower number that lands after a
     higher one was applied is still applied, never skipped."""
     out = []
-    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+    for path in MIGRATIONS_DIR.iterdir():
         m = _MIGRATION_NAME.match(path.name)
         if m and int(m.group(1)) > 1 and int(m.group(1)) not in applied:
-            out.append((int(m.group(1)), path.stem, path.read_text()))
+            out.append((int(m.group(1)), path.name.removesuffix(".sql"), path.read_text()))
     return sorted(out)
 
 

@@ -110,7 +110,7 @@ async def test_retention_prunes_old_finished_runs_logs_and_resolved_dead_letters
                      " VALUES ('a', 's', 'handler', 'r', '{}', 'h1', now() - interval '40 days'),"
                      "        ('a', 's', 'handler', 'r', '{}', 'h2', NULL)")
     result = await run_maintenance(db, 30)
-    assert result == {"runs_pruned": 1, "dead_letters_pruned": 1, "retention_days": 30}
+    assert result == {"runs_pruned": 1, "dead_letters_pruned": 1, "checkpoints_pruned": 0, "retention_days": 30}
     assert await db.fetchval("SELECT count(*) FROM batch_runs") == 1
     assert await db.fetchval("SELECT count(*) FROM run_logs WHERE run_id = $1", old) == 0
     assert await db.fetchval("SELECT count(*) FROM dead_letters") == 1

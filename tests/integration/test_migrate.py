@@ -79,8 +79,8 @@ async def fingerprint(url: str) -> dict[str, list[tuple[Any, ...]]]:
 
 
 def expected_versions() -> list[int]:
-    """1 (schema.sql) and every numbered file of migrations/, each exactly once."""
-    return [1, *sorted(int(p.name[:4]) for p in store.MIGRATIONS_DIR.glob("*.sql")
+    """1 (sql/schema.sql) and every numbered file of sql/migrations/, each exactly once."""
+    return [1, *sorted(int(p.name[:4]) for p in store.MIGRATIONS_DIR.iterdir()
                        if store._MIGRATION_NAME.match(p.name))]
 
 

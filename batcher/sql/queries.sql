@@ -261,7 +261,7 @@ ON CONFLICT (job_name, stream, scope_key) DO UPDATE
 SET cursor = EXCLUDED.cursor, run_id = EXCLUDED.run_id, updated_at = now();
 
 -- name: delete_run_checkpoints
--- Run-scoped checkpoints die with their chain's success.
+-- Run-scoped checkpoints die with their chain: its success, or a failure or cancel that queues no retry.
 DELETE FROM checkpoints WHERE job_name = $1 AND scope_key = $2;
 
 -- name: insert_run_logs
@@ -394,16 +394,34 @@ VALUES ($1, $2, 'dependency', 'skipped', $4, '{}'::jsonb, $3, now(), 'dependency
 RETURNING id;
 
 -- name: prune_finished_runs
--- Retention: finished runs older than $1 days (their logs go with them by cascade).
-DELETE FROM batch_runs WHERE finished_at < now() - make_interval(days => $1)
-  AND status IN ('succeeded', 'failed', 'cancelled', 'skipped');
+-- Retention: up to $2 finished runs older than $1 days (their logs go with them by cascade, retries
+-- pointing at them get retry_of NULL through batch_runs_retry_of). Maintenance repeats it, each call its
+-- own short transaction, until fewer than $2 go.
+DELETE FROM batch_runs WHERE id IN (
+    SELECT id FROM batch_runs WHERE finished_at < now() - make_interval(days => $1)
+      AND status IN ('succeeded', 'failed', 'cancelled', 'skipped')
+    ORDER BY finished_at LIMIT $2);
 
 -- name: prune_resolved_dead_letters
-DELETE FROM dead_letters WHERE resolved_at IS NOT NULL AND resolved_at < now() - make_interval(days => $1);
+-- Retention: up to $2 dead letters resolved more than $1 days ago (repeated like prune_finished_runs).
+DELETE FROM dead_letters WHERE id IN (
+    SELECT id FROM dead_letters WHERE resolved_at IS NOT NULL AND resolved_at < now() - make_interval(days => $1)
+    LIMIT $2);
+
+-- name: prune_dead_chain_checkpoints
+-- Run-scoped checkpoints (scope_key = the chain's root run id) of chains that will not resume: no queued or
+-- running run, and none finished within the last $1 days (or no run left at all).
+DELETE FROM checkpoints c WHERE c.scope_key <> '' AND NOT EXISTS (
+    SELECT 1 FROM batch_runs r WHERE r.root_run_id::text = c.scope_key
+      AND (r.status IN ('queued', 'running') OR r.finished_at >= now() - make_interval(days => $1)));
 
 -- name: try_maintenance_lock
--- Only one daemon runs the daily maintenance at a time.
-SELECT pg_try_advisory_xact_lock($1);
+-- Only one daemon runs the daily maintenance at a time: a session lock, held on one connection across the
+-- maintenance's short transactions.
+SELECT pg_try_advisory_lock($1);
+
+-- name: maintenance_unlock
+SELECT pg_advisory_unlock($1);
 
 -- ===== admin API
 -- Queries of batcher.commands used by the admin API (batcher.api) and of the /metrics scrape
