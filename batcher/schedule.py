@@ -119,6 +119,15 @@ def cron_trigger(expr: str, timezone: str = "UTC") -> Any:
         raise ValueError(f"bad cron expression {expr!r}: {exc}") from None
 
 
+def check_cron(expr: str, timezone: str = "UTC") -> None:
+    """ValueError with the reason when ``expr`` is malformed or can never fire (``0 0 30 2 *``): the check
+    the API applies to an edit (no next occurrence), shared by the file's validation."""
+    cron_trigger(expr, timezone)
+    now = datetime.now(UTC)
+    if Schedule(None, expr, timezone, now).next_after(now) is None:
+        raise ValueError(f"the cron expression {expr!r} never fires (no such date)")
+
+
 @dataclass(frozen=True)
 class Schedule:
     """A job's schedule: exactly one of interval or cron, anchored and timezone-aware."""
