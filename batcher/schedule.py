@@ -255,7 +255,8 @@ class Schedule:
                 lo = mid
             else:
                 hi = mid
-        return self.next_after(lo) or floor
+        latest = self.next_after(lo)
+        return latest if latest is not None and latest <= now else floor  # floor: not an occurrence
 
     def _at_or_before(self, at: datetime, now: datetime) -> bool:
         nxt = self.next_after(at)
