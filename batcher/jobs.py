@@ -1,9 +1,10 @@
 """Job definitions: validation of the ``[jobs.*]`` entries and their sync into ``batch_config``.
 
 A job entry is checked against :class:`JobSpec` (unknown keys rejected), its schedule (interval 1..1440,
-standard crontab, IANA timezone), its handler type (the registry), its params (the handler's ``Params``
-model, with every ``Secret`` field given only as a ``<name>_env`` reference) and the dependency graph
-(unknown jobs and cycles rejected). Errors are :class:`ConfigError` naming file, job, key and reason.
+standard crontab that fires at all, so not ``0 0 30 2 *``; IANA timezone), its handler type (the
+registry), its params (the handler's ``Params`` model, with every ``Secret`` field given only as a
+``<name>_env`` reference) and the dependency graph (unknown jobs and cycles rejected). Errors are
+:class:`ConfigError` naming file, job, key and reason.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from batcher.environ import params_for_validation
 from batcher.errors import ConfigError
 from batcher.handler import Handler
-from batcher.schedule import Schedule, cron_trigger, parse_timezone
+from batcher.schedule import Schedule, check_cron, parse_timezone
 from batcher.store import Q
 
 
@@ -67,7 +68,7 @@ def _check_schedule(spec: JobSpec, job: str, file: str | None) -> None:
         raise ConfigError(str(exc), file=file, job=job, key="timezone") from None
     if spec.cron is not None:
         try:
-            cron_trigger(spec.cron, spec.timezone)
+            check_cron(spec.cron, spec.timezone)
         except ValueError as exc:
             raise ConfigError(str(exc), file=file, job=job, key="cron") from None
 

@@ -34,6 +34,7 @@ _APS_DOW = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]  # APScheduler acce
 _ONE_US = timedelta(microseconds=1)
 CRON_WALK_CAP = 10_000
 _DST_MARGIN = timedelta(hours=3)  # more than any DST shift
+_SEARCH_DAYS = (1, 8, 32, 367, 3700)
 
 
 def parse_timezone(name: str) -> ZoneInfo:
@@ -118,6 +119,15 @@ def cron_trigger(expr: str, timezone: str = "UTC") -> Any:
         raise ValueError(f"bad cron expression {expr!r}: {exc}") from None
 
 
+def check_cron(expr: str, timezone: str = "UTC") -> None:
+    """ValueError with the reason when ``expr`` is malformed or can never fire (``0 0 30 2 *``): the check
+    the API applies to an edit (no next occurrence), shared by the file's validation."""
+    cron_trigger(expr, timezone)
+    now = datetime.now(UTC)
+    if Schedule(None, expr, timezone, now).next_after(now) is None:
+        raise ValueError(f"the cron expression {expr!r} never fires (no such date)")
+
+
 @dataclass(frozen=True)
 class Schedule:
     """A job's schedule: exactly one of interval or cron, anchored and timezone-aware."""
@@ -142,7 +152,7 @@ class Schedule:
         assert self.cron is not None
         return cron_trigger(self.cron, self.timezone)
 
-    @property
+    @functools.cached_property
     def wall_clock(self) -> bool:
         return self.cron is not None and parse_crontab(self.cron).fixed_hours
 
@@ -168,13 +178,17 @@ class Schedule:
 
     def _next_wall_clock(self, after: datetime) -> datetime | None:
         """Fixed-hour cron jobs run once per wall-clock time: each wall time W maps to one instant — the
-        first when W repeats (autumn), W shifted by the gap when W does not exist (spring). Wall times are
-        enumerated from a few hours before ``after``'s and the earliest instant after ``after`` wins (in a
-        spring gap a shifted 02:45 lands after 03:00, so instants are not in wall-time order)."""
-        assert self.cron is not None
-        tz = parse_timezone(self.timezone)
+        first when W repeats (autumn), W shifted by the gap when W does not exist (spring).
+
+        Wall times are enumerated from ``after``'s (from ``after``'s minus the gap when a spring change
+        happened less than a gap ago, as a skipped 02:45 then runs after ``after``) and the earliest
+        instant after ``after`` wins. The enumeration stops at the first wall time that exists and maps
+        after ``after`` (later ones map later), or a few hours past the best (shifted gap times are not
+        in wall-time order): one step away from a DST change, about a gap's worth of steps near one.
+        """
+        tz = self._tz
         walls = self._wall_trigger  # wall times, computed as if they were UTC
-        wall = _wall(after, tz).replace(tzinfo=UTC) - _DST_MARGIN
+        wall = _wall(after, tz).replace(tzinfo=UTC) - _recent_gap(after, tz)
         best: datetime | None = None
         for _ in range(CRON_WALK_CAP):
             nxt = walls.get_next_fire_time(None, wall + _ONE_US)
@@ -184,16 +198,25 @@ class Schedule:
             if best is not None and wall > _wall(best, tz).replace(tzinfo=UTC) + _DST_MARGIN:
                 break
             instant = wall.replace(tzinfo=None).replace(tzinfo=tz, fold=0).astimezone(UTC)
-            if instant > after and (best is None or instant < best):
+            if instant <= after:
+                continue
+            if best is None or instant < best:
                 best = instant
+            if _wall(instant, tz) == wall.replace(tzinfo=None):
+                break  # an existing wall time: every later one maps later
         return best
+
+    @functools.cached_property
+    def _tz(self) -> ZoneInfo:
+        return parse_timezone(self.timezone)
 
     def occurrences_until(self, first: datetime, now: datetime) -> Occurrences:
         """The occurrences in [first, now]; ``first`` is itself an occurrence and ``first <= now``.
 
         Interval schedules are counted arithmetically; cron schedules are walked with a cap of
-        CRON_WALK_CAP (``capped`` True means "at least" the count; the latest is then found by walking
-        widening windows back from ``now``).
+        CRON_WALK_CAP steps (``capped`` True means "at least" the count; the latest occurrence and the one
+        before it are then found by a bisection back from ``now``). Bounded for any expression and zone:
+        at most CRON_WALK_CAP + a few hundred ``next_after`` calls.
         """
         if self.interval_minutes is not None:
             step = timedelta(minutes=self.interval_minutes)
@@ -206,22 +229,38 @@ class Schedule:
             if nxt is None or nxt > now:
                 return Occurrences(count, latest, prev, False)
             prev, latest, count = latest, nxt, count + 1
-        latest, prev = self._latest_before(now, first)
+        latest = self.latest_at_or_before(now, first)
+        prev = self.latest_at_or_before(latest - _ONE_US, first) if latest > first else None
         return Occurrences(count, latest, prev, True)
 
-    def _latest_before(self, now: datetime, floor: datetime) -> tuple[datetime, datetime | None]:
-        """The last occurrence <= now (and the one before it), searching windows of growing width."""
-        for days in (1, 8, 32, 367, 3700):
-            start = max(now - timedelta(days=days), floor)
-            latest, prev, at = None, None, start
-            for _ in range(CRON_WALK_CAP):
-                nxt = self.next_after(at)
-                if nxt is None or nxt > now:
-                    break
-                prev, latest, at = latest, nxt, nxt
-            if latest is not None:
-                return latest, prev
-        return floor, None
+    def latest_at_or_before(self, now: datetime, floor: datetime) -> datetime:
+        """The last occurrence <= ``now``, given ``floor`` <= ``now`` is an occurrence.
+
+        ``next_after`` is monotonic, so the answer is ``next_after(t)`` for the largest ``t`` whose
+        ``next_after`` is still <= ``now``: a window of growing width back from ``now`` brackets ``t``
+        (never below ``floor``), then bisection narrows it to a microsecond (~40 steps a day of window).
+        """
+        lo = floor - _ONE_US
+        for days in _SEARCH_DAYS:
+            start = now - timedelta(days=days)
+            if start <= lo:
+                break
+            if self._at_or_before(start, now):
+                lo = start
+                break
+        hi = now
+        while hi - lo > _ONE_US:
+            mid = lo + (hi - lo) / 2
+            if self._at_or_before(mid, now):
+                lo = mid
+            else:
+                hi = mid
+        latest = self.next_after(lo)
+        return latest if latest is not None and latest <= now else floor  # floor: not an occurrence
+
+    def _at_or_before(self, at: datetime, now: datetime) -> bool:
+        nxt = self.next_after(at)
+        return nxt is not None and nxt <= now
 
 
 @dataclass(frozen=True)
@@ -236,3 +275,17 @@ class Occurrences:
 
 def _wall(moment: datetime, tz: ZoneInfo) -> datetime:
     return moment.astimezone(tz).replace(tzinfo=None)
+
+
+def _recent_gap(moment: datetime, tz: ZoneInfo) -> timedelta:
+    """How far the clocks went forward, when that happened less than that long before ``moment`` (wall
+    times skipped by the change then run shifted after ``moment``); otherwise zero."""
+    now_off = _offset(moment, tz)
+    gap = now_off - _offset(moment - _DST_MARGIN, tz)
+    if gap <= timedelta(0) or _offset(moment - gap, tz) == now_off:
+        return timedelta(0)
+    return gap
+
+
+def _offset(moment: datetime, tz: ZoneInfo) -> timedelta:
+    return moment.astimezone(tz).utcoffset() or timedelta(0)

@@ -50,6 +50,13 @@ CASES = [
          "5 fields"),
     Case("cron-bad-weekday", '[jobs.ingest]\ntype = "synthetic"\ncron = "0 3 * * 8"\n', "ingest", "cron",
          "day of week"),
+    # issue 14 #13: a date that never exists is refused like the API refuses it, not silently never run
+    Case("impossible-cron-feb-30", '[jobs.ingest]\ntype = "synthetic"\ncron = "0 0 30 2 *"\n', "ingest", "cron",
+         "never fires"),
+    Case("impossible-cron-apr-31", '[jobs.ingest]\ntype = "synthetic"\ncron = "15 4 31 4 *"\n'
+         'timezone = "Europe/Berlin"\n', "ingest", "cron", "never fires"),
+    Case("impossible-cron-hour-star", '[jobs.ingest]\ntype = "synthetic"\ncron = "0 * 31 6,9 *"\n', "ingest",
+         "cron", "never fires"),
     Case("bad-timezone", '[jobs.ingest]\ntype = "synthetic"\ncron = "0 3 * * *"\ntimezone = "Mars/Olympus"\n',
          "ingest", "timezone", "unknown timezone 'Mars/Olympus'"),
     Case("unknown-type", '[jobs.ingest]\ntype = "no-such-handler"\ninterval_minutes = 5\n', "ingest", "type",
@@ -212,3 +219,13 @@ def test_shipped_batcher_toml_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BATCHER_CONFIG", str(path))
     config = app.load_config()
     assert any(spec.type == "synthetic" and spec.enabled for spec in config.jobs.values())
+
+
+@pytest.mark.parametrize("cron", ["0 0 29 2 *", "0 0 31 * *", "0 0 30 2 1", "@yearly"])
+def test_rare_but_possible_crons_are_accepted(cron: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 14 #13's check refuses only crons that never fire: a leap day, the 31st (only some months),
+    Feb 30 OR Mondays (day of month and day of week both set mean OR) and a yearly macro all load."""
+    path = tmp_path / "batcher.toml"
+    path.write_text(f'[jobs.rare]\ntype = "synthetic"\ncron = "{cron}"\ntimezone = "Europe/Berlin"\n')
+    monkeypatch.setenv("BATCHER_CONFIG", str(path))
+    assert app.load_config().jobs["rare"].cron == cron
