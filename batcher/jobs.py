@@ -83,7 +83,11 @@ def validate_params(handler: type[Handler], params: Mapping[str, Any], *, job: s
     except ValidationError as exc:
         err = exc.errors()[0]
         key = "params." + ".".join(str(p) for p in err["loc"]) if err["loc"] else "params"
-        reason = "unknown key" if err["type"] == "extra_forbidden" else _reason(err["msg"])
+        reason = _reason(err["msg"])
+        if err["type"] == "extra_forbidden":
+            from batcher.handlertypes import valid_keys
+
+            reason = f"unknown key (valid keys: {', '.join(valid_keys(handler.Params))})"
         raise ConfigError(reason, file=file, job=job, key=key) from None
 
 
