@@ -152,6 +152,7 @@ def _load_config() -> Any:
 async def cmd_aggregate(args: argparse.Namespace) -> int:
     """``batcher aggregate``: one run of the configured usage job; prints its JSON summary."""
     from batcher.app import open_services
+    from batcher.progress import Progress, watch_execution
     from batcher.runjob import JobBusy, run_foreground
 
     params = run_params(args)
@@ -161,8 +162,10 @@ async def cmd_aggregate(args: argparse.Namespace) -> int:
         refuse_unsynced(config.jobs, stored, args.job)
         job = pick_job(stored, args.job)
         try:
-            summary = await run_foreground(services, config, job, job_name=None, params=params,
-                                           literal_secrets={}, wait=not args.no_wait)
+            async with Progress() as progress:
+                summary = await run_foreground(services, config, job, job_name=None, params=params,
+                                               literal_secrets={}, wait=not args.no_wait,
+                                               on_start=watch_execution(progress))
         except JobBusy as exc:
             print(f"batcher: {exc}", file=sys.stderr, flush=True)
             return EXIT_FAILED

@@ -27,6 +27,7 @@ from batcher.commands import (
 from batcher.environ import secret_fields
 from batcher.jobs import require_job_row
 from batcher.logs import configure_logging
+from batcher.progress import Progress, watch_execution
 from batcher.store import Q
 
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
@@ -55,8 +56,10 @@ async def cmd_run_job(args: argparse.Namespace) -> int:
     async with open_services(config, start_embedded=True, http=True) as services:
         secrets = await _literal_secrets(services.pool, config, args, params)
         try:
-            summary = await run_foreground(services, config, args.job, job_name=args.job_name, params=params,
-                                           literal_secrets=secrets, wait=not args.no_wait)
+            async with Progress() as progress:
+                summary = await run_foreground(services, config, args.job, job_name=args.job_name,
+                                               params=params, literal_secrets=secrets, wait=not args.no_wait,
+                                               on_start=watch_execution(progress))
         except JobBusy as exc:
             print(f"batcher: {exc}", file=sys.stderr)
             return EXIT_FAILED
@@ -90,16 +93,20 @@ async def cmd_trigger(args: argparse.Namespace) -> int:
         if not args.wait:
             _print_json({"run_id": run_id, "job": args.job, "status": "queued", "existing": existing})
             return EXIT_OK
-        row = await _follow(services.pool, run_id)
+        async with Progress() as progress:
+            row = await _follow(services.pool, run_id, progress)
     _print_json(_run_summary(row))
     return _status_code(row["status"])
 
 
-async def _follow(pool: Any, run_id: int) -> dict[str, Any]:
-    """Poll a run (and its retries) until the chain reaches a final state."""
+async def _follow(pool: Any, run_id: int, progress: Progress) -> dict[str, Any]:
+    """Poll a run (and its retries) until the chain reaches a final state, showing its progress."""
     current = run_id
+    latest: dict[str, Any] = {}
+    progress.watch(lambda: (current, latest["job_name"], {**latest["progress"], "records": latest["records"]}))
     while True:
         row = await pool.fetchrow(Q["get_run"], current)
+        latest.update(row)
         if row["status"] in FINAL:
             retry = await pool.fetchval(Q["retry_of"], current)
             if retry is None:

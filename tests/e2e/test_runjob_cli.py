@@ -89,7 +89,7 @@ def test_run_job_of_an_adhoc_type_with_its_own_name(cli: Callable[..., Any], db:
     (("run-job", "no-such-thing"), "neither a configured job nor a job type"),
     (("run-job", "synthetic", "--param", "records=-5"), "records"),
     (("run-job", "synthetic", "--param", "bogus=1"), "bogus"),
-    (("run-job", "synthetic", "--param", "nokeyvalue"), "key=value"),
+    (("run-job", "synthetic", "--param", "nokeyvalue"), "KEY=VALUE"),
     (("trigger", "nightly", "--param", "token=literal"), "literal secret"),
 ])
 def test_usage_and_configuration_errors_exit_2(cli: Callable[..., Any], args: tuple[str, ...], fragment: str) -> None:
