@@ -269,3 +269,29 @@ def test_an_unexpected_error_is_one_line_unless_debugging(monkeypatch: pytest.Mo
     monkeypatch.setenv("BATCHER_DEBUG", "1")
     with pytest.raises(RuntimeError):
         main(["health"])
+
+
+def test_embedded_reuse_is_logged_at_debug(tmp_path: Path) -> None:
+    """Reusing a running embedded server (what every command does under `make run`) is logged at debug,
+    not info, so commands do not open with ``embedded_postgres_reused`` / ``embedded_redis_reused``."""
+    import os
+    import signal
+
+    from structlog.testing import capture_logs
+
+    from batcher import embedded
+    from batcher.logs import configure_logging
+
+    kinds = [embedded._Kind(name, name, "X", lambda _d: os.getpid(), lambda _d: os.getpid(),
+                            lambda _d, n=name: f"{n}://here", lambda d: d, signal.SIGTERM, "python")
+             for name in ("postgres", "redis")]
+    configure_logging("console", "debug")  # so a debug entry is seen at all
+    try:
+        with capture_logs() as logs:
+            for kind in kinds:
+                _, entry = embedded._acquire(tmp_path, kind, start=False)
+                entry.unlink()
+    finally:
+        configure_logging("console", "info")  # as tests/conftest.py set it for the session
+    reused = {e["event"]: e["log_level"] for e in logs if e["event"].endswith("_reused")}
+    assert reused == {"embedded_postgres_reused": "debug", "embedded_redis_reused": "debug"}, logs
