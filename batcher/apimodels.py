@@ -70,7 +70,10 @@ class JobRef(_Wire):
 
 class ConfigUpdate(JobRef):
     """``POST /api/batch/config``: the keys to change (absent or null: unchanged). ``params`` merges into
-    the job's params key by key; a null value removes that key."""
+    the job's params key by key; a null value removes that key. Strict types: ``"enabled": "yes"`` or
+    ``"intervalMinutes": "5"`` is a 400, not coerced."""
+
+    model_config = ConfigDict(strict=True)
 
     enabled: bool | None = None
     interval_minutes: Annotated[int, Field(ge=1, le=1440)] | None = None

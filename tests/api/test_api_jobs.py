@@ -96,6 +96,10 @@ async def test_api_edit_wins_until_the_file_entry_changes(client: Client, servic
     ({"jobType": "alpha", "priority": 2**40}, "priority", "less than or equal"),
     ({"enabled": True}, None, "jobType (or jobName) is required"),
     ({"jobType": "alpha", "enabled": "maybe"}, "enabled", "boolean"),
+    ({"jobType": "alpha", "enabled": "yes"}, "enabled", "boolean"),  # issue 15: strict, not coerced
+    ({"jobType": "alpha", "intervalMinutes": "5"}, "intervalMinutes", "valid integer"),
+    ({"jobType": "alpha", "queue": ""}, "queue", "at least 1 character"),
+    ({"jobType": "alpha", "params": {"bogus": 1}}, "params.bogus", "valid keys: records, batch_size"),
 ])
 async def test_post_config_rejects_invalid_settings_with_400(client: Client, services: Services, body: dict[str, Any],
                                                              field: str | None, fragment: str) -> None:
