@@ -120,6 +120,7 @@ def _run_summary(row: dict[str, Any]) -> dict[str, Any]:
             "runtime_ms", "errors")
     out = {"run_id": row["id"], **{k: row.get(k) for k in keys}}
     out["job"] = out.pop("job_name")
+    out["dead_letter_reasons"] = list((row.get("progress") or {}).get("dead_letter_reasons") or [])
     return out
 
 

@@ -116,3 +116,18 @@ def test_a_run_jobs_only_failed_attempt_is_a_transient_error_not_retries_exhaust
     assert code == 1
     assert (summary["status"], summary["reason"], summary["attempt"], summary["retry_queued"]) == \
         ("failed", "transient_error", 1, False), summary
+
+
+@pytest.mark.usefixtures("env")
+def test_dead_letter_reasons_of_a_succeeded_run_are_not_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    """A run that succeeded with dead letters keeps ``errors`` empty and shows their count and reasons
+    under their own key, ``dead_letter_reasons`` (in the summary and in the run's stored progress)."""
+    code = main(["run-job", "synthetic", "--param", "records=20", "--param", "batch_size=10",
+                 "--param", "reject_every=5", "--param", "poison_every=7"])
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert code == 0 and summary["status"] == "succeeded", summary
+    assert summary["errors"] == [] and summary["dead_letters"] > 0, summary
+    assert summary["dead_letter_reasons"] and len(summary["dead_letter_reasons"]) <= 20, summary
+    assert main(["runs", "show", str(summary["run_id"])]) == 0
+    run = json.loads(capsys.readouterr().out)
+    assert run["errors"] == [] and run["progress"]["dead_letter_reasons"] == summary["dead_letter_reasons"]
