@@ -295,3 +295,13 @@ def test_embedded_reuse_is_logged_at_debug(tmp_path: Path) -> None:
         configure_logging("console", "info")  # as tests/conftest.py set it for the session
     reused = {e["event"]: e["log_level"] for e in logs if e["event"].endswith("_reused")}
     assert reused == {"embedded_postgres_reused": "debug", "embedded_redis_reused": "debug"}, logs
+
+
+def test_the_readme_cli_reference_lists_every_command() -> None:
+    """README's CLI reference names every command the parser has (``batcher types`` included), and the
+    argument limits this module enforces."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## CLI reference"):readme.index("## Scheduling semantics")]
+    missing = sorted({p[0] for p, _ in _leaves() if f"`batcher {p[0]}" not in section})
+    assert not missing, missing
+    assert "`--limit` 1..500" in section and "BATCHER_DEBUG=1" in section and ".venv/bin/batcher" in section
