@@ -320,6 +320,30 @@ class DeadLettersResponse(_Out):
     dead_letters: list[DeadLetter]
 
 
+class HandlerParam(_Out):
+    """One param of a job type (a secret one is configured as ``<name>_env``)."""
+
+    name: str
+    type: str
+    required: bool
+    default: Any = None
+    secret: bool
+    bounds: str | None = None
+    description: str
+
+
+class HandlerType(_Out):
+    type: str
+    display_name: str
+    accepts_windows: bool
+    params: list[HandlerParam]
+
+
+class HandlersResponse(_Out):
+    success: Literal[True] = True
+    handlers: list[HandlerType]
+
+
 class SchedulerStatus(_Out):
     is_running: bool
     is_initialized: bool

@@ -68,6 +68,8 @@ OPERATIONS: tuple[Operation, ...] = (
               query=m.NextQuery, errors=(400, 404)),
     Operation("listDeadLetters", "GET", "/api/batch/dead-letters", "Dead letters, newest first",
               m.DeadLettersResponse, query=m.DeadLettersQuery, errors=(400,)),
+    Operation("listHandlers", "GET", "/api/handlers", "Every job type and its params (as `batcher types`)",
+              m.HandlersResponse),
     Operation("openapi", "GET", "/api/openapi.json", "This document", None),
     Operation("metrics", "GET", "/metrics", "Prometheus metrics", None,
               media_type="text/plain; version=0.0.4"),
