@@ -18,7 +18,7 @@ import pytest
 
 from batcher import progress
 from batcher.cli import main
-from tests.e2e.procs import REPO, batcher_env, write_config
+from tests.e2e.procs import REPO, Proc, batcher_env, write_config
 
 pytestmark = pytest.mark.timeout(90)
 SLOW = ["--param", "records=40", "--param", "batch_size=10", "--param", "delay_ms=300"]
@@ -131,3 +131,29 @@ def test_dead_letter_reasons_of_a_succeeded_run_are_not_errors(capsys: pytest.Ca
     assert main(["runs", "show", str(summary["run_id"])]) == 0
     run = json.loads(capsys.readouterr().out)
     assert run["errors"] == [] and run["progress"]["dead_letter_reasons"] == summary["dead_letter_reasons"]
+
+
+def test_trigger_wait_logs_run_progress_while_a_daemon_runs_it(
+        db: Any, database_url: str, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], procs: list[Proc]) -> None:
+    """`trigger --wait` follows a run a daemon executes and, not on a terminal, logs ``run_progress``
+    events for it (run id, job, records, the handler's total) until the final summary."""
+    config = write_config(tmp_path / "batcher.toml", {"slow": {
+        "type": "synthetic", "interval_minutes": 1440,
+        "params": {"records": 40, "batch_size": 10, "delay_ms": 300}}})
+    env = batcher_env(database_url, redis_url, config, tmp_path / "data")
+    daemon = Proc(["run"], env, tmp_path / "daemon.log")
+    procs.append(daemon)
+    daemon.wait_event("daemon_ready")
+    for key, value in env.items():
+        if key.startswith("BATCHER_"):
+            monkeypatch.setenv(key, value)
+    monkeypatch.setattr(progress, "LOG_EVERY", 0.2)
+    assert main(["trigger", "slow", "--wait"]) == 0
+    out, err = capsys.readouterr()
+    summary = json.loads(out.splitlines()[-1])
+    ticks = [e for e in map(json.loads, filter(lambda x: x.startswith("{"), err.splitlines()))
+             if e.get("event") == "run_progress"]
+    assert summary["status"] == "succeeded" and summary["records"] == 40, summary
+    assert ticks and {t["run_id"] for t in ticks} == {summary["run_id"]} and ticks[-1]["job"] == "slow", ticks
+    assert any(t["total"] == 40 for t in ticks), ticks
