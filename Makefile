@@ -37,9 +37,10 @@ $(STAMP): pyproject.toml | $(PY)
 
 venv: $(STAMP)
 
-# `exec` replaces the recipe's shell, so the daemon is make's direct child: a SIGTERM to it (or to make,
-# which forwards SIGTERM to its children) stops it, and make exits 0 when the daemon exits 0. GNU make
-# reports any other status as "Error N" (N = the daemon's status) and exits 2.
+# `exec` replaces the recipe's shell, so the daemon is make's direct child. A SIGTERM to the daemon stops
+# it gracefully and make exits 0 when the daemon exits 0 (any other status: GNU make reports "Error N" and
+# exits 2). A SIGTERM to make itself is forwarded to the daemon, which still stops gracefully and exits 0,
+# but make then dies of the signal: its own status is 143 (128 + SIGTERM).
 run: venv
 	exec $(VENV)/bin/batcher run
 

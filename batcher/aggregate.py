@@ -25,7 +25,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from batcher.cli import EXIT_FAILED, EXIT_OK, UsageError, _print_json
+from batcher.cli import EXIT_FAILED, EXIT_OK, UsageError, _print_json, name_arg
 from batcher.errors import ConfigError
 
 USAGE_TYPE = "usage_aggregation"
@@ -66,14 +66,14 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--date", type=usage_date, metavar="D", help="one UTC date (default: yesterday)")
     p.add_argument("--from", dest="start", type=usage_date, metavar="D1", help="first date (with --to)")
     p.add_argument("--to", dest="end", type=usage_date, metavar="D2", help="last date, inclusive")
-    p.add_argument("--merchant", help="only this merchant id")
+    p.add_argument("--merchant", type=name_arg, help="only this merchant id")
     p.add_argument("--yes", action="store_true", help=f"confirm a range over {MAX_DAYS_WITHOUT_YES} days")
-    p.add_argument("--job", help="the usage_aggregation job to run when several are configured")
+    p.add_argument("--job", type=name_arg, help="the usage_aggregation job to run when several are configured")
     p.add_argument("--no-wait", action="store_true", help="exit 1 instead of waiting for a busy job")
     p = sub.add_parser("aggregate-status", help="compare Redis counters of a date with merchant_usage")
     p.add_argument("date", type=usage_date, metavar="D", help="the UTC date to compare")
-    p.add_argument("--merchant", help="only this merchant id")
-    p.add_argument("--job", help="the usage_aggregation job whose key_prefix to use")
+    p.add_argument("--merchant", type=name_arg, help="only this merchant id")
+    p.add_argument("--job", type=name_arg, help="the usage_aggregation job whose key_prefix to use")
 
 
 def run_params(args: argparse.Namespace, today: dt.date | None = None) -> dict[str, Any]:
@@ -152,6 +152,7 @@ def _load_config() -> Any:
 async def cmd_aggregate(args: argparse.Namespace) -> int:
     """``batcher aggregate``: one run of the configured usage job; prints its JSON summary."""
     from batcher.app import open_services
+    from batcher.progress import Progress, watch_execution
     from batcher.runjob import JobBusy, run_foreground
 
     params = run_params(args)
@@ -161,8 +162,10 @@ async def cmd_aggregate(args: argparse.Namespace) -> int:
         refuse_unsynced(config.jobs, stored, args.job)
         job = pick_job(stored, args.job)
         try:
-            summary = await run_foreground(services, config, job, job_name=None, params=params,
-                                           literal_secrets={}, wait=not args.no_wait)
+            async with Progress() as progress:
+                summary = await run_foreground(services, config, job, job_name=None, params=params,
+                                               literal_secrets={}, wait=not args.no_wait,
+                                               on_start=watch_execution(progress))
         except JobBusy as exc:
             print(f"batcher: {exc}", file=sys.stderr, flush=True)
             return EXIT_FAILED

@@ -70,7 +70,10 @@ class JobRef(_Wire):
 
 class ConfigUpdate(JobRef):
     """``POST /api/batch/config``: the keys to change (absent or null: unchanged). ``params`` merges into
-    the job's params key by key; a null value removes that key."""
+    the job's params key by key; a null value removes that key. Strict types: ``"enabled": "yes"`` or
+    ``"intervalMinutes": "5"`` is a 400, not coerced."""
+
+    model_config = ConfigDict(strict=True)
 
     enabled: bool | None = None
     interval_minutes: Annotated[int, Field(ge=1, le=1440)] | None = None
@@ -319,6 +322,30 @@ class DeadLetter(_Out):
 class DeadLettersResponse(_Out):
     success: Literal[True] = True
     dead_letters: list[DeadLetter]
+
+
+class HandlerParam(_Out):
+    """One param of a job type (a secret one is configured as ``<name>_env``)."""
+
+    name: str
+    type: str
+    required: bool
+    default: Any = None
+    secret: bool
+    bounds: str | None = None
+    description: str
+
+
+class HandlerType(_Out):
+    type: str
+    display_name: str
+    accepts_windows: bool
+    params: list[HandlerParam]
+
+
+class HandlersResponse(_Out):
+    success: Literal[True] = True
+    handlers: list[HandlerType]
 
 
 class SchedulerStatus(_Out):

@@ -202,6 +202,13 @@ async def dead_letters(ctx: ApiContext, _p: Path, q: m.DeadLettersQuery, _b: Any
     return m.DeadLettersResponse(dead_letters=[m.DeadLetter.model_validate(r) for r in rows])
 
 
+async def list_handlers(ctx: ApiContext, _p: Path, _q: Any, _b: Any) -> BaseModel:
+    from batcher.handlertypes import describe_handlers
+
+    return m.HandlersResponse(handlers=[m.HandlerType.model_validate(h)
+                                        for h in describe_handlers(ctx.services.registry)])
+
+
 # ------------------------------------------------------------------------ daemon, probes, metrics
 
 
@@ -292,5 +299,5 @@ VIEWS: dict[str, View] = {
     "listRuns": list_runs, "latestRun": latest_run, "getRun": get_run, "cancelRun": cancel,
     "pauseJob": pause, "resumeJob": resume, "nextRuns": next_runs, "listDeadLetters": dead_letters,
     "jobHistory": job_history, "getInfo": info, "openapi": openapi, "metrics": metrics_text,
-    "healthz": healthz, "readyz": readyz,
+    "healthz": healthz, "readyz": readyz, "listHandlers": list_handlers,
 }

@@ -11,11 +11,12 @@ from typing import Any
 
 from batcher.aggregate import cmd_aggregate, cmd_aggregate_status
 from batcher.app import Config, load_config, open_services, run_daemon
-from batcher.cli import EXIT_FAILED, EXIT_OK, UsageError, _params, _print_json
+from batcher.cli import EXIT_FAILED, EXIT_OK, MAX_NEXT, UsageError, _params, _print_json
 from batcher.commands import (
     NotFound,
     cancel_run,
     get_job,
+    job_view,
     jsonable,
     list_checkpoints,
     list_runs,
@@ -27,6 +28,7 @@ from batcher.commands import (
 from batcher.environ import secret_fields
 from batcher.jobs import require_job_row
 from batcher.logs import configure_logging
+from batcher.progress import Progress, watch_execution
 from batcher.store import Q
 
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
@@ -55,8 +57,10 @@ async def cmd_run_job(args: argparse.Namespace) -> int:
     async with open_services(config, start_embedded=True, http=True) as services:
         secrets = await _literal_secrets(services.pool, config, args, params)
         try:
-            summary = await run_foreground(services, config, args.job, job_name=args.job_name, params=params,
-                                           literal_secrets=secrets, wait=not args.no_wait)
+            async with Progress() as progress:
+                summary = await run_foreground(services, config, args.job, job_name=args.job_name,
+                                               params=params, literal_secrets=secrets, wait=not args.no_wait,
+                                               on_start=watch_execution(progress))
         except JobBusy as exc:
             print(f"batcher: {exc}", file=sys.stderr)
             return EXIT_FAILED
@@ -90,16 +94,20 @@ async def cmd_trigger(args: argparse.Namespace) -> int:
         if not args.wait:
             _print_json({"run_id": run_id, "job": args.job, "status": "queued", "existing": existing})
             return EXIT_OK
-        row = await _follow(services.pool, run_id)
+        async with Progress() as progress:
+            row = await _follow(services.pool, run_id, progress)
     _print_json(_run_summary(row))
     return _status_code(row["status"])
 
 
-async def _follow(pool: Any, run_id: int) -> dict[str, Any]:
-    """Poll a run (and its retries) until the chain reaches a final state."""
+async def _follow(pool: Any, run_id: int, progress: Progress) -> dict[str, Any]:
+    """Poll a run (and its retries) until the chain reaches a final state, showing its progress."""
     current = run_id
+    latest: dict[str, Any] = {}
+    progress.watch(lambda: (current, latest["job_name"], {**latest["progress"], "records": latest["records"]}))
     while True:
         row = await pool.fetchrow(Q["get_run"], current)
+        latest.update(row)
         if row["status"] in FINAL:
             retry = await pool.fetchval(Q["retry_of"], current)
             if retry is None:
@@ -113,6 +121,7 @@ def _run_summary(row: dict[str, Any]) -> dict[str, Any]:
             "runtime_ms", "errors")
     out = {"run_id": row["id"], **{k: row.get(k) for k in keys}}
     out["job"] = out.pop("job_name")
+    out["dead_letter_reasons"] = list((row.get("progress") or {}).get("dead_letter_reasons") or [])
     return out
 
 
@@ -122,12 +131,10 @@ async def cmd_jobs(args: argparse.Namespace) -> int:
         return await _sync_jobs(config, args)
     async with open_services(config, start_embedded=False, schema="check") as services:
         if args.next:
-            if not args.job:
-                raise UsageError("--next needs a JOB")
             return await _print_next(services.pool, args.job, args.next)
         rows = [await get_job(services.pool, args.job)] if args.job else \
             [dict(r) for r in await services.pool.fetch(Q["list_jobs"])]
-    for row in rows:
+    for row in map(job_view, rows):
         schedule = f"every {row['interval_minutes']} min" if row["interval_minutes"] else (
             f"cron {row['cron']} {row['timezone']}" if row["cron"] else
             f"after {','.join(row['depends_on'])}" if row["depends_on"] else "manual")
@@ -142,8 +149,6 @@ async def _sync_jobs(config: Config, args: argparse.Namespace) -> int:
     """``batcher jobs sync``: what the daemon does at start, on demand (a bad file is exit 2 at load)."""
     from batcher.jobs import sync_jobs
 
-    if args.next:
-        raise UsageError("jobs sync takes no --next")
     async with open_services(config, start_embedded=True) as services:
         report = await sync_jobs(services.pool, config.jobs, config.settings.jobs, config.registry)
         await services.pool.execute(Q["notify_wakeup"], "")
@@ -157,6 +162,10 @@ async def _print_next(pool: Any, job: str, n: int) -> int:
     row = await get_job(pool, job)
     if not row["interval_minutes"] and not row["cron"]:
         raise UsageError(f"job {job!r} has no schedule of its own")
+    if n > MAX_NEXT:
+        print(f"batcher: --next {n} is more than {MAX_NEXT}: printing the next {MAX_NEXT}", file=sys.stderr,
+              flush=True)
+        n = MAX_NEXT
     schedule = schedule_of(row)
     at = row["next_run_at"] or datetime.now(UTC)
     times = [at]
@@ -174,10 +183,10 @@ async def cmd_runs(args: argparse.Namespace) -> int:
     config = _config()
     async with open_services(config, start_embedded=False, schema="check") as services:
         if args.show:
-            if args.run_id is None:
-                raise UsageError("runs show needs a RUN_ID")
             _print_json(await show_run(services.pool, args.run_id))
             return EXIT_OK
+        if args.job is not None:
+            await get_job(services.pool, args.job)  # a misspelled name is "no job named", not "no runs"
         for row in await list_runs(services.pool, job=args.job, status=args.status, limit=args.limit):
             _print_json({k: row[k] for k in ("id", "job_name", "trigger", "status", "reason", "attempt",
                                              "queued_at", "started_at", "finished_at", "runtime_ms",
@@ -242,15 +251,29 @@ async def cmd_health(args: argparse.Namespace) -> int:
     return EXIT_OK if all(v["ok"] for v in report.values()) else EXIT_FAILED
 
 
+async def cmd_types(args: argparse.Namespace) -> int:
+    """``batcher types``: every job type and its params (no database needed)."""
+    from batcher.handlertypes import describe_handlers, render_table
+    from batcher.registry import load_registry
+
+    handlers = describe_handlers(load_registry())
+    if args.json:
+        for entry in handlers:
+            _print_json(entry)
+    else:
+        print(render_table(handlers), flush=True)
+    return EXIT_OK
+
+
 async def cmd_checkpoints(args: argparse.Namespace) -> int:
     config = _config()
     async with open_services(config, start_embedded=False, schema="check") as services:
         if args.action == "show":
+            if args.job is not None:
+                await get_job(services.pool, args.job)
             for row in await list_checkpoints(services.pool, args.job):
                 _print_json(row)
             return EXIT_OK
-        if not args.yes:
-            raise UsageError(f"checkpoints reset {args.job}: this discards stored cursors; add --yes to confirm")
         removed = await reset_checkpoints(services.pool, args.job, args.stream)
     _print_json({"job": args.job, "stream": args.stream, "removed": removed})
     return EXIT_OK
@@ -263,13 +286,15 @@ async def cmd_dead_letters(args: argparse.Namespace) -> int:
     async with open_services(config, start_embedded=False, schema="check") as services:
         pool = services.pool
         if args.action == "list":
+            if args.job is not None:
+                await get_job(pool, args.job)
             for row in await deadletters.list_dead_letters(pool, args.job, args.limit):
                 _print_json(jsonable(row))
             return EXIT_OK
         job = await get_job(pool, args.job)
         if args.action == "purge":
-            before = _date(args.before) if args.before else None
-            _print_json({"job": args.job, "purged": await deadletters.purge_dead_letters(pool, args.job, before)})
+            purged = await deadletters.purge_dead_letters(pool, args.job, args.before)
+            _print_json({"job": args.job, "purged": purged})
             return EXIT_OK
         return await _replay(services, config, job, wait=not args.no_wait)
     return EXIT_OK
@@ -290,19 +315,11 @@ async def _replay(services: Any, config: Config, job: dict[str, Any], *, wait: b
     return EXIT_OK
 
 
-def _date(text: str) -> datetime:
-    try:
-        return datetime.fromisoformat(text).replace(tzinfo=UTC) if len(text) == 10 else \
-            datetime.fromisoformat(text)
-    except ValueError:
-        raise UsageError(f"--before expects a date like 2026-01-31, got {text!r}") from None
-
-
 COMMANDS: dict[str, Command] = {
     "run": cmd_run, "run-job": cmd_run_job, "trigger": cmd_trigger, "jobs": cmd_jobs, "runs": cmd_runs,
     "pause": cmd_pause, "resume": cmd_resume, "cancel": cmd_cancel, "migrate": cmd_migrate,
     "backfill": cmd_backfill,
-    "health": cmd_health, "checkpoints": cmd_checkpoints, "dead-letters": cmd_dead_letters,
+    "health": cmd_health, "types": cmd_types, "checkpoints": cmd_checkpoints, "dead-letters": cmd_dead_letters,
     "aggregate": cmd_aggregate, "aggregate-status": cmd_aggregate_status,
 }
 

@@ -78,15 +78,21 @@ async def trigger_run(pool: Any, registry: Mapping[str, type[Handler]], job_name
 MAX_BACKFILL_DAYS = 366
 
 
-async def queue_backfill(pool: Any, registry: Mapping[str, type[Handler]], job_name: str, first: date,
-                         last: date, *, confirmed: bool = False) -> list[int]:
-    """Queue one ``backfill`` run per day window (params ``start`` = ``end`` = the day, inclusive) with
-    run-scoped checkpoints. Handlers that take no windows, reversed or over-long ranges: ConfigError."""
+def check_backfill_range(first: date, last: date, *, confirmed: bool) -> int:
+    """The number of day windows of ``first..last``; reversed or unconfirmed over-long ranges: ConfigError."""
     if last < first:
         raise ConfigError(f"--to {last} is before --from {first}")
     days = (last - first).days + 1
     if days > MAX_BACKFILL_DAYS and not confirmed:
         raise ConfigError(f"{days} day windows is more than {MAX_BACKFILL_DAYS}; add --yes to queue them all")
+    return days
+
+
+async def queue_backfill(pool: Any, registry: Mapping[str, type[Handler]], job_name: str, first: date,
+                         last: date, *, confirmed: bool = False) -> list[int]:
+    """Queue one ``backfill`` run per day window (params ``start`` = ``end`` = the day, inclusive) with
+    run-scoped checkpoints. Handlers that take no windows, reversed or over-long ranges: ConfigError."""
+    days = check_backfill_range(first, last, confirmed=confirmed)
     async with pool.acquire() as conn, conn.transaction():
         job = await conn.fetchrow(Q["lock_job"], job_name)
         if job is None:

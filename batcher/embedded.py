@@ -301,7 +301,7 @@ def _acquire(data_dir: Path, kind: _Kind, start: bool) -> tuple[str, Path]:
             log.info(f"embedded_{kind.name}_started", pid=pid, url=kind.url(data_dir),
                      seconds=round(time.monotonic() - began, 3), **fields)
         else:
-            log.info(f"embedded_{kind.name}_reused", pid=pid, url=kind.url(data_dir), **fields)
+            log.debug(f"embedded_{kind.name}_reused", pid=pid, url=kind.url(data_dir), **fields)
         entry = data_dir / f"{kind.name}.users" / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         entry.parent.mkdir(exist_ok=True)
         entry.write_text(procutil.identity(os.getpid()))

@@ -25,16 +25,17 @@ from batcher.store import Q
 
 
 class JobSpec(BaseModel):
-    """One job as written in the TOML file (or edited through the API)."""
+    """One job as written in the TOML file (or edited through the API). Strict types: a quoted number
+    (``interval_minutes = "5"``) or a string for a boolean is an error, not coerced; floats take ints."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     type: str
     enabled: bool = True
     interval_minutes: int | None = Field(None, ge=1, le=1440)
     cron: str | None = None
     timezone: str = "UTC"
-    queue: str = "default"
+    queue: str = Field("default", min_length=1)
     priority: int = 0
     max_retries: int = Field(3, ge=0, le=100)
     max_abandons: int = Field(5, ge=0, le=100)
@@ -43,7 +44,7 @@ class JobSpec(BaseModel):
     overlap: Literal["skip", "queue_one"] = "skip"
     misfire_grace_seconds: float = Field(0.0, ge=0)
     prefetch_batches: int | None = Field(None, ge=1, le=1000)
-    depends_on: tuple[str, ...] = ()
+    depends_on: tuple[str, ...] = Field((), strict=False)  # a TOML/JSON list (its items stay strict str)
     paused: bool = False
     params: dict[str, Any] = Field(default_factory=dict)
 
@@ -84,7 +85,11 @@ def validate_params(handler: type[Handler], params: Mapping[str, Any], *, job: s
     except ValidationError as exc:
         err = exc.errors()[0]
         key = "params." + ".".join(str(p) for p in err["loc"]) if err["loc"] else "params"
-        reason = "unknown key" if err["type"] == "extra_forbidden" else _reason(err["msg"])
+        reason = _reason(err["msg"])
+        if err["type"] == "extra_forbidden":
+            from batcher.handlertypes import valid_keys
+
+            reason = f"unknown key (valid keys: {', '.join(valid_keys(handler.Params))})"
         raise ConfigError(reason, file=file, job=job, key=key) from None
 
 

@@ -73,6 +73,8 @@ OPERATIONS: tuple[Operation, ...] = (
               m.DeadLettersResponse, query=m.DeadLettersQuery, errors=(400,)),
     Operation("getInfo", "GET", "/api/info", "The daemon's version and whether the API is read-only",
               m.InfoResponse),
+    Operation("listHandlers", "GET", "/api/handlers", "Every job type and its params (as `batcher types`)",
+              m.HandlersResponse),
     Operation("openapi", "GET", "/api/openapi.json", "This document", None),
     Operation("metrics", "GET", "/metrics", "Prometheus metrics", None,
               media_type="text/plain; version=0.0.4"),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
@@ -137,8 +137,10 @@ async def _insert_claimed(conn: Any, services: Services, worker: Worker, job: An
 
 async def run_foreground(services: Services, config: Config, job: str, *, job_name: str | None,
                          params: Mapping[str, Any], literal_secrets: Mapping[str, str],
-                         wait: bool, handle_signals: bool = True) -> dict[str, Any]:
-    """Run one run of JOB here and now; returns the summary. SIGTERM/SIGINT cancel it at once."""
+                         wait: bool, handle_signals: bool = True,
+                         on_start: Callable[[RunExecution], None] | None = None) -> dict[str, Any]:
+    """Run one run of JOB here and now; returns the summary. SIGTERM/SIGINT cancel it at once.
+    ``on_start`` sees the execution once claimed (the CLI's progress line reads its state)."""
     name = await ensure_job(services, config, job, job_name, params, literal_secrets)
     worker = Worker(services.database_url, services.pool, lease_seconds=services.settings.daemon.lease_seconds,
                     queues=None, kind="run-job")
@@ -148,6 +150,8 @@ async def run_foreground(services: Services, config: Config, job: str, *, job_na
         execution = RunExecution(services, run, lease_seconds=worker.lease_seconds,
                                  literal_secrets=literal_secrets, queue_retries=False)
         worker.owner = _ForegroundOwner(execution)
+        if on_start is not None:
+            on_start(execution)
         task = asyncio.create_task(execution.execute())
         if handle_signals:
             _cancel_on_signals(task, execution)

@@ -108,7 +108,10 @@ class RunExecution:
         can_retry = self._queue_retries and int(self.run["attempt"]) <= int(job["max_retries"])
         log.warning("run_attempt_failed", error=message, will_retry=can_retry)
         delay = retry_delay(float(job["retry_base_seconds"]), int(self.run["attempt"])) if can_retry else 0.0
-        return RunOutcome("failed", "transient_error" if can_retry else "retries_exhausted", [message],
+        # retries_exhausted only where retries were tried: a chain that never retries (run-job) ends with
+        # what happened, transient_error, and no retry queued
+        exhausted = self._queue_retries and not can_retry
+        return RunOutcome("failed", "retries_exhausted" if exhausted else "transient_error", [message],
                           retry=can_retry, retry_delay=delay)
 
     async def _iterate(self, job: Mapping[str, Any]) -> None:

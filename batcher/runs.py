@@ -104,7 +104,7 @@ class RunWriter:
                 if batch.moves_checkpoint:
                     await conn.execute(Q["upsert_checkpoint"], self._run["job_name"], stream.name,
                                        scope_key(stream, root_run_id, self._backfill), batch.checkpoint, self._id)
-                new_errors = self._new_errors(result.reasons)
+                new_errors = self._dead_letter_reasons(result.reasons)
                 pending = self._state.pending()
                 progress = self._progress(batch, len(batch.records))
                 await self._write_logs(conn, self._state.logs[:pending[2]])
@@ -166,6 +166,17 @@ class RunWriter:
             progress["total"] = batch.progress_total
         self._state.progress = progress
         return progress
+
+    def _dead_letter_reasons(self, reasons: list[str]) -> list[str]:
+        """Dead-letter reasons are not errors (issue 15): they go to the run's progress as
+        ``dead_letter_reasons`` (distinct, at most MAX_ERRORS, committed with the batch); no error."""
+        if reasons:
+            progress = dict(self._state.progress or {})
+            clean = [storable_text(r) for r in reasons]
+            known = list(progress.get("dead_letter_reasons") or [])
+            progress["dead_letter_reasons"] = list(dict.fromkeys([*known, *clean]))[:MAX_ERRORS]
+            self._state.progress = progress
+        return []
 
     def _new_errors(self, reasons: list[str]) -> list[str]:
         """The reasons not recorded yet, within the run's cap (NUL and lone surrogates escaped)."""
@@ -266,5 +277,6 @@ class RunWriter:
                 "records": int(row.get("records") or 0), "dead_letters": int(row.get("dead_letters") or 0),
                 "api_calls": int(row.get("api_calls") or 0), "ingress_bytes": int(row.get("ingress_bytes") or 0),
                 "runtime_ms": int(row.get("runtime_ms") or 0), "errors": [str(e) for e in errors][:MAX_ERRORS],
+                "dead_letter_reasons": list((self._state.progress or {}).get("dead_letter_reasons") or []),
                 "retry_queued": outcome.retry}
 

@@ -292,3 +292,8 @@ def systemd_environment(environ: Mapping[str, str] | None = None) -> tuple[str |
 def process_environment() -> dict[str, str]:
     """A copy of this process's environment, for launchers that start child processes (``batcher.demo``)."""
     return dict(os.environ)
+
+
+def debug_enabled() -> bool:
+    """``BATCHER_DEBUG`` set: the CLI lets an unexpected error's traceback through."""
+    return bool(os.environ.get("BATCHER_DEBUG"))

@@ -70,10 +70,10 @@ CHUNK = 100  # events validated between two yields to the event loop
 class DataSyncParams(HandlerParams):
     """``base_url`` (required), ``api_key`` (secret: ``api_key_env`` in config), ``batch_size``, ``path``."""
 
-    base_url: str
-    api_key: Secret
-    batch_size: int = Field(100, ge=1, le=1000)
-    path: str = "/events"
+    base_url: str = Field(description="the DataSync API, http(s)://host[:port]")
+    api_key: Secret = Field(description="the API key")
+    batch_size: int = Field(100, ge=1, le=1000, description="events per page (the API's page size)")
+    path: str = Field("/events", description="the events endpoint's path")
 
     @field_validator("base_url")
     @classmethod

@@ -45,20 +45,25 @@ _CONFLICTS: tuple[ConflictPolicy, ...] = ("ignore", "update_if_changed", "update
 
 
 class SyntheticParams(HandlerParams):
-    records: int = Field(1000, ge=0)
-    batch_size: int = Field(100, ge=1, le=1_000_000)
-    delay_ms: int = Field(0, ge=0)
-    fail_at_batch: int | None = Field(None, ge=1)
-    fail_mode: Literal["transient", "permanent"] = "transient"
-    fail_attempts: int = Field(1, ge=1)
-    scope: Literal["run", "job"] = "run"
-    conflict: ConflictPolicy = "ignore"
-    value_seed: int = 0
-    poison_every: int | None = Field(None, ge=1)
-    reject_every: int | None = Field(None, ge=1)
-    start: date | None = None
-    end: date | None = None
-    token: Secret | None = None
+    """The synthetic handler's params (listed with descriptions by ``batcher types``)."""
+
+    records: int = Field(1000, ge=0, description="records per run (scope=job: appended per run)")
+    batch_size: int = Field(100, ge=1, le=1_000_000, description="records per committed batch")
+    delay_ms: int = Field(0, ge=0, description="sleep before each batch (simulates a slow source)")
+    fail_at_batch: int | None = Field(None, ge=1, description="fail when reaching this batch (1-based)")
+    fail_mode: Literal["transient", "permanent"] = Field("transient", description="the error fail_at_batch "
+                                                         "raises: transient (retried) or permanent")
+    fail_attempts: int = Field(1, ge=1, description="fail_at_batch fails while attempt <= this")
+    scope: Literal["run", "job"] = Field("run", description="run: bounded work resumed by retries; job: a "
+                                         "cursor continuing across runs")
+    conflict: ConflictPolicy = Field("ignore", description="what a rewritten key does in the table")
+    value_seed: int = Field(0, description="changes the generated values (to exercise updates)")
+    poison_every: int | None = Field(None, ge=1, description="every Nth record holds a NUL byte (rejected by "
+                                     "PostgreSQL: a dead letter)")
+    reject_every: int | None = Field(None, ge=1, description="the handler rejects every Nth record itself")
+    start: date | None = Field(None, description="window start (with end; set per day by backfill)")
+    end: date | None = Field(None, description="window end, inclusive")
+    token: Secret | None = Field(None, description="an unused secret (exercises secret handling)")
 
     @model_validator(mode="after")
     def _window(self) -> SyntheticParams:

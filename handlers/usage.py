@@ -124,15 +124,16 @@ def parse_value(value: bytes) -> int:
 class UsageParams(HandlerParams):
     """``date`` or ``start``/``end`` (inclusive, UTC dates); neither: the last ``lookback_days`` days."""
 
-    date: dt.date | None = None
-    start: dt.date | None = None
-    end: dt.date | None = None
-    merchant: str | None = Field(None, min_length=1)
-    lookback_days: int = Field(2, ge=1, le=366)
-    key_prefix: str = Field("usage", min_length=1)
-    chunk_size: int = Field(1000, ge=1, le=100_000)  # keys per MGET command (pipelined)
-    batch_size: int = Field(10_000, ge=1, le=1_000_000)  # keys per committed batch (whole SCAN pages)
-    scan_count: int = Field(10_000, ge=1, le=1_000_000)  # SCAN COUNT hint
+    date: dt.date | None = Field(None, description="one UTC date")
+    start: dt.date | None = Field(None, description="first date (with end)")
+    end: dt.date | None = Field(None, description="last date, inclusive")
+    merchant: str | None = Field(None, min_length=1, description="only this merchant id")
+    lookback_days: int = Field(2, ge=1, le=366, description="without date/start/end: the last N days")
+    key_prefix: str = Field("usage", min_length=1, description="the Redis keys' prefix")
+    chunk_size: int = Field(1000, ge=1, le=100_000, description="keys per MGET command (pipelined)")
+    batch_size: int = Field(10_000, ge=1, le=1_000_000, description="keys per committed batch (whole SCAN "
+                            "pages)")
+    scan_count: int = Field(10_000, ge=1, le=1_000_000, description="SCAN COUNT hint")
 
     @field_validator("merchant", "key_prefix")
     @classmethod

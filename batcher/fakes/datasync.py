@@ -32,7 +32,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TextIO, get_args
 
 from aiohttp import web
 
@@ -146,10 +146,12 @@ class FakeDataSync:
     """The fake server. ``log`` lists every request: ``t`` (epoch s), ``n``, ``cursor``, ``offset``,
     ``limit``, ``status``, ``first``/``served`` (event indexes), ``has_more``, ``reset_at`` (429s)."""
 
-    def __init__(self, options: FakeOptions | None = None, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, options: FakeOptions | None = None, *, host: str = "127.0.0.1", port: int = 0,
+                 echo: TextIO | None = None) -> None:
         self.options = options or FakeOptions()
         self.host, self.port = host, port
         self.log: list[dict[str, Any]] = []
+        self._echo = echo  # each answered /events request as a JSON line (the process: stderr)
         self._encoded: list[str] = []
         self._raw: list[Any] = []
         self._requests = 0
@@ -221,6 +223,12 @@ class FakeDataSync:
             await asyncio.sleep(o.latency_ms / 1000)
         response = self._answer(request, entry)
         entry["status"] = response.status
+        if self._echo is not None:
+            shown = {k: entry.get(k) for k in ("n", "cursor", "limit", "status", "served", "has_more")}
+            line = {"at": datetime.fromtimestamp(entry["t"], UTC).isoformat(), "method": request.method,
+                    "path": request.path, **shown}
+            self._echo.write(json.dumps(line, default=str) + "\n")
+            self._echo.flush()
         return response
 
     def _answer(self, request: web.Request, entry: dict[str, Any]) -> web.Response:
@@ -323,12 +331,13 @@ def _parse_args(argv: list[str] | None) -> tuple[FakeOptions, str, int]:
 
 
 async def serve(options: FakeOptions, host: str, port: int) -> None:
-    """Serve until SIGTERM/SIGINT; the first stdout line is ``{"url": …, "events": …}``."""
+    """Serve until SIGTERM/SIGINT; the first stdout line is ``{"url": …, "events": …}``; each ``/events``
+    request is logged on stderr as a JSON line (the demo's ``datasync.log``)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with FakeDataSync(options, host=host, port=port) as fake:
+    async with FakeDataSync(options, host=host, port=port, echo=sys.stderr) as fake:
         print(json.dumps({"url": fake.url, "events": len(fake.events)}), flush=True)
         await stop.wait()
 

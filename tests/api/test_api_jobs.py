@@ -96,6 +96,10 @@ async def test_api_edit_wins_until_the_file_entry_changes(client: Client, servic
     ({"jobType": "alpha", "priority": 2**40}, "priority", "less than or equal"),
     ({"enabled": True}, None, "jobType (or jobName) is required"),
     ({"jobType": "alpha", "enabled": "maybe"}, "enabled", "boolean"),
+    ({"jobType": "alpha", "enabled": "yes"}, "enabled", "boolean"),  # issue 15: strict, not coerced
+    ({"jobType": "alpha", "intervalMinutes": "5"}, "intervalMinutes", "valid integer"),
+    ({"jobType": "alpha", "queue": ""}, "queue", "at least 1 character"),
+    ({"jobType": "alpha", "params": {"bogus": 1}}, "params.bogus", "valid keys: records, batch_size"),
 ])
 async def test_post_config_rejects_invalid_settings_with_400(client: Client, services: Services, body: dict[str, Any],
                                                              field: str | None, fragment: str) -> None:
@@ -187,3 +191,20 @@ async def test_next_occurrences(client: Client) -> None:
         err = await error(await client.get("/api/batch/jobs/alpha/next", params={"n": n}), 400, "invalid_parameter")
         assert err["field"] == "n"
     await error(await client.get("/api/batch/jobs/nope/next"), 404, "not_found")
+
+
+async def test_get_handlers_lists_every_job_type_and_its_params(client: Client) -> None:
+    """`GET /api/handlers` (no token needed) lists each job type with its params — type, default,
+    required, bounds, secret, description — as `batcher types --json` does, camelCase on the wire."""
+    from batcher.handlertypes import describe_handlers
+    from batcher.registry import load_registry
+
+    body = await ok(await client.get("/api/handlers"))
+    types = {h["type"]: h for h in body["handlers"]}
+    assert set(types) == {h["type"] for h in describe_handlers(load_registry())}
+    assert types["synthetic"]["displayName"] == "Synthetic records" and types["synthetic"]["acceptsWindows"]
+    records = next(p for p in types["synthetic"]["params"] if p["name"] == "records")
+    assert records["type"] == "int" and records["default"] == 1000 and records["required"] is False
+    assert records["bounds"] == ">= 0" and records["description"]
+    api_key = next(p for p in types["datasync"]["params"] if p["name"] == "api_key")
+    assert api_key["secret"] is True and api_key["required"] is True

@@ -9,11 +9,14 @@ the test where to look. Every wait polls with a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
+import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -120,3 +123,35 @@ def test_make_demo_runs_jobs_and_stops_on_ctrl_c(demo_dir: Path, tmp_path: Path)
         if make.poll() is None:
             os.killpg(make.pid, signal.SIGKILL)
             make.wait(10)
+
+
+def test_the_fake_datasync_process_logs_its_requests(tmp_path: Path) -> None:
+    """`python -m batcher.fakes.datasync` (what the demo runs, stderr into .batcher-demo/datasync.log)
+    logs every /events request as a JSON line — time, path, cursor, limit, status — so the log the
+    README points to is no longer empty."""
+    log_path = tmp_path / "datasync.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "batcher.fakes.datasync", "--api-key", "k", "--events", "30"],
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=log)
+    try:
+        assert proc.stdout is not None
+        url = json.loads(proc.stdout.readline())["url"]
+        request = urllib.request.Request(f"{url}/events?limit=10", headers={"Authorization": "Bearer k"})
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.status == 200
+        with contextlib.suppress(urllib.error.HTTPError):
+            urllib.request.urlopen(f"{url}/events?limit=10", timeout=10)  # no key: 401
+
+        def logged() -> list[dict[str, Any]]:
+            return [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+
+        deadline = time.monotonic() + 10
+        while len(logged()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        lines = logged()
+        assert [(e["method"], e["path"], e["limit"], e["status"]) for e in lines] == \
+            [("GET", "/events", "10", 200), ("GET", "/events", "10", 401)], lines
+        assert lines[0]["at"].startswith("20") and "T" in lines[0]["at"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)

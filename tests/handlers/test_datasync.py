@@ -206,7 +206,8 @@ async def test_ingests_20000_events_exactly(events_db: Any, database_url: str, r
         assert summary["status"] == "succeeded", summary
         assert summary["records"] == 19_600 and summary["dead_letters"] == 400
         assert summary["api_calls"] == 40 == len(fake.log)
-        assert summary["errors"] and summary["errors"][0].startswith("invalid DataSync event: ")
+        assert summary["errors"] == [], "dead letters are not errors (issue 15)"
+        assert summary["dead_letter_reasons"][0].startswith("invalid DataSync event: "), summary
         await check_tables(events_db, fake)
         wire = sum(1 for e in fake.log if e["status"] == 200)
         assert wire == 40 and 0 < summary["ingress_bytes"] < sum(len(json.dumps(e)) for e in fake.events)

@@ -231,8 +231,10 @@ async def test_ambiguous_commit_counts_once(services: Services, database_url: st
     logs = await services.pool.fetchval("SELECT count(*) FROM run_logs WHERE run_id = $1 AND event = 'probe_batch'",
                                         row["id"])
     assert (row["api_calls"], row["ingress_bytes"], logs) == (made["calls"], made["bytes"], made["logs"]), row
-    rejects = [e for e in row["errors"] if e.startswith("reject")]
-    assert len(rejects) == len(set(rejects)) == row["dead_letters"], row["errors"]
+    reasons = (row["progress"] or {}).get("dead_letter_reasons") or []
+    rejects = [e for e in reasons if e.startswith("reject")]
+    assert len(rejects) == len(set(rejects)) == row["dead_letters"], reasons
+    assert not [e for e in row["errors"] if e.startswith("reject")], "dead-letter reasons are not errors"
     if fault == "drop":  # the batch landed and the run went on
         assert (row["status"], row["records"], made["calls"]) == ("succeeded", 3, 6), row
 
