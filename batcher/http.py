@@ -11,7 +11,8 @@ implement :class:`batcher.handler.HttpClient` for one rate-limit namespace and o
    namespace's ``max_attempts`` (GET/HEAD/OPTIONS/PUT/DELETE always; POST/PATCH only when marked
    ``idempotent``), then raise :class:`TransientError`; 429 (and GitHub's 403 with
    ``X-RateLimit-Remaining: 0``) pauses the namespace for every process (:func:`parse_retry_delay`) and
-   retries, at most ``max_429_retries`` times in a row; a 401 with an OAuth provider retries once after a
+   retries, at most ``max_429_retries`` times in a row (:func:`~batcher.responses.is_rate_limited`: also
+   Google's 403 ``quotaExceeded``/``rateLimitExceeded``); a 401 with an OAuth provider retries once after a
    forced refresh; any other 4xx raises :class:`HttpStatusError` (permanent) with a redacted excerpt.
 
 Every wait — admission, pause, backoff, the request itself — watches the run's ``cancelled`` event and
@@ -44,6 +45,7 @@ from batcher.responses import (
     InvalidResponseError,
     decode_body,
     describe_validation_error,
+    is_rate_limited,
     parse_retry_delay,
     safe_url,
     validate_envelope,
@@ -201,7 +203,7 @@ class NamespaceClient:
                             token: str | None) -> bool:
         """True to send again (after any pause or backoff); raises when the request has failed."""
         status = response.status
-        if status == 429 or (status == 403 and response.headers.get("X-RateLimit-Remaining") == "0"):
+        if is_rate_limited(response):
             await self._throttled(state, method, url, response)
             return True
         state.throttled = 0
