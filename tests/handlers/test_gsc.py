@@ -210,3 +210,62 @@ def test_params_accept_one_site_and_reject_half_windows() -> None:
         GscParams(**base, sites=A, start=dt.date(2026, 1, 1))
     with pytest.raises(ValueError, match="dimensions"):
         GscParams(**base, sites=A, dimensions=("date", "browser"))
+
+
+async def test_backfill_window_does_not_move_the_incremental_checkpoint(
+        gsc_db: Any, database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A configured job (secrets as ``*_env`` references) runs incrementally, then ``batcher backfill``
+    queues a window of one older day; run by a worker, the backfill writes exactly that day's rows and
+    the job's incremental checkpoint is the same as before."""
+    from batcher.commands import queue_backfill
+    from batcher.runner import RunExecution
+    from batcher.store import Q
+    from batcher.testing import test_services
+    from batcher.worker import Worker
+
+    monkeypatch.setenv("GSC_TEST_CLIENT_SECRET", SECRET)
+    monkeypatch.setenv("GSC_TEST_REFRESH_TOKEN", REFRESH)
+    async with FakeGsc(options(days_with_data=10)) as fake:
+        job = {"type": "gsc", "interval_minutes": 60, "params": {
+            "base_url": fake.url, "token_url": fake.token_url, "client_id": "client-1", "sites": [A],
+            "initial_days": 4, "client_secret_env": "GSC_TEST_CLIENT_SECRET",
+            "refresh_token_env": "GSC_TEST_REFRESH_TOKEN"}}
+        settings = test_settings(database_url, redis_url, jobs={"gsc-job": job})
+        assert (await run_job_once(settings, "gsc-job"))["status"] == "succeeded"
+        before = await gsc_db.fetchval("SELECT cursor FROM checkpoints WHERE job_name = 'gsc-job'")
+        days = fake.data_days()
+        assert before == {"sites": {A: days[-1].isoformat()}}
+        old = days[0]
+        assert not await gsc_db.fetchval("SELECT count(*) FROM gsc_search_analytics WHERE date = $1", old)
+        async with test_services(settings, http=True) as svc:
+            assert len(await queue_backfill(svc.pool, svc.registry, "gsc-job", old, old)) == 1
+            worker = Worker(svc.database_url, svc.pool, lease_seconds=10, queues=None)
+            await worker.start()
+            try:
+                run = dict((await svc.pool.fetch(Q["claim_runs"], worker.worker_id, 1, 10.0, None, 1.0))[0])
+                summary = await RunExecution(svc, run, lease_seconds=10).execute()
+            finally:
+                await worker.stop()
+        assert summary["status"] == "succeeded", summary
+        assert summary["records"] == 3
+        cursors = await gsc_db.fetch("SELECT cursor FROM checkpoints WHERE job_name = 'gsc-job'")
+        assert [r["cursor"] for r in cursors] == [before]
+        rows = await table(gsc_db)
+        assert {r for r in rows if r[3] == old} == expected(fake, [A], [old])
+
+
+async def test_a_window_run_reads_its_days_and_moves_no_checkpoint(gsc_db: Any, database_url: str,
+                                                                  redis_url: str) -> None:
+    """``start``/``end`` on an ordinary run (not a backfill chain) read exactly those days (no probe
+    beyond them) and leave the incremental checkpoint as it was."""
+    settings = test_settings(database_url, redis_url)
+    async with FakeGsc(options(days_with_data=10)) as fake:
+        await run(settings, fake, sites=[A], initial_days=3)
+        before = await checkpoint(gsc_db)
+        days = fake.data_days()
+        fake.log.clear()
+        summary = await run(settings, fake, sites=[A], start=days[0].isoformat(), end=days[1].isoformat())
+        assert summary["status"] == "succeeded", summary
+        assert await checkpoint(gsc_db) == before
+        assert {r for r in await table(gsc_db) if r[3] <= days[1]} == expected(fake, [A], days[:2])
+        assert {e["body"]["endDate"] for e in fake.log} <= {days[0].isoformat(), days[1].isoformat()}
