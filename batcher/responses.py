@@ -189,6 +189,12 @@ def is_rate_limited(response: HttpResponse) -> bool:
     return bool(_google_error_reasons(response.body) & GOOGLE_RATE_LIMIT_REASONS)
 
 
+def is_quota_exhausted(response: HttpResponse) -> bool:
+    """A Google 403 ``quotaExceeded``/``dailyLimitExceeded``: a quota that wants a long pause."""
+    return response.status == 403 and bool(
+        _google_error_reasons(response.body) & {"quotaExceeded", "dailyLimitExceeded"})
+
+
 def _google_error_reasons(body: bytes) -> set[str]:
     if not body or b"Exceeded" not in body:
         return set()

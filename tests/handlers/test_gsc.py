@@ -151,13 +151,18 @@ async def test_paging_until_a_short_page_and_the_daily_row_cap(gsc_db: Any, data
 async def test_429_403_quota_and_5xx_are_retried_to_the_same_rows(gsc_db: Any, database_url: str,
                                                                   redis_url: str) -> None:
     """429s, Google's 403 ``rateLimitExceeded``/``quotaExceeded`` (rate limits, not permission errors)
-    and 500/503 answers are retried; the run ends with exactly the served rows."""
+    and 500/503 answers are retried; the run ends with exactly the served rows. A ``quotaExceeded``
+    pauses the namespace for its ``quota_pause_ms`` (15 minutes shipped; 0.3 s here), the others 1 s."""
+    limits = {"gsc:searchanalytics:": {"interval_ms": 60_000, "max_in_interval": 1200, "quota_pause_ms": 300}}
     async with FakeGsc(options(days_with_data=4, rate_limit_every=2, error_every=5)) as fake:
-        summary = await run(test_settings(database_url, redis_url), fake, sites=[A])
+        with capture_logs() as logs:
+            summary = await run(test_settings(database_url, redis_url, rate_limits=limits), fake, sites=[A])
         assert summary["status"] == "succeeded", summary
         statuses = [e.get("status") for e in fake.log if e["kind"] == "query"]
         assert {429, 403} <= set(statuses) and {500, 503} & set(statuses), statuses
         assert await table(gsc_db) == expected(fake, [A], fake.data_days())
+    pauses = {e["pause_s"] for e in logs if e["event"] == "http_rate_limited" and e["status"] == 403}
+    assert pauses == {0.3, 1.0}
 
 
 async def test_access_token_expiring_mid_run_is_refreshed_exactly_once(gsc_db: Any, database_url: str,
