@@ -23,6 +23,8 @@ checkpoint ``{"sites": {site: newest day committed}}`` in the same transaction.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import datetime as dt
 import hashlib
 import json
@@ -58,6 +60,7 @@ DIMENSIONS = ("date", "query", "page", "country", "device", "searchAppearance")
 DIMENSION_COLUMNS = {"query": "query", "page": "page", "country": "country", "device": "device",
                      "searchAppearance": "search_appearance"}
 MAX_NOTED_DAYS = 100
+DAYS_AHEAD = 4  # days of one site fetched concurrently (in order for the pipeline)
 INVALID_GRANT = ("the Search Console refresh token was revoked or has expired: create a new one (OAuth "
                  "consent with the webmasters.readonly scope) and put it in the job's refresh_token_env "
                  "variable")
@@ -108,6 +111,8 @@ class GscParams(HandlerParams):
             raise ValueError("start and end go together")
         if self.start and self.end and self.end < self.start:
             raise ValueError("end is before start")
+        if self.data_state == "all" and self.refresh_days < 1:
+            raise ValueError("data_state 'all' reads days that still change: refresh_days must be at least 1")
         return self
 
     def credentials(self) -> OAuth2Credentials:
@@ -236,6 +241,29 @@ def first_day(params: GscParams, cursor: Mapping[str, str], site: str, today: dt
     return max(start, months_back(today, HISTORY_MONTHS))
 
 
+async def fetched_in_order(api: SearchConsole, site: str, days: list[dt.date], with_data: set[dt.date],
+                           ) -> AsyncIterator[tuple[dt.date, list[Any], bool]]:
+    """``(day, rows, capped)`` for each day in order, with up to :data:`DAYS_AHEAD` days in flight (the
+    rate limiter paces them); a day without data is not queried. Unfinished fetches are cancelled when
+    the reader stops."""
+    async def fetch(day: dt.date) -> tuple[dt.date, list[Any], bool]:
+        rows, capped = await api.day(site, day) if day in with_data else ([], False)
+        return day, rows, capped
+
+    pending: collections.deque[asyncio.Task[tuple[dt.date, list[Any], bool]]] = collections.deque()
+    try:
+        for day in days:
+            pending.append(asyncio.ensure_future(fetch(day)))
+            if len(pending) >= DAYS_AHEAD:
+                yield await pending.popleft()
+        while pending:
+            yield await pending.popleft()
+    finally:
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
 class GscHandler(Handler):
     type = "gsc"
     display_name = "Google Search Console analytics"
@@ -265,16 +293,14 @@ class GscHandler(Handler):
             with_data = await api.days_with_data(site, first, last) if first <= last else []
             newest = max(with_data, default=first - dt.timedelta(days=1))
             days = [first + dt.timedelta(days=i) for i in range((newest - first).days + 1)]
-            for day in days:
-                yield await self._day_batch(api, plan, site, day, day in with_data)
+            async for day, rows, capped in fetched_in_order(api, site, days, set(with_data)):
+                yield self._day_batch(p, plan, site, day, rows, capped)
             ctx.report_progress(done=n + 1, total=len(sites))
 
     @staticmethod
-    async def _day_batch(api: SearchConsole, plan: RunPlan, site: str, day: dt.date, has_data: bool,
-                         ) -> Batch:
+    def _day_batch(p: GscParams, plan: RunPlan, site: str, day: dt.date, rows: list[Any], capped: bool,
+                   ) -> Batch:
         """One day of one site: its rows replace the day's rows; the checkpoint moves (incrementally)."""
-        p = api.params
-        rows, capped = await api.day(site, day) if has_data else ([], False)
         records: list[tuple[Any, ...]] = []
         rejected: list[Rejected] = []
         for row in rows:

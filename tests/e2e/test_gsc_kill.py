@@ -20,7 +20,7 @@ from tests.e2e.procs import REPO, Proc, batcher_env, poll, write_config
 
 A, B = "https://a.example/", "sc-domain:b.example"
 OPTIONS = GscOptions(sites={A: "siteOwner", B: "siteOwner"}, client_secret="e2e-client-secret",
-                     refresh_token="e2e-refresh-token", days_with_data=12, rows_per_day=40, latency_ms=60)
+                     refresh_token="e2e-refresh-token", days_with_data=20, rows_per_day=40, latency_ms=150)
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def fake_url() -> Iterator[str]:
 def run_job(url: str, env: dict[str, str], log: Path) -> Proc:
     params = {"base_url": url, "token_url": url + "/token", "client_id": "client-1",
               "client_secret": OPTIONS.client_secret, "refresh_token": OPTIONS.refresh_token,
-              "sites": json.dumps([A, B]), "initial_days": "20"}
+              "sites": json.dumps([A, B]), "initial_days": "25"}
     args = ["run-job", "gsc"]
     for key, value in params.items():
         args += ["--param", f"{key}={value}"]

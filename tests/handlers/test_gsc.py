@@ -129,8 +129,9 @@ async def test_paging_until_a_short_page_and_the_daily_row_cap(gsc_db: Any, data
     async with FakeGsc(options(days_with_data=2, rows_per_day=8)) as fake:
         summary = await run(settings, fake, sites=[A], row_limit=4)
         assert summary["status"] == "succeeded", summary
-        starts = [e["body"]["startRow"] for e in fake.log if e["body"]["dimensions"] != ["date"]]
-        assert starts == [0, 4, 8, 0, 4, 8]
+        starts = sorted((e["body"]["startDate"], e["body"]["startRow"]) for e in fake.log
+                        if e["body"]["dimensions"] != ["date"])
+        assert [s for _, s in starts] == [0, 4, 8, 0, 4, 8]
         assert await table(gsc_db) == expected(fake, [A], fake.data_days())
         result = await gsc_db.fetchval("SELECT result FROM batch_runs WHERE id = $1", summary["run_id"])
         assert result is None or "row_cap_days" not in result
@@ -140,8 +141,9 @@ async def test_paging_until_a_short_page_and_the_daily_row_cap(gsc_db: Any, data
         fake.log.clear()
         summary = await run(settings, fake, sites=[A], row_limit=4, row_cap=6)
         assert summary["status"] == "succeeded", summary
-        starts = [e["body"]["startRow"] for e in fake.log if e["body"]["dimensions"] != ["date"]]
-        assert starts == [0, 4, 0, 4]
+        starts = sorted((e["body"]["startDate"], e["body"]["startRow"]) for e in fake.log
+                        if e["body"]["dimensions"] != ["date"])
+        assert [s for _, s in starts] == [0, 4, 0, 4]
         assert await table(gsc_db) == expected(fake, [A], fake.data_days())
         result = await gsc_db.fetchval("SELECT result FROM batch_runs WHERE id = $1", summary["run_id"])
         assert result["row_cap"] == 6
@@ -207,7 +209,8 @@ async def test_invalid_grant_fails_the_run_with_the_message_and_no_secret_anywhe
 
 
 def test_params_accept_one_site_and_reject_half_windows() -> None:
-    """A single site string is a list of one; ``start`` without ``end`` and unknown dimensions are refused."""
+    """A single site string is a list of one; ``start`` without ``end``, unknown dimensions and
+    ``data_state = "all"`` without a refresh window are refused."""
     base = {"client_id": "c", "client_secret": "s", "refresh_token": "r"}
     assert GscParams(**base, sites=A).sites == [A]
     assert GscParams(**base, sites="all").sites == "all"
@@ -215,6 +218,8 @@ def test_params_accept_one_site_and_reject_half_windows() -> None:
         GscParams(**base, sites=A, start=dt.date(2026, 1, 1))
     with pytest.raises(ValueError, match="dimensions"):
         GscParams(**base, sites=A, dimensions=("date", "browser"))
+    with pytest.raises(ValueError, match="refresh_days must be at least 1"):
+        GscParams(**base, sites=A, data_state="all", refresh_days=0)
 
 
 async def test_backfill_window_does_not_move_the_incremental_checkpoint(
