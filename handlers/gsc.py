@@ -18,7 +18,8 @@ from the first wanted day to today (PT). Incremental runs start after the site's
 ``refresh_days`` (recent days still change) and stop at the newest day with data; a site without a
 checkpoint starts ``initial_days`` back. A run with ``start``/``end`` reads that window and moves no
 checkpoint. Each day is one batch that replaces the day's rows exactly (``Batch.replace_scope``), with the
-checkpoint ``{"sites": {site: newest day committed}}`` in the same transaction.
+checkpoint ``{"sites": {site: newest day committed}}`` in the same transaction. Up to ``DAYS_AHEAD`` days
+of a site are fetched at once (the rate limiter paces them) and yielded in order.
 """
 
 from __future__ import annotations
