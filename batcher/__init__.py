@@ -26,6 +26,7 @@ from batcher.handler import (
 )
 from batcher.jsoncodec import dumps as json_dumps
 from batcher.jsoncodec import loads as json_loads
+from batcher.oauth import OAuth2Credentials
 
 __version__ = "0.1.0"
 
@@ -39,6 +40,7 @@ __all__ = [
     "Handler",
     "HandlerParams",
     "HttpClient",
+    "OAuth2Credentials",
     "PermanentError",
     "Rejected",
     "RunCancelledError",

@@ -11,6 +11,7 @@ from batcher.errors import PermanentError
 from batcher.handler import HttpClient
 from batcher.logs import get_logger
 from batcher.models import Services
+from batcher.oauth import OAuth2Credentials
 
 MAX_RUN_LOG_ENTRIES = 1000
 
@@ -83,11 +84,15 @@ class Context:
     def remember_checkpoint(self, stream: str, cursor: Any) -> None:
         self._checkpoints[stream] = cursor
 
-    def http(self, namespace: str) -> HttpClient:
-        if self._services.http is None:
+    def http(self, namespace: str, *, oauth: OAuth2Credentials | None = None) -> HttpClient:
+        """The namespace's client for this run; with ``oauth``, requests carry that credential's bearer
+        token from the process's one provider for it (shared by concurrent runs)."""
+        runtime = self._services.http
+        if runtime is None:
             raise PermanentError("this process has no HTTP runtime")
-        client: HttpClient = self._services.http.client(namespace, accounting=self.state,
-                                                        cancelled=self.cancelled, log=self.log)
+        provider = runtime.token_provider(oauth) if oauth is not None else None
+        client: HttpClient = runtime.client(namespace, accounting=self.state, cancelled=self.cancelled,
+                                            log=self.log, oauth=provider)
         return client
 
     def report_progress(self, *, done: int | None = None, total: int | None = None) -> None:

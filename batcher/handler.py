@@ -21,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 if TYPE_CHECKING:
     import structlog
 
+    from batcher.oauth import OAuth2Credentials
+
 
 class _SecretMarker:
     """Metadata marking a Params field as secret: persisted only as a ``<name>_env`` reference."""
@@ -105,6 +107,13 @@ class Batch:
     progress_total: int | None = None
     size_bytes: int = 0  # approximate payload size, for the pipeline's byte bound (0: estimated)
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: Key-column values (``{"site": s, "date": d}``): every existing row of the stream matching all of
+    #: them is deleted in the batch's transaction before its records are written, so the batch replaces
+    #: that slice exactly (rows that vanished upstream go too). A replay deletes and writes it again.
+    replace_scope: Mapping[str, Any] | None = None
+    #: Top-level keys merged into the run's ``result`` (jsonb) in the batch's transaction, last value wins:
+    #: facts a user should see on the run (e.g. a day that hit the upstream's row cap).
+    run_result: Mapping[str, Any] | None = None
 
     @property
     def moves_checkpoint(self) -> bool:
@@ -141,8 +150,13 @@ class RunContext(Protocol):
     def checkpoint(self, stream: str) -> Any | None:
         """The last committed cursor of ``stream`` in this run's scope, or None."""
 
-    def http(self, namespace: str) -> HttpClient:
-        """The shared HTTP client bound to a rate-limit namespace such as ``"datasync:events:"``."""
+    def http(self, namespace: str, *, oauth: OAuth2Credentials | None = None) -> HttpClient:
+        """The shared HTTP client bound to a rate-limit namespace such as ``"datasync:events:"``.
+
+        With ``oauth``, every request carries ``Authorization: Bearer <access token>`` of that credential:
+        one token provider per credential per process (shared by concurrent runs), refreshed shortly
+        before it expires and once after a 401; a refresh answered ``invalid_grant`` fails the run
+        permanently with ``oauth.invalid_grant_message``. Secrets and tokens are never logged."""
 
     def report_progress(self, *, done: int | None = None, total: int | None = None) -> None:
         """Publish progress (shown by the API and dashboard); committed with the next batch."""

@@ -11,7 +11,9 @@ implement :class:`batcher.handler.HttpClient` for one rate-limit namespace and o
    namespace's ``max_attempts`` (GET/HEAD/OPTIONS/PUT/DELETE always; POST/PATCH only when marked
    ``idempotent``), then raise :class:`TransientError`; 429 (and GitHub's 403 with
    ``X-RateLimit-Remaining: 0``) pauses the namespace for every process (:func:`parse_retry_delay`) and
-   retries, at most ``max_429_retries`` times in a row; a 401 with an OAuth provider retries once after a
+   retries, at most ``max_429_retries`` times in a row (:func:`~batcher.responses.is_rate_limited`: also
+   Google's 403 ``quotaExceeded``/``rateLimitExceeded``; a ``quotaExceeded`` without a retry time pauses
+   for the namespace's ``quota_pause_ms``); a 401 with an OAuth provider retries once after a
    forced refresh; any other 4xx raises :class:`HttpStatusError` (permanent) with a redacted excerpt.
 
 Every wait — admission, pause, backoff, the request itself — watches the run's ``cancelled`` event and
@@ -44,6 +46,8 @@ from batcher.responses import (
     InvalidResponseError,
     decode_body,
     describe_validation_error,
+    is_quota_exhausted,
+    is_rate_limited,
     parse_retry_delay,
     safe_url,
     validate_envelope,
@@ -110,6 +114,7 @@ class NamespaceClient:
         self._label = metrics.namespace_label(namespace)
         match = limit_for(namespace, runtime.rate_limits)
         self.max_attempts = match[1].max_attempts if match else DEFAULT_MAX_ATTEMPTS
+        self.quota_pause_s = match[1].quota_pause_ms / 1000 if match else 0.0
 
     async def get_json(self, url: str, *, params: Mapping[str, str] | None = None,
                        headers: Mapping[str, str] | None = None,
@@ -201,7 +206,7 @@ class NamespaceClient:
                             token: str | None) -> bool:
         """True to send again (after any pause or backoff); raises when the request has failed."""
         status = response.status
-        if status == 429 or (status == 403 and response.headers.get("X-RateLimit-Remaining") == "0"):
+        if is_rate_limited(response):
             await self._throttled(state, method, url, response)
             return True
         state.throttled = 0
@@ -220,8 +225,10 @@ class NamespaceClient:
     async def _throttled(self, state: _Attempts, method: str, url: str, response: HttpResponse) -> None:
         state.throttled += 1
         metrics.HTTP_RATE_LIMITED.labels(self._label).inc()
-        delay, problems = parse_retry_delay(response.headers, self._rt.clock(),
-                                            default_s=self._rt.default_retry_after_s,
+        default_s = self._rt.default_retry_after_s
+        if self.quota_pause_s and is_quota_exhausted(response):
+            default_s = self.quota_pause_s
+        delay, problems = parse_retry_delay(response.headers, self._rt.clock(), default_s=default_s,
                                             max_s=self._rt.max_pause_s)
         for problem in problems:
             self._log.warning("retry_after_unparseable", namespace=self.namespace, header=problem,

@@ -72,9 +72,13 @@ class OAuth2Credentials:
     grant: Literal["refresh_token", "client_credentials"] = "refresh_token"
     refresh_token: str | None = field(default=None, repr=False)
     scope: str | None = None
+    #: The message of the run's :class:`PermanentError` when the token endpoint answers ``invalid_grant``
+    #: (the refresh token was revoked or expired): say what to do, e.g. "create a new refresh token".
+    invalid_grant_message: str | None = None
 
     def key(self) -> str:
-        """A stable identity of the credential (a hash: no secret in it)."""
+        """A stable identity of the credential: a hash of the token URL, client id, grant, scope and the
+        secrets (no secret, nor anything it could be recovered from, appears in it)."""
         raw = "\0".join((self.token_url, self.client_id, self.grant, self.refresh_token or "",
                          self.scope or "", self.client_secret))
         return hashlib.sha256(raw.encode()).hexdigest()[:24]
@@ -138,6 +142,10 @@ class OAuth2TokenProvider:
         if status == 429 or status >= 500:
             raise TransientError(f"OAuth2 token request to {url} failed: HTTP {status}: {safe_excerpt(body)}")
         if status >= 400:
+            if _oauth_error(body) == "invalid_grant":
+                raise PermanentError(self._creds.invalid_grant_message or (
+                    f"OAuth2 token request to {url} was refused (invalid_grant): the refresh token was "
+                    f"revoked or has expired; issue a new one"))
             raise PermanentError(f"OAuth2 token request to {url} was refused: HTTP {status}: "
                                  f"{safe_excerpt(body)}")
         self._accept(body, url)
@@ -159,3 +167,13 @@ class OAuth2TokenProvider:
             self._refresh_token = rotated
         self._access = access
         self._expires_at = self._clock() + max(0.0, expires_in)
+
+
+def _oauth_error(body: bytes) -> str | None:
+    """The ``error`` code of an OAuth2 error response (RFC 6749 §5.2), or None."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    code = data.get("error") if isinstance(data, dict) else None
+    return code if isinstance(code, str) else None

@@ -46,8 +46,9 @@ from batcher.settings import RateLimitSettings
 if TYPE_CHECKING:
     import redis.asyncio
 
-def _limit(interval_ms: int, max_in_interval: int) -> RateLimitSettings:
-    return RateLimitSettings.model_validate({"interval_ms": interval_ms, "max_in_interval": max_in_interval})
+def _limit(interval_ms: int, max_in_interval: int, quota_pause_ms: int = 0) -> RateLimitSettings:
+    return RateLimitSettings.model_validate({"interval_ms": interval_ms, "max_in_interval": max_in_interval,
+                                             "quota_pause_ms": quota_pause_ms})
 
 
 #: Shipped defaults; a TOML entry with the same key replaces one. Numbers from the providers' docs.
@@ -58,8 +59,9 @@ DEFAULT_RATE_LIMITS: dict[str, RateLimitSettings] = {
     # HubSpot CRM search endpoints: 5 requests per second per account (same page, "Search" section).
     "hubspot:search:": _limit(1_000, 5),
     # Google Search Console Search Analytics: 1,200 queries per minute per site (also per user);
-    # https://developers.google.com/webmaster-tools/limits ("QPS quota").
-    "gsc:searchanalytics:": _limit(60_000, 1_200),
+    # https://developers.google.com/webmaster-tools/limits ("QPS quota"). The same page, "Load quota":
+    # "If you exceed your quota, wait 15 minutes and try again" — the pause after a 403 quotaExceeded.
+    "gsc:searchanalytics:": _limit(60_000, 1_200, quota_pause_ms=15 * 60_000),
     # Docker Hub API: no published number; the overall per-IP limit is "in the order of thousands of
     # requests per minute" (https://docs.docker.com/docker-hub/usage/). Assumed: 3 requests/s.
     "dockerhub:api:": _limit(1_000, 3),

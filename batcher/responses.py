@@ -169,3 +169,38 @@ def validate_records(items: Iterable[Any], model: type[M]) -> tuple[list[M], lis
             rejected.append(Rejected(raw=item, reason=f"invalid {model.__name__}: "
                                                       f"{describe_validation_error(exc)}"))
     return valid, rejected
+
+
+#: ``error.errors[].reason`` values of Google APIs' 403 answers that mean "slow down", not "forbidden"
+#: (https://developers.google.com/webmaster-tools/limits; the standard Google JSON error format).
+GOOGLE_RATE_LIMIT_REASONS = frozenset({"quotaExceeded", "rateLimitExceeded", "userRateLimitExceeded",
+                                       "dailyLimitExceeded"})
+
+
+def is_rate_limited(response: HttpResponse) -> bool:
+    """A 429, or a 403 that is really a rate limit: GitHub's (``X-RateLimit-Remaining: 0``) or Google's
+    (``{"error": {"errors": [{"reason": "quotaExceeded" | "rateLimitExceeded" …}]}}``)."""
+    if response.status == 429:
+        return True
+    if response.status != 403:
+        return False
+    if response.headers.get("X-RateLimit-Remaining") == "0":
+        return True
+    return bool(_google_error_reasons(response.body) & GOOGLE_RATE_LIMIT_REASONS)
+
+
+def is_quota_exhausted(response: HttpResponse) -> bool:
+    """A Google 403 ``quotaExceeded``/``dailyLimitExceeded``: a quota that wants a long pause."""
+    return response.status == 403 and bool(
+        _google_error_reasons(response.body) & {"quotaExceeded", "dailyLimitExceeded"})
+
+
+def _google_error_reasons(body: bytes) -> set[str]:
+    if not body or b"Exceeded" not in body:
+        return set()
+    try:
+        error = jsoncodec.loads(body).get("error")
+        items = error.get("errors") or [] if isinstance(error, dict) else []
+        return {str(item.get("reason")) for item in items if isinstance(item, dict)}
+    except (ValueError, AttributeError):
+        return set()

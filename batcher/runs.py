@@ -104,6 +104,8 @@ class RunWriter:
                 if batch.moves_checkpoint:
                     await conn.execute(Q["upsert_checkpoint"], self._run["job_name"], stream.name,
                                        scope_key(stream, root_run_id, self._backfill), batch.checkpoint, self._id)
+                if batch.run_result:
+                    await conn.execute(Q["merge_run_result"], self._id, dict(batch.run_result))
                 new_errors = self._dead_letter_reasons(result.reasons)
                 pending = self._state.pending()
                 progress = self._progress(batch, len(batch.records))

@@ -109,6 +109,9 @@ class RateLimitSettings(_Section):
     burst: int = Field(1, ge=1)
     min_spacing_ms: int = Field(0, ge=0)
     max_attempts: int = Field(5, ge=1, le=50)
+    #: Pause after a quota-exhausted answer (Google's 403 ``quotaExceeded``) naming no retry time; 0: the
+    #: runtime's default pause (1 s), as for any other rate-limit answer.
+    quota_pause_ms: int = Field(0, ge=0)
 
 
 class Settings(BaseSettings):

@@ -32,12 +32,13 @@ import hashlib
 import json
 import operator
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import asyncpg
 
+from batcher.errors import PermanentError
 from batcher.handler import Batch, Rejected, Stream
 from batcher.store import Q
 
@@ -95,7 +96,8 @@ async def write_batch(conn: PgConnection, stream: Stream, batch: Batch, *, job_n
     """Write one batch inside the caller's open transaction (fenced before, checkpointed after).
 
     Dead-letters ``batch.rejected`` (origin ``handler``), drops duplicate keys (last wins), writes the
-    rows with the stream's conflict policy and dead-letters rows the database rejects for their data.
+    rows with the stream's conflict policy (after deleting ``batch.replace_scope``'s rows) and
+    dead-letters rows the database rejects for their data.
     """
     reasons: list[str] = []
     dead = 0
@@ -103,6 +105,8 @@ async def write_batch(conn: PgConnection, stream: Stream, batch: Batch, *, job_n
         dead += await write_dead_letters(conn, job_name=job_name, run_id=run_id, stream=stream.name,
                                          items=batch.rejected, origin="handler")
         _collect_reasons(reasons, (r.reason for r in batch.rejected))
+    if batch.replace_scope:
+        await delete_scope(conn, stream, batch.replace_scope)
     rows = dedupe_by_key(stream, batch.records)
     outcome = await write_records(conn, stream, rows) if rows else RowsOutcome()
     if outcome.poisoned:
@@ -112,6 +116,15 @@ async def write_batch(conn: PgConnection, stream: Stream, batch: Batch, *, job_n
         _collect_reasons(reasons, (r.reason for r in items))
     return WriteResult(written=outcome.written, dead_lettered=dead, reasons=reasons,
                        database_rejected=len(outcome.poisoned))
+
+
+async def delete_scope(conn: PgConnection, stream: Stream, scope: Mapping[str, Any]) -> None:
+    """Delete the stream's rows whose key columns equal ``scope`` (``Batch.replace_scope``)."""
+    if not set(scope) <= set(stream.key_columns):
+        raise PermanentError(f"replace_scope of stream {stream.name!r} names non-key columns: "
+                             f"{sorted(set(scope) - set(stream.key_columns))}")
+    where = " AND ".join(f"{quote_ident(c)} = ${i}" for i, c in enumerate(scope, 1))
+    await conn.execute(f"DELETE FROM {quote_table(stream.table)} WHERE {where}", *scope.values())
 
 
 def dedupe_by_key(stream: Stream, records: Sequence[Row]) -> Sequence[Row]:

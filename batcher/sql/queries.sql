@@ -219,6 +219,10 @@ UPDATE batch_runs SET lease_expires_at = now() + make_interval(secs => $3)
 WHERE id = $1 AND claim_token = $2 AND status = 'running'
 RETURNING cancel_requested, commit_seq;
 
+-- name: merge_run_result
+-- A batch's ``run_result`` keys merged into the run's result (committed with the batch).
+UPDATE batch_runs SET result = COALESCE(result, '{}'::jsonb) || $2::jsonb WHERE id = $1;
+
 -- name: add_run_counters
 -- Counters committed with each batch: the last statement of the batch's transaction. It renews the lease
 -- from the clock (not now(), the transaction's start: a batch longer than the lease would commit an
@@ -244,7 +248,8 @@ SELECT commit_seq FROM batch_runs WHERE id = $1 FOR SHARE;
 -- $2 status, $3 reason, $4 errors to append (jsonb array), $5 result, $6 api calls, $7 ingress bytes
 UPDATE batch_runs SET status = $2, reason = $3, finished_at = now(),
     runtime_ms = (extract(epoch FROM now() - started_at) * 1000)::bigint,
-    errors = (errors || COALESCE($4, '[]'::jsonb)), result = $5,
+    errors = (errors || COALESCE($4, '[]'::jsonb)),
+    result = CASE WHEN $5::jsonb IS NULL THEN result ELSE COALESCE(result, '{}'::jsonb) || $5::jsonb END,
     api_calls = api_calls + $6, ingress_bytes = ingress_bytes + $7,
     lease_expires_at = NULL
 WHERE id = $1

@@ -271,3 +271,26 @@ async def test_reasons_with_nul_and_surrogates_are_kept(items: asyncpg.Pool) -> 
     assert result.dead_lettered == 2
     assert result.reasons == ["bad \\u0000 byte", "bad \\udcff char"]
     assert [d["reason"] for d in await dead_letters(items)] == result.reasons
+
+
+async def test_replace_scope_replaces_exactly_one_slice(db: asyncpg.Pool) -> None:
+    """``Batch.replace_scope`` deletes the slice's existing rows in the batch's transaction before the
+    records are written: changed rows are updated, vanished ones go, other slices stay; a scope naming a
+    non-key column is refused (PermanentError) and deletes nothing."""
+    from batcher.errors import PermanentError
+
+    await db.execute("CREATE TABLE IF NOT EXISTS sink_slices (part text, k int, v text, "
+                     "ingested_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (part, k))")
+    await db.execute("TRUNCATE sink_slices")
+    stream = Stream(name="slices", table="sink_slices", key_columns=("part", "k"), value_columns=("v",),
+                    conflict="ignore", bookkeeping_columns=("ingested_at",))
+    first = [("a", 1, "x"), ("a", 2, "x"), ("a", 3, "x"), ("b", 1, "x"), ("b", 2, "x")]
+    await write(db, stream, Batch(stream="slices", records=first))
+    again = Batch(stream="slices", records=[("a", 2, "changed"), ("a", 4, "new")], replace_scope={"part": "a"})
+    await write(db, stream, again)
+    await write(db, stream, again)  # a replay: the same rows
+    found = {tuple(r) for r in await db.fetch("SELECT part, k, v FROM sink_slices")}
+    assert found == {("a", 2, "changed"), ("a", 4, "new"), ("b", 1, "x"), ("b", 2, "x")}
+    with pytest.raises(PermanentError, match="non-key"):
+        await write(db, stream, Batch(stream="slices", records=[], replace_scope={"part": "b", "v": "x"}))
+    assert await db.fetchval("SELECT count(*) FROM sink_slices") == 4

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 import structlog
@@ -262,3 +264,56 @@ class _Fixed:
 
     async def refresh(self, stale: str) -> str:
         return self._token
+
+
+def _context(runtime: HttpRuntime, run_id: int) -> Any:
+    """A RunContext as the runner builds it, on an HTTP runtime only (no database is touched)."""
+    from batcher.context import Context, RunState
+    from batcher.models import Services
+
+    services = Services(settings=None, pool=None, database_url="", redis_url="", registry={},  # type: ignore[arg-type]
+                        http=runtime)
+    run = {"id": run_id, "root_run_id": run_id, "job_name": "j", "attempt": 1, "trigger": "manual", "params": {}}
+    return Context(services, run, RunState(), {})
+
+
+async def test_run_context_http_with_oauth_shares_one_provider_across_runs(
+        fake: tuple[FakeProvider, str], runtime: HttpRuntime) -> None:
+    """Two concurrent runs asking ``ctx.http(ns, oauth=…)`` for the same credential (equal, not the same
+    object) share the process's provider: 10 requests each, one token request in all; a 401 in both runs
+    at once causes exactly one more."""
+    from batcher import OAuth2Credentials as Public
+
+    provider, base = fake
+    assert Public is OAuth2Credentials
+    clients = [_context(runtime, n).http("oauth:ctx:", oauth=creds(base)) for n in (1, 2)]
+    results = await asyncio.gather(*(c.get_json(f"{base}/data") for c in clients for _ in range(10)))
+    assert results == [{"ok": True}] * 20 and len(provider.forms) == 1
+    provider.valid.clear()
+    await asyncio.gather(*(c.get_json(f"{base}/data") for c in clients))
+    assert len(provider.forms) == 2
+
+
+async def test_invalid_grant_raises_the_credential_message(fake: tuple[FakeProvider, str],
+                                                           runtime: HttpRuntime) -> None:
+    """A token endpoint answering 400 ``invalid_grant`` raises PermanentError with the credential's
+    ``invalid_grant_message`` (or a default saying what to do) — never the body, which here echoes the
+    refresh token."""
+    provider, base = fake
+    provider.refuse = True
+    custom = dataclasses.replace(creds(base), invalid_grant_message="create a new refresh token")
+    with pytest.raises(PermanentError, match="^create a new refresh token$"):
+        await OAuth2TokenProvider(custom, runtime).token()
+    with pytest.raises(PermanentError, match="invalid_grant.*revoked or has expired") as info:
+        await OAuth2TokenProvider(creds(base), runtime).token()
+    assert REFRESH_TOKEN not in str(info.value)
+
+
+def test_credential_key_holds_no_secret() -> None:
+    """The provider key is a hash: neither the client secret nor the refresh token is in it, and two
+    refresh tokens of one client are two keys."""
+    one = creds("http://t")
+    other = dataclasses.replace(one, refresh_token="rt-other")
+    assert CLIENT_SECRET not in one.key() and REFRESH_TOKEN not in one.key()
+    assert one.key() != other.key() and one.key() == creds("http://t").key()
+    assert CLIENT_SECRET not in repr(one) and REFRESH_TOKEN not in repr(one)

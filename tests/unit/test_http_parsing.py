@@ -126,3 +126,23 @@ def test_safe_excerpt_masks_credentials_and_stays_short() -> None:
         assert leaked not in text
     assert "denied" in text and "\n" not in text
     assert len(safe_excerpt("x" * 1000, limit=50)) == 51  # 50 characters and an ellipsis
+
+
+@pytest.mark.parametrize(("status", "headers", "body", "limited"), [
+    (429, {}, b"", True),
+    (403, {"X-RateLimit-Remaining": "0"}, b"", True),
+    (403, {}, b'{"error": {"code": 403, "errors": [{"reason": "quotaExceeded"}]}}', True),
+    (403, {}, b'{"error": {"code": 403, "errors": [{"reason": "rateLimitExceeded"}]}}', True),
+    (403, {}, b'{"error": {"code": 403, "errors": [{"reason": "forbidden"}]}}', False),
+    (403, {}, b'{"error": "quota Exceeded?"}', False),
+    (403, {}, b"not json, rateLimitExceeded", False),
+    (500, {}, b'{"error": {"errors": [{"reason": "rateLimitExceeded"}]}}', False),
+])
+def test_google_403_quota_reasons_are_rate_limits(status: int, headers: dict[str, str], body: bytes,
+                                                  limited: bool) -> None:
+    """429, GitHub's exhausted 403 and Google's 403 ``quotaExceeded``/``rateLimitExceeded`` are rate
+    limits (pause and retry); any other 403 is a permission error."""
+    from batcher.responses import HttpResponse, is_rate_limited
+
+    response = HttpResponse(status=status, headers=headers, body=body, wire_bytes=len(body))
+    assert is_rate_limited(response) is limited
