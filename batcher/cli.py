@@ -221,6 +221,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError("runs show needs a RUN_ID")
     if command == "runs" and not args.show and args.run_id is not None:
         raise UsageError("runs: a RUN_ID goes with `runs show RUN_ID`")
+    if command == "runs" and args.show and (args.job is not None or args.status is not None):
+        raise UsageError("runs show RUN_ID takes no --job or --status (they filter the list of runs)")
     if command == "jobs" and args.next and (not args.job or args.job == "sync"):
         raise UsageError("--next needs a JOB" if not args.job else "jobs sync takes no --next")
     if command == "checkpoints" and action == "reset" and not args.yes:
