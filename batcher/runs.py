@@ -15,7 +15,7 @@ from batcher.dependencies import on_upstream_failure, on_upstream_success
 from batcher.errors import LeaseLostError, RunCancelledError
 from batcher.handler import Batch, Handler, Stream
 from batcher.models import RunOutcome
-from batcher.sinks import WriteResult, write_batch
+from batcher.sinks import SinkRoute, WriteResult, write_batch
 from batcher.store import Q
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ class RunWriter:
         self._backfill = run.get("root_trigger") == "backfill"
         self.announce: Callable[[dict[str, Any]], None] | None = None  # called in the final transaction
         self.announced = False
+        self.route = SinkRoute()  # where the streams go: set by the runner from the job's sink
 
     async def job_config(self) -> Mapping[str, Any]:
         row = await self._pool.fetchrow(Q["get_job"], self._run["job_name"])
@@ -73,7 +74,8 @@ class RunWriter:
         """Fence → rows and dead letters → checkpoint → counters and logs, in one transaction."""
         async with self._pool.acquire() as conn, conn.transaction():
             await self._fence(conn)
-            result = await write_batch(conn, stream, batch, job_name=self._run["job_name"], run_id=self._id)
+            result = await write_batch(conn, stream, batch, job_name=self._run["job_name"], run_id=self._id,
+                                       route=self.route)
             if batch.moves_checkpoint:
                 await conn.execute(Q["upsert_checkpoint"], self._run["job_name"], stream.name,
                                    scope_key(stream, root_run_id, self._backfill), batch.checkpoint, self._id)
