@@ -2,8 +2,9 @@
 ``mongomock`` store, so the code under test runs the production client (pymongo's ``AsyncMongoClient``)
 over a real socket.
 
-Answers ``hello``/``ismaster``, ``ping``, ``insert``, ``update`` (with upserts and duplicate-key write
-errors, code 11000), ``delete``, ``find`` (filter, sort, limit; one batch), ``drop`` and ``endSessions``.
+Answers ``hello``/``ismaster``, ``ping``, ``insert``, ``update`` (operators or a replacement, upserts,
+duplicate-key write errors with code 11000), ``delete``, ``find`` (filter, sort, limit; one batch), ``drop``
+and ``endSessions``.
 ``down = True`` simulates an outage: every request (the handshake included) is hung up on. With
 ``crash_after_updates = n`` the n-th next ``update`` is applied and then hung up on (its reply is lost, as
 when the network or the worker dies between MongoDB's write and PostgreSQL's commit), and the server
@@ -63,7 +64,10 @@ class FakeMongo:
             handler = getattr(self, f"_cmd_{name}", None)
             if handler is None:
                 return request.command_err(59, f"no such command: {name!r} (tests/mongofake.py)")
-            reply = handler(request.doc)
+            try:
+                reply = handler(request.doc)
+            except Exception as exc:  # noqa: BLE001 - the fake answers what mongomock refuses as an error
+                return request.command_err(2, f"{type(exc).__name__}: {exc}")
             if name == "update" and self.crash_after_updates is not None:
                 self.crash_after_updates -= 1
                 if self.crash_after_updates <= 0:
@@ -99,7 +103,8 @@ class FakeMongo:
         coll, n, modified, upserted, errors = self._db(doc)[doc["update"]], 0, 0, [], []
         for i, st in enumerate(doc.get("updates", [])):
             try:
-                update = coll.update_many if st.get("multi") else coll.update_one
+                replace = isinstance(st["u"], dict) and not any(k.startswith("$") for k in st["u"])
+                update = coll.replace_one if replace else coll.update_many if st.get("multi") else coll.update_one
                 result = update(st["q"], st["u"], upsert=bool(st.get("upsert")))
             except mongomock.DuplicateKeyError as exc:
                 errors.append({"index": i, "code": 11000, "errmsg": f"E11000 duplicate key: {exc}"})
