@@ -3,8 +3,8 @@
 over a real socket.
 
 Answers ``hello``/``ismaster``, ``ping``, ``insert``, ``update`` (operators or a replacement, upserts,
-duplicate-key write errors with code 11000), ``delete``, ``find`` (filter, sort, limit; one batch), ``drop``
-and ``endSessions``.
+duplicate-key write errors with code 11000), ``delete``, ``find`` (filter, sort, limit; one batch), ``drop``,
+``createIndexes`` and ``endSessions``.
 ``down = True`` simulates an outage: every request (the handshake included) is hung up on. With
 ``crash_after_updates = n`` the n-th next ``update`` is applied and then hung up on (its reply is lost, as
 when the network or the worker dies between MongoDB's write and PostgreSQL's commit), and the server
@@ -87,6 +87,12 @@ class FakeMongo:
     def _cmd_drop(self, doc: dict[str, Any]) -> dict[str, Any]:
         self._db(doc).drop_collection(doc["drop"])
         return {}
+
+    def _cmd_createIndexes(self, doc: dict[str, Any]) -> dict[str, Any]:
+        coll = self._db(doc)[doc["createIndexes"]]
+        for index in doc.get("indexes", []):
+            coll.create_index(list(index["key"].items()), name=index["name"], unique=bool(index.get("unique")))
+        return {"numIndexesBefore": 1, "numIndexesAfter": 1 + len(doc.get("indexes", []))}
 
     def _cmd_insert(self, doc: dict[str, Any]) -> dict[str, Any]:
         coll, n, errors = self._db(doc)[doc["insert"]], 0, []

@@ -112,7 +112,7 @@ async def write_batch(conn: PgConnection, stream: Stream, batch: Batch, *, job_n
 
 async def _write_mongo_batch(conn: PgConnection, mongo: MongoConnection, stream: Stream, batch: Batch, *,
                              job_name: str, run_id: int) -> WriteResult:
-    from batcher.sinks.mongo import write_documents
+    from batcher.sinks.mongo import delete_scope, write_documents
 
     reasons: list[str] = []
     dead = 0
@@ -120,6 +120,9 @@ async def _write_mongo_batch(conn: PgConnection, mongo: MongoConnection, stream:
         dead += await write_dead_letters(conn, job_name=job_name, run_id=run_id, stream=stream.name,
                                          items=batch.rejected, origin="handler")
         _collect_reasons(reasons, (r.reason for r in batch.rejected))
+    scope = getattr(batch, "replace_scope", None)  # Batch.replace_scope, where this batcher has it
+    if scope:
+        await delete_scope(mongo, stream, scope)
     rows = dedupe_by_key(stream, batch.records)
     outcome = await write_documents(mongo, stream, rows)
     if outcome.poisoned:

@@ -19,6 +19,10 @@ Owns pymongo (the only module that imports it) and the process's one MongoDB cli
   → text, tuples/sets → arrays, jsonb columns (dicts, lists) → subdocuments/arrays. Equality in
   ``update_if_changed`` is MongoDB query equality (a stored array counts as equal to a new scalar that
   it contains; subdocuments compare field order too — a replay builds them the same way);
+- ``Batch.replace_scope`` (key-column values): the documents of that slice are deleted first (by their
+  top-level key fields, indexed on first use), so the batch replaces it exactly; a replay deletes and
+  writes it again (the delete is not atomic with the upserts: a crash between them is repaired by the
+  replay from the unmoved checkpoint);
 - a record MongoDB rejects for its data (a write error other than a duplicate key, or a value BSON cannot
   encode) does not fail the batch: it becomes a dead letter (origin ``database``) in PostgreSQL, inside
   the caller's transaction, like the PostgreSQL sink's rejects. Any other failure (server unreachable,
@@ -46,7 +50,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, PyMongoError
 from pymongo.uri_parser import parse_uri
 
-from batcher.errors import ConfigError, TransientError
+from batcher.errors import ConfigError, PermanentError, TransientError
 from batcher.handler import Stream
 
 Document = dict[str, Any]
@@ -84,6 +88,7 @@ class MongoConnection:
         self._uri = mongo_uri(uri, params)
         self.database_name = database_name(self._uri, database)
         self._client: AsyncMongoClient[Document] | None = None
+        self.indexed: set[str] = set()  # collections whose key-field index this process ensured
 
     @property
     def database(self) -> AsyncDatabase[Document]:
@@ -220,6 +225,24 @@ def _describe(exc: BaseException) -> str:
     """An error's class and first line (pymongo's messages name hosts, never the URI's credentials)."""
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+async def delete_scope(connection: MongoConnection, stream: Stream, scope: Mapping[str, Any]) -> int:
+    """Delete the stream's documents whose key fields equal ``scope`` (``Batch.replace_scope``: the batch
+    then replaces that slice exactly); returns how many. The first use per collection in this process
+    creates an index on the key fields (idempotent), so the delete does not scan the collection."""
+    if not set(scope) <= set(stream.key_columns):
+        raise PermanentError(f"replace_scope of stream {stream.name!r} names non-key columns: "
+                             f"{sorted(set(scope) - set(stream.key_columns))}")
+    collection = connection.database[stream.table]
+    try:
+        if stream.table not in connection.indexed:
+            await collection.create_index([(c, 1) for c in stream.key_columns], name="batcher_key_fields")
+            connection.indexed.add(stream.table)
+        result = await collection.delete_many({c: bson_value(v) for c, v in scope.items()})
+    except PyMongoError as exc:
+        raise TransientError(f"MongoDB delete failed: {_describe(exc)}") from None
+    return int(result.deleted_count)
 
 
 async def mongo_health(uri: str, timeout: float, params: str | None = None) -> tuple[bool, str]:

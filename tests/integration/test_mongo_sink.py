@@ -10,17 +10,21 @@ PostgreSQL checkpoint and converges to exactly the records of the run.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime
 from typing import Any
 
 import asyncpg
+import pytest
 
 from batcher.commands import trigger_run
+from batcher.errors import PermanentError
 from batcher.handler import Batch, Stream
 from batcher.models import Services
 from batcher.scheduler import Scheduler
 from batcher.settings import MongoSettings, Settings
-from batcher.sinks import SinkRoute, write_batch
+from batcher.sinks import SinkRoute, WriteResult, write_batch
 from batcher.sinks.mongo import MongoConnection
 from batcher.testing import run_job_once, test_services, test_settings
 from batcher.worker import Worker
@@ -87,14 +91,17 @@ def items(conflict: str) -> Stream:
 
 async def write(pool: asyncpg.Pool, target: MongoTarget, stream: Stream, records: list[tuple[Any, ...]]) -> int:
     """One batch through the sink dispatcher inside a PostgreSQL transaction, as the runner writes it."""
+    return (await write_result(pool, target, stream, Batch(stream.name, records=records))).written
+
+
+async def write_result(pool: asyncpg.Pool, target: MongoTarget, stream: Stream, batch: Batch) -> WriteResult:
     mongo_conn = connection(target)
     try:
         async with pool.acquire() as conn, conn.transaction():
-            result = await write_batch(conn, stream, Batch("items", records=records), job_name="job", run_id=1,
-                                       route=SinkRoute("mongo", mongo_conn))
+            return await write_batch(conn, stream, batch, job_name="job", run_id=1,
+                                     route=SinkRoute("mongo", mongo_conn))
     finally:
         await mongo_conn.close()
-    return result.written
 
 
 async def test_replaying_a_batch_twice_leaves_the_same_documents(db: asyncpg.Pool, mongo: MongoTarget) -> None:
@@ -148,6 +155,45 @@ async def test_each_conflict_policy_means_what_it_means_in_postgres(db: asyncpg.
         if conflict == "ignore":
             assert after[2] == before[2]
         await _drop(mongo, "mongo_items")
+
+
+DAYS = Stream("days", "mongo_days", ("site", "date", "h"), ("clicks",), conflict="update_if_changed",
+              bookkeeping_columns=("fetched_at",))
+
+
+async def test_a_replace_scope_batch_replaces_its_slice_of_documents_exactly(db: asyncpg.Pool,
+                                                                            mongo: MongoTarget) -> None:
+    """``Batch.replace_scope`` (key values, e.g. a site's day): the slice's documents are deleted before the
+    batch's records are upserted — vanished rows go, changed rows change, other slices stay — and the same
+    batch replayed leaves the same values (the GSC handler's way of re-reading a day, on either sink)."""
+    d1, d2 = date(2026, 11, 1), date(2026, 11, 2)
+    await write(db, mongo, DAYS, [("s", d1, "a", 1), ("s", d1, "b", 2), ("s", d1, "c", 3), ("s", d2, "a", 9),
+                                  ("t", d1, "a", 7)])
+    batch = Batch("days", records=[("s", d1, "a", 10), ("s", d1, "d", 4)])
+    batch.replace_scope = {"site": "s", "date": d1}  # type: ignore[attr-defined]  # a field on the j-gsc branch
+    for _ in range(2):
+        await write_result(db, mongo, DAYS, batch)
+        docs = await documents(mongo, "mongo_days")
+        midnight = {d: datetime(d.year, d.month, d.day, tzinfo=UTC) for d in (d1, d2)}
+        assert sorted((d["site"], d["date"], d["h"], d["clicks"]) for d in docs) == [
+            ("s", midnight[d1], "a", 10), ("s", midnight[d1], "d", 4), ("s", midnight[d2], "a", 9),
+            ("t", midnight[d1], "a", 7)]
+    bad = Batch("days", records=[])
+    bad.replace_scope = {"clicks": 1}  # type: ignore[attr-defined]
+    with pytest.raises(PermanentError, match="non-key columns"):
+        await write_result(db, mongo, DAYS, bad)
+
+
+async def test_records_mongodb_cannot_store_become_dead_letters(db: asyncpg.Pool, mongo: MongoTarget) -> None:
+    """A record whose value BSON cannot hold (an integer beyond 64 bits) becomes a dead letter (origin
+    ``database``, MongoDB's reason) in PostgreSQL; the other records of the batch are written."""
+    result = await write_result(db, mongo, items("update"),
+                                Batch("items", records=[(1, "a", 1), (2, "b", 2 ** 70), (3, "c", 3)]))
+    assert (result.written, result.dead_lettered, result.database_rejected) == (2, 1, 1)
+    assert [d["k"] for d in await documents(mongo, "mongo_items")] == [1, 3]
+    letter = await db.fetchrow("SELECT * FROM dead_letters")
+    assert letter["origin"] == "database" and "MongoDB cannot store the record" in letter["reason"]
+    assert json.loads(letter["payload"]) == {"k": 2, "v": "b", "n": 2 ** 70}
 
 
 @contextlib.asynccontextmanager
