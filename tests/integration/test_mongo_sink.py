@@ -196,6 +196,24 @@ async def test_records_mongodb_cannot_store_become_dead_letters(db: asyncpg.Pool
     assert json.loads(letter["payload"]) == {"k": 2, "v": "b", "n": 2 ** 70}
 
 
+async def test_dead_letter_replay_never_writes_a_mongo_jobs_records_into_postgres(
+        db: asyncpg.Pool, database_url: str, redis_url: str, mongo: MongoTarget) -> None:
+    """``dead-letters replay`` of a job with ``sink = "mongo"``: a kept database reject of its stream is
+    skipped with a reason and stays unresolved; it is not written into the PostgreSQL table."""
+    from batcher.replay import replay_as_run
+
+    settings = mongo_settings(database_url, redis_url, mongo, {"docs": synthetic_job()})
+    async with test_services(settings, http=False) as services:
+        await db.execute("INSERT INTO dead_letters (job_name, stream, origin, reason, payload, payload_hash) "
+                         "VALUES ('docs', 'run_ignore', 'database', 'r', $1, 'h')",
+                         json.dumps({"scope_key": "x", "seq": 1, "value": "v", "amount": 1, "attrs": None}))
+        result = await replay_as_run(services, "docs", {s.name: s for s in SyntheticHandler.streams}, wait=True)
+    assert (result["skipped"], result["resolved"], result["written"]) == (1, 0, 0), result
+    assert "goes to mongo" in result["reasons"][0]
+    assert await db.fetchval("SELECT count(*) FROM synthetic_records") == 0
+    assert await db.fetchval("SELECT resolved_at FROM dead_letters") is None
+
+
 @contextlib.asynccontextmanager
 async def daemon(services: Services) -> AsyncIterator[Scheduler]:
     d = services.settings.daemon
