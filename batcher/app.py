@@ -46,13 +46,14 @@ def load_config(settings: Settings | None = None) -> Config:
     registry = load_registry()
     file = str(settings.config_path) if settings.config_path else None
     jobs = parse_jobs(settings.jobs, registry, file)
-    check_job_sinks(jobs, registry, mongo_configured=settings.mongo.uri is not None, file=file)
-    if settings.mongo.uri is not None:
-        from batcher.sinks.mongo import database_name, mongo_uri
-
-        database_name(mongo_uri(settings.mongo.uri, settings.mongo.params), settings.mongo.database)
-    elif settings.mongo.history:
+    mongo = settings.mongo
+    needs_mongo = check_job_sinks(jobs, registry, mongo_configured=mongo.uri is not None, file=file)
+    if mongo.history and mongo.uri is None:
         raise ConfigError("mongo.history needs a MongoDB: set MONGODB_URI (or mongo.uri)", key="mongo.history")
+    if (needs_mongo or mongo.history) and mongo.uri is not None:  # the database it would write to
+        from batcher.sinks.mongo import database_name
+
+        database_name(mongo.uri, mongo.database)
     return Config(settings, registry, jobs)
 
 

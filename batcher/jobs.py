@@ -156,17 +156,18 @@ def parse_jobs(entries: Mapping[str, Mapping[str, Any]], registry: Mapping[str, 
 
 
 def check_job_sinks(specs: Mapping[str, JobSpec], registry: Mapping[str, type[Handler]], *,
-                    mongo_configured: bool, file: str | None = None) -> None:
+                    mongo_configured: bool, file: str | None = None) -> bool:
     """Refuse a job whose streams would go to MongoDB (its ``sink = "mongo"``, or a handler stream's own
-    sink when the job sets none) while no MongoDB is configured."""
-    if mongo_configured:
-        return
+    sink when the job sets none) while no MongoDB is configured. Returns whether any job writes there."""
+    writes_mongo = False
     for name, spec in specs.items():
         sinks = {spec.sink or s.sink for s in registry[spec.type].streams}
-        if "mongo" in sinks:
+        writes_mongo = writes_mongo or "mongo" in sinks
+        if "mongo" in sinks and not mongo_configured:
             origin = "sink = \"mongo\"" if spec.sink else f"job type {spec.type!r} writes to MongoDB"
             raise ConfigError(f"{origin}, but no MongoDB is configured: set MONGODB_URI (or mongo.uri)",
                               file=file, job=name, key="sink")
+    return writes_mongo
 
 
 def _initial_next_run(spec: JobSpec, now: datetime) -> datetime | None:

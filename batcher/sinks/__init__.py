@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from batcher.errors import PermanentError
+from batcher.errors import ConfigError, PermanentError
 from batcher.handler import Batch, Rejected, Stream
 from batcher.sinks.postgres import (
     MAX_REASONS,
@@ -93,6 +93,11 @@ def _check_sink(stream: Stream, route: SinkRoute, job_name: str) -> str:
     if sink == "mongo" and route.mongo is None:
         raise PermanentError(f"stream {stream.name!r} of job {job_name!r} goes to MongoDB, but no MongoDB "
                              f"is configured (set MONGODB_URI)")
+    if sink == "mongo" and route.mongo is not None:
+        try:
+            route.mongo.database_name  # noqa: B018 - resolves (and checks) the database name
+        except ConfigError as exc:
+            raise PermanentError(f"stream {stream.name!r} of job {job_name!r}: {exc}") from None
     return sink
 
 

@@ -42,13 +42,13 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 import bson
 from bson.decimal128 import Decimal128
 from pymongo import AsyncMongoClient, ReplaceOne, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, PyMongoError
-from pymongo.uri_parser import parse_uri
 
 from batcher.errors import ConfigError, PermanentError, TransientError
 from batcher.handler import Stream
@@ -69,11 +69,11 @@ def database_name(uri: str, setting: str | None) -> str:
     """The database batcher writes to: ``mongo.database`` when set, else the URI's path (``/ingest``)."""
     if setting:
         return setting
-    try:
-        name = parse_uri(uri).get("database")
-    except (PyMongoError, ValueError) as exc:
-        raise ConfigError(f"MONGODB_URI is not a valid MongoDB URI: {type(exc).__name__}",
-                          key="mongo.uri") from None
+    scheme, sep, rest = uri.partition("://")
+    if not sep or scheme not in ("mongodb", "mongodb+srv"):
+        raise ConfigError("MONGODB_URI must start with mongodb:// or mongodb+srv://", key="mongo.uri")
+    # Parsed by hand, not with pymongo's parse_uri, which resolves mongodb+srv hosts over DNS.
+    name = unquote(rest.partition("/")[2].partition("?")[0])
     if not name:
         raise ConfigError("no MongoDB database: put it in the URI (mongodb://host/DATABASE) or set "
                           "mongo.database", key="mongo.database")
@@ -86,9 +86,14 @@ class MongoConnection:
 
     def __init__(self, uri: str, params: str | None = None, database: str | None = None) -> None:
         self._uri = mongo_uri(uri, params)
-        self.database_name = database_name(self._uri, database)
+        self._database = database
         self._client: AsyncMongoClient[Document] | None = None
         self.indexed: set[str] = set()  # collections whose key-field index this process ensured
+
+    @property
+    def database_name(self) -> str:
+        """``mongo.database``, else the URI's; ConfigError when neither names one."""
+        return database_name(self._uri, self._database)
 
     @property
     def database(self) -> AsyncDatabase[Document]:

@@ -147,3 +147,44 @@ def test_a_job_with_sink_mongo_and_no_mongodb_stops_the_daemon_with_exit_2(tmp_p
     assert "docs" in last and "sink" in last and "no MongoDB is configured: set MONGODB_URI" in last, last
     done = _daemon(tmp_path, database_url, redis_url, '[jobs.docs]\ntype = "synthetic"\nsink = "oracle"\n')
     assert done.returncode == 2 and "sink" in done.stderr.strip().splitlines()[-1], done.stderr[-2000:]
+
+
+def test_the_mongodb_database_is_mongo_database_else_the_uris(tmp_path: Path) -> None:
+    """database_name: ``mongo.database`` wins, else the URI's path (percent-decoded, query dropped, a
+    mongodb+srv URI parsed without any DNS lookup); neither, or a URI that is not MongoDB's, is a
+    ConfigError naming the key."""
+    from batcher.sinks.mongo import database_name, mongo_uri
+
+    assert database_name(mongo_uri("mongodb://u:p%2F@h1:1,h2:2/ingest", "w=1"), None) == "ingest"
+    assert database_name("mongodb+srv://cluster.invalid/db%20x?retryWrites=true", None) == "db x"
+    assert database_name("mongodb://h/x", "override") == "override"
+    for uri, key in (("mongodb://h", "mongo.database"), ("mongodb://h/?w=1", "mongo.database"),
+                     ("http://h/x", "mongo.uri")):
+        with pytest.raises(ConfigError) as raised:
+            database_name(uri, None)
+        assert raised.value.key == key, uri
+
+
+def test_config_load_requires_a_mongodb_database_only_when_something_writes_there(tmp_path: Path) -> None:
+    """A MONGODB_URI without a database is fine while no job writes to MongoDB; a job with sink = "mongo"
+    or ``mongo.history`` then needs one (exit 2 naming mongo.database); ``mongo.history`` without any
+    MongoDB names mongo.history."""
+    from batcher.app import load_config
+    from batcher.settings import load_settings
+
+    plain = tmp_path / "plain.toml"
+    plain.write_text('[jobs.a]\ntype = "synthetic"\n')
+    to_mongo = tmp_path / "mongo.toml"
+    to_mongo.write_text('[jobs.a]\ntype = "synthetic"\nsink = "mongo"\n')
+    history = tmp_path / "history.toml"
+    history.write_text('[mongo]\nhistory = true\n')
+    env = {"MONGODB_URI": "mongodb://127.0.0.1:1"}
+    load_config(load_settings(env, config_path=plain))
+    for path in (to_mongo, history):
+        with pytest.raises(ConfigError) as raised:
+            load_config(load_settings(env, config_path=path))
+        assert raised.value.key == "mongo.database", path
+    with pytest.raises(ConfigError) as raised:
+        load_config(load_settings({}, config_path=history))
+    assert raised.value.key == "mongo.history"
+    load_config(load_settings({**env, "BATCHER_MONGODB_DATABASE": "db"}, config_path=to_mongo))
