@@ -20,7 +20,7 @@ import structlog
 from batcher import embedded, store
 from batcher.errors import ConfigError, SchemaTooNewError
 from batcher.handler import Handler
-from batcher.jobs import JobSpec, parse_jobs, sync_jobs
+from batcher.jobs import JobSpec, check_job_sinks, parse_jobs, sync_jobs
 from batcher.logs import configure_logging
 from batcher.models import Services
 from batcher.recovery import count_live_workers
@@ -46,6 +46,14 @@ def load_config(settings: Settings | None = None) -> Config:
     registry = load_registry()
     file = str(settings.config_path) if settings.config_path else None
     jobs = parse_jobs(settings.jobs, registry, file)
+    mongo = settings.mongo
+    needs_mongo = check_job_sinks(jobs, registry, mongo_configured=mongo.uri is not None, file=file)
+    if mongo.history and mongo.uri is None:
+        raise ConfigError("mongo.history needs a MongoDB: set MONGODB_URI (or mongo.uri)", key="mongo.history")
+    if (needs_mongo or mongo.history) and mongo.uri is not None:  # the database it would write to
+        from batcher.sinks.mongo import database_name
+
+        database_name(mongo.uri, mongo.database)
     return Config(settings, registry, jobs)
 
 
@@ -72,6 +80,11 @@ async def open_services(config: Config, *, start_embedded: bool,
         if sync:
             log.info("jobs_synced", **await sync_jobs(pool, config.jobs, s.jobs, config.registry))
         services = Services(s, pool, urls.database_url, urls.redis_url, config.registry)
+        if s.mongo.uri is not None:  # the client itself opens on first use
+            from batcher.sinks.mongo import MongoConnection
+
+            services.mongo = MongoConnection(s.mongo.uri, s.mongo.params, s.mongo.database)
+            stack.push_async_callback(services.mongo.close)
         if http:
             from batcher.http import HttpRuntime
 
@@ -146,6 +159,7 @@ async def run_daemon(config: Config) -> int:
         stack.push_async_callback(worker.stop)
         await _start_api(stack, services, scheduler)  # before scheduling: a port in use stops us (exit 2)
         await scheduler.start()
+        _start_history_mirror(stack, services)
         watchdog = asyncio.create_task(_watchdog(notifier, scheduler)) if notifier.watchdog_interval else None
         notifier.ready()
         log.info("daemon_ready", worker_id=worker.worker_id, concurrency=s.daemon.concurrency,
@@ -158,6 +172,17 @@ async def run_daemon(config: Config) -> int:
             watchdog.cancel()
     log.info("daemon_stopped")
     return 0
+
+
+def _start_history_mirror(stack: contextlib.AsyncExitStack, services: Services) -> None:
+    """With ``[mongo] history = true``: the background task mirroring finished runs into ``jobhistories``
+    (cancelled when the stack closes, before the MongoDB client is)."""
+    if not (services.settings.mongo.history and services.mongo is not None):
+        return
+    from batcher.jobhistory import HistoryMirror
+
+    task = asyncio.create_task(HistoryMirror(services.pool, services.mongo).run(), name="batcher-jobhistory")
+    stack.callback(task.cancel)
 
 
 async def _start_api(stack: contextlib.AsyncExitStack, services: Services, scheduler: Any) -> None:

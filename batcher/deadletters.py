@@ -13,9 +13,11 @@ Replay feeds each unresolved dead letter of a job back into its stream:
 
 Rows that parse are written with the stream's conflict policy in one transaction per page and stream; the
 dead letters of rows written (or already present) are marked resolved, the others keep their row with
-the new reason. ``batcher dead-letters replay`` runs it as a run of the job (:mod:`batcher.replay`):
-every one of those transactions is opened behind that run's fence, so a replay never writes beside a
-live run of the job. The SQL constants below belong in ``queries.sql``; they live here until moved there.
+the new reason. Streams whose (effective) sink is not PostgreSQL are skipped: their dead letters stay
+unresolved, never written into a PostgreSQL table. ``batcher dead-letters replay`` runs it as a run of
+the job (:mod:`batcher.replay`): every one of those transactions is opened behind that run's fence, so a
+replay never writes beside a live run of the job. The SQL constants below belong in ``queries.sql``; they
+live here until moved there.
 """
 
 from __future__ import annotations
@@ -90,8 +92,11 @@ async def replay_dead_letters(pool: asyncpg.Pool[Any], job_name: str, streams: M
             by_stream.setdefault(letter["stream"], []).append(letter)
         for name, letters in by_stream.items():
             stream = streams.get(name)
-            if stream is None:
+            if stream is None or stream.sink != "postgres":
                 result.skipped += len(letters)
+                if stream is not None and len(result.reasons) < sinks.MAX_REASONS:
+                    result.reasons.append(f"stream {name!r} goes to {stream.sink}: its dead letters are not "
+                                          f"replayed (only PostgreSQL streams are); they stay unresolved")
                 continue
             async with (transaction or _plain(pool))() as conn:
                 await _replay_stream(conn, stream, letters, run_id, result)

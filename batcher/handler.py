@@ -62,8 +62,8 @@ NO_CHECKPOINT = NoCheckpoint()
 class Stream:
     """Where a handler's records go and how they are merged and checkpointed.
 
-    ``table`` is a PostgreSQL table. ``sink == "mongo"`` (a MongoDB collection) is refused at registry load
-    until a MongoDB sink exists (:func:`batcher.registry.check_handler`). Records are tuples
+    ``table`` is a PostgreSQL table, or with ``sink == "mongo"`` a MongoDB collection (documents keyed by
+    the key columns, see :mod:`batcher.sinks.mongo`); a job's ``sink`` setting overrides ``sink``. Records are tuples
     in ``columns`` order. ``bookkeeping_columns`` are set to ``now()`` on write and never compared.
     ``json_columns`` names value columns of type jsonb (the sink encodes them). ``parse_raw`` turns a
     dead letter's raw text back into a record (used by ``dead-letters replay``); it raises ``ValueError``

@@ -34,7 +34,7 @@ async def _redis(url: str) -> dict[str, Any]:
 
 
 async def _mongo(uri: str, params: str | None) -> dict[str, Any]:
-    from batcher.sinks import mongo_health
+    from batcher.sinks.mongo import mongo_health
 
     ok, reason = await mongo_health(uri, TIMEOUT, params)
     return {"ok": ok, "reason": reason}

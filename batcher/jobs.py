@@ -46,6 +46,7 @@ class JobSpec(BaseModel):
     prefetch_batches: int | None = Field(None, ge=1, le=1000)
     depends_on: tuple[str, ...] = Field((), strict=False)  # a TOML/JSON list (its items stay strict str)
     paused: bool = False
+    sink: Literal["postgres", "mongo"] | None = None  # None: each stream's own sink (Stream.sink)
     params: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -160,6 +161,21 @@ def parse_jobs(entries: Mapping[str, Mapping[str, Any]], registry: Mapping[str, 
     return specs
 
 
+def check_job_sinks(specs: Mapping[str, JobSpec], registry: Mapping[str, type[Handler]], *,
+                    mongo_configured: bool, file: str | None = None) -> bool:
+    """Refuse a job whose streams would go to MongoDB (its ``sink = "mongo"``, or a handler stream's own
+    sink when the job sets none) while no MongoDB is configured. Returns whether any job writes there."""
+    writes_mongo = False
+    for name, spec in specs.items():
+        sinks = {spec.sink or s.sink for s in registry[spec.type].streams}
+        writes_mongo = writes_mongo or "mongo" in sinks
+        if "mongo" in sinks and not mongo_configured:
+            origin = "sink = \"mongo\"" if spec.sink else f"job type {spec.type!r} writes to MongoDB"
+            raise ConfigError(f"{origin}, but no MongoDB is configured: set MONGODB_URI (or mongo.uri)",
+                              file=file, job=name, key="sink")
+    return writes_mongo
+
+
 def _initial_next_run(spec: JobSpec, now: datetime) -> datetime | None:
     """New or changed jobs: interval jobs are due at once (then every N minutes from now); cron jobs at
     their next occurrence; dependent jobs have no schedule."""
@@ -190,6 +206,7 @@ async def sync_jobs(pool: Any, specs: Mapping[str, JobSpec], entries: Mapping[st
                 spec.retry_base_seconds, spec.timeout_seconds, spec.overlap, spec.misfire_grace_seconds,
                 spec.prefetch_batches, list(spec.depends_on), spec.paused, job_hash(entries[name]),
                 _initial_next_run(spec, now), now)
+            await conn.execute(Q["set_job_sink"], name, spec.sink)
         await conn.execute(Q["orphan_jobs"], list(specs))
         after = {r["job_name"]: dict(r) for r in await conn.fetch(Q["list_jobs"])}
     return _sync_report(before, after, specs)

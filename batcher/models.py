@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from batcher.handler import Handler
     from batcher.http import HttpRuntime
     from batcher.settings import Settings
+    from batcher.sinks.mongo import MongoConnection
 
 
 @dataclass
@@ -24,6 +25,7 @@ class Services:
     registry: dict[str, type[Handler]]
     http: HttpRuntime | None = None
     redis: Any = None  # redis.asyncio client, created lazily by batcher.connections
+    mongo: MongoConnection | None = None  # with MONGODB_URI: the process's client, opened on first use
 
 
 @dataclass

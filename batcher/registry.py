@@ -1,8 +1,9 @@
 """The handler registry: built-in handlers (``handlers.BUILTIN_HANDLERS``) plus the ``batcher.handlers``
 entry-point group, where third-party packages add theirs (``name = "package.module:HandlerClass"``).
 
-Every handler is checked as it is registered: a stream whose ``sink`` is not ``"postgres"`` is refused
-(the MongoDB sink does not exist yet; such a stream would otherwise be written to PostgreSQL)."""
+Every handler is checked as it is registered: a stream whose ``sink`` names no sink of this batcher
+(``postgres``, ``mongo``) is refused. Whether MongoDB is configured is checked per job, at config load
+and at run start (:func:`batcher.jobs.check_job_sinks`, :func:`batcher.sinks.require_sinks`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from importlib.metadata import entry_points
 from batcher.errors import ConfigError
 from batcher.handler import Handler
 
-SUPPORTED_SINKS = ("postgres",)
+SUPPORTED_SINKS = ("postgres", "mongo")  # batcher.sinks.SINKS, without importing the sinks here
 
 
 def check_handler(cls: type[Handler], plugin: str | None = None) -> None:
@@ -21,9 +22,8 @@ def check_handler(cls: type[Handler], plugin: str | None = None) -> None:
         f"handler {cls.__name__} (job type {cls.type!r})"
     for stream in cls.streams:
         if stream.sink not in SUPPORTED_SINKS:
-            raise ConfigError(f"{label}: stream {stream.name!r} has "
-                              f"sink {stream.sink!r}, but the MongoDB sink is not available yet "
-                              f"(only sink='postgres' is)")
+            raise ConfigError(f"{label}: stream {stream.name!r} has unknown sink {stream.sink!r} "
+                              f"(known: {', '.join(SUPPORTED_SINKS)})")
 
 
 def load_registry() -> dict[str, type[Handler]]:

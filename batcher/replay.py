@@ -63,6 +63,8 @@ async def replay_as_run(services: Services, job_name: str, streams: Mapping[str,
         state = RunState()
         worker.owner = _ReplayOwner(int(run["id"]), state)
         writer = RunWriter(services.pool, run, lease, state)
+        sink = (await writer.job_config()).get("sink")  # the job's sink overrides its streams' own
+        streams = {n: dataclasses.replace(s, sink=sink) if sink else s for n, s in streams.items()}
         log.info("replay_started", job=job_name, run_id=run["id"])
         try:
             result = await deadletters.replay_dead_letters(services.pool, job_name, streams, int(run["id"]),

@@ -29,6 +29,7 @@ from batcher.logs import RUN_LOG_SINK, bind_run_context, redact
 from batcher.models import RunOutcome, Services
 from batcher.pipeline import prefetching
 from batcher.runs import RunWriter
+from batcher.sinks import SinkRoute, require_sinks
 from batcher.store import DB_ERRORS, DB_UNAVAILABLE
 
 log = structlog.get_logger("batcher.runner")
@@ -119,6 +120,8 @@ class RunExecution:
         if job["job_type"] not in registry:
             raise PermanentError(f"unknown job type {job['job_type']!r}")
         handler_cls = registry[job["job_type"]]
+        self.writer.route = SinkRoute(job.get("sink"), self.services.mongo)
+        require_sinks(handler_cls.streams, self.writer.route, str(job["job_name"]))
         params = resolve_params(handler_cls.Params, {**(job["params"] or {}), **(self.run["params"] or {})},
                                 literal_secrets=self._literal_secrets)
         ctx = Context(self.services, self.run, self.state, await self.writer.load_checkpoints(handler_cls))

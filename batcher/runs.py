@@ -25,7 +25,7 @@ from batcher.errors import LeaseLostError, RunCancelledError
 from batcher.handler import Batch, Handler, Stream
 from batcher.jsoncodec import storable, storable_text
 from batcher.models import RunOutcome
-from batcher.sinks import WriteResult, write_batch
+from batcher.sinks import SinkRoute, WriteResult, write_batch
 from batcher.store import DB_ERRORS, Q
 
 if TYPE_CHECKING:
@@ -67,6 +67,7 @@ class RunWriter:
         self._seq = int(run.get("commit_seq") or 0)  # the run's last committed batch
         self._in_doubt: InDoubt | None = None
         self._logs_consumed = 0  # log entries committed so far: positions in the buffer move by this
+        self.route = SinkRoute()  # where the streams go: set by the runner from the job's sink
 
     async def job_config(self) -> Mapping[str, Any]:
         row = await self._pool.fetchrow(Q["get_job"], self._run["job_name"])
@@ -100,7 +101,8 @@ class RunWriter:
             async with self._pool.acquire() as conn, conn.transaction():
                 await self._fence(conn)
                 seq = self._seq + 1
-                result = await write_batch(conn, stream, batch, job_name=self._run["job_name"], run_id=self._id)
+                result = await write_batch(conn, stream, batch, job_name=self._run["job_name"], run_id=self._id,
+                                           route=self.route)
                 if batch.moves_checkpoint:
                     await conn.execute(Q["upsert_checkpoint"], self._run["job_name"], stream.name,
                                        scope_key(stream, root_run_id, self._backfill), batch.checkpoint, self._id)

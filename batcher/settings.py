@@ -29,6 +29,8 @@ ENV_NAMES: dict[tuple[str, str], tuple[str, ...]] = {
     ("redis", "url"): ("BATCHER_REDIS_URL", "REDIS_URL"),
     ("mongo", "uri"): ("BATCHER_MONGODB_URI", "MONGODB_URI"),
     ("mongo", "params"): ("MONGODB_PARAMS",),
+    ("mongo", "database"): ("BATCHER_MONGODB_DATABASE",),
+    ("mongo", "history"): ("BATCHER_MONGODB_HISTORY",),
     ("daemon", "data_dir"): ("BATCHER_DATA_DIR",),
     ("daemon", "concurrency"): ("BATCHER_CONCURRENCY",),
     ("daemon", "queues"): ("BATCHER_QUEUES",),
@@ -64,6 +66,8 @@ class RedisSettings(_Section):
 class MongoSettings(_Section):
     uri: str | None = None
     params: str | None = None  # URI query options appended to the URI
+    database: str | None = None  # None: the URI's database (mongodb://host/DATABASE)
+    history: bool = False  # mirror every finished run into the `jobhistories` collection
 
 
 class DaemonSettings(_Section):

@@ -116,13 +116,13 @@ async def replay_rates(conn: Any, records: int, batch_size: int, raw: float) -> 
     ratios: dict[str, float] = {}
     for conflict in ("ignore", "update_if_changed"):
         for strategy in ("temp_table", "unnest"):
-            sinks.UPSERT_STRATEGY = strategy  # type: ignore[assignment]
+            sinks.postgres.UPSERT_STRATEGY = strategy  # type: ignore[assignment]
             sinks.reset_caches()
             await conn.execute("CHECKPOINT")
             replay = partial(through_pipeline, conn, synthetic_stream(conflict), records, batch_size)
             rate = await timed(f"pipeline, replay {conflict} ({strategy})", records, replay)
             ratios[f"{conflict}_{strategy}"] = round(rate / raw, 3)
-    sinks.UPSERT_STRATEGY = "temp_table"
+    sinks.postgres.UPSERT_STRATEGY = "temp_table"
     return ratios
 
 

@@ -27,6 +27,8 @@ TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@1
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 REDIS_LOCK_KEY = "batcher:test-session-lock"
 REDIS_LOCK_MS = 60_000
+#: The MongoDB fixtures (``mongo``: the wire-level fake, or a real server at TEST_MONGODB_URI).
+pytest_plugins = ["tests.mongofake"]
 CORE_TABLES = ("run_logs", "dead_letters", "checkpoints", "batch_runs", "batch_config", "workers",
                "synthetic_records")
 

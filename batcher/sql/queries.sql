@@ -44,6 +44,10 @@ ON CONFLICT (job_name) DO UPDATE SET
     updated_at = now()
 WHERE c.file_hash IS DISTINCT FROM EXCLUDED.file_hash OR c.orphaned OR c.adhoc;
 
+-- name: set_job_sink
+-- A file job's `sink` (NULL: each stream's own), taken from the file on every sync (only the file sets it).
+UPDATE batch_config SET sink = $2, updated_at = now() WHERE job_name = $1 AND sink IS DISTINCT FROM $2;
+
 -- name: orphan_jobs
 -- Jobs that came from the file but are no longer in it: disabled and marked orphaned.
 UPDATE batch_config SET enabled = false, orphaned = true, next_run_at = NULL, updated_at = now()
@@ -590,3 +594,23 @@ SELECT id FROM batch_runs WHERE retry_of = $1 ORDER BY id LIMIT 1;
 -- name: applied_versions
 -- Every applied schema version (migrations apply by set difference, never by "above the highest").
 SELECT coalesce(array_agg(version), '{}') FROM schema_migrations;
+
+-- name: jobhistory_watermark
+-- The job-history mirror's watermark: runs finished at or before it are in MongoDB's `jobhistories`.
+SELECT finished_at FROM jobhistory_mirror WHERE id = 1;
+
+-- name: set_jobhistory_watermark
+-- Move the job-history mirror's watermark forward (never back).
+INSERT INTO jobhistory_mirror (id, finished_at) VALUES (1, $1)
+ON CONFLICT (id) DO UPDATE SET finished_at = GREATEST(jobhistory_mirror.finished_at, EXCLUDED.finished_at),
+    updated_at = now();
+
+-- name: finished_runs_after
+-- A page of finished runs in (finished_at, id) order after ($1, $2), for the job-history mirror.
+SELECT id, job_name, job_type, trigger, status, reason, attempt, retry_of, root_run_id, source_id,
+       started_at, finished_at, runtime_ms, records, dead_letters, items_checked, items_updated, api_calls,
+       ingress_bytes, progress, errors, result
+FROM batch_runs
+WHERE finished_at IS NOT NULL AND (finished_at, id) > ($1::timestamptz, $2::bigint)
+ORDER BY finished_at, id
+LIMIT $3;

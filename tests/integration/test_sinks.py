@@ -10,8 +10,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from batcher import sinks
 from batcher.handler import Batch, ConflictPolicy, Rejected, Stream
+from batcher.sinks import postgres as sinks
 
 TABLE_DDL = """
 CREATE TABLE IF NOT EXISTS sink_items (

@@ -44,6 +44,8 @@ ROWS = [
         ("mongodb://env1/db", "mongodb://env2/db"), ("mongodb://env1/db", "mongodb://env2/db")),
     Row("mongo.params", ("MONGODB_PARAMS",), None, "w=1", "w=1",
         ("retryWrites=false",), ("retryWrites=false",)),
+    Row("mongo.database", ("BATCHER_MONGODB_DATABASE",), None, "ingest", "ingest", ("history",), ("history",)),
+    Row("mongo.history", ("BATCHER_MONGODB_HISTORY",), False, True, True, ("false",), (False,)),
     Row("daemon.data_dir", ("BATCHER_DATA_DIR",), Path(".batcher"), "/srv/toml", Path("/srv/toml"),
         ("/srv/env",), (Path("/srv/env"),)),
     Row("daemon.concurrency", ("BATCHER_CONCURRENCY",), 4, 8, 8, ("16",), (16,)),

@@ -387,27 +387,3 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, set | frozenset | tuple):
         return list(value)
     return str(value)
-
-
-def mongo_uri(uri: str, params: str | None) -> str:
-    """The MongoDB URI with ``MONGODB_PARAMS`` (URI query options) appended."""
-    if not params:
-        return uri
-    return f"{uri}{'&' if '?' in uri else '?'}{params.lstrip('?&')}"
-
-
-async def mongo_health(uri: str, timeout: float, params: str | None = None) -> tuple[bool, str]:
-    """Ping MongoDB with a short server-selection timeout: (ok, reason). The URI (credentials) is never
-    part of the reason."""
-    from pymongo import AsyncMongoClient
-    from pymongo.errors import PyMongoError
-
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        mongo_uri(uri, params), serverSelectionTimeoutMS=int(timeout * 1000), connectTimeoutMS=int(timeout * 1000))
-    try:
-        info = await client.admin.command("ping")
-        return bool(info.get("ok")), "MongoDB answered ping"
-    except PyMongoError as exc:
-        return False, f"MongoDB is unreachable: {type(exc).__name__}"
-    finally:
-        await client.close()
