@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from batcher.handler import Handler
 from handlers.datasync import DataSyncHandler
+from handlers.hubspot import HubSpotHandler
 from handlers.synthetic import SyntheticHandler
 from handlers.usage import UsageAggregationHandler
 
@@ -15,4 +16,5 @@ BUILTIN_HANDLERS: dict[str, type[Handler]] = {
     SyntheticHandler.type: SyntheticHandler,
     DataSyncHandler.type: DataSyncHandler,
     UsageAggregationHandler.type: UsageAggregationHandler,
+    HubSpotHandler.type: HubSpotHandler,
 }
