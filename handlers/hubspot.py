@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -239,38 +239,60 @@ def event_row(raw: Any) -> tuple[Any, ...]:
             from_ms(parse_ms(raw.get("occurredAt"))), props)
 
 
+def _iso(ms: int) -> str:
+    return from_ms(ms).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def events_query(p: HubSpotParams, event_type: str, ms: int | None) -> dict[str, str]:
+    """The first page's query: after the cursor's time (−1 ms: its ids are dropped), or the window."""
+    query = {"eventType": event_type, "sort": "occurredAt", "limit": str(p.events_page_size)}
+    if p.start is not None and p.end is not None:
+        query["occurredBefore"] = _iso(_day_ms(p.end) + DAY_MS)
+        ms = ms if ms is not None else _day_ms(p.start)
+    if ms is not None:
+        query["occurredAfter"] = _iso(ms - 1)
+    return query
+
+
+def event_page(body: Any, ms: int | None, ids: set[str]) -> tuple[list[Any], list[Rejected], int | None, set[str]]:
+    """Rows and rejects of one page (occurrences already read at the cursor's time dropped), and the
+    cursor after it: the last occurrence time and the ids read at that time."""
+    rows: list[Any] = []
+    rejected: list[Rejected] = []
+    for raw in (body or {}).get("results", []):
+        try:
+            row = event_row(raw)
+        except ValueError as exc:
+            rejected.append(Rejected(raw=raw, reason=f"invalid HubSpot event: {exc}"))
+            continue
+        at = int(row[4].timestamp() * 1000)
+        if at == ms and row[0] in ids:
+            continue
+        rows.append(row)
+        ms, ids = (ms, ids | {row[0]}) if at == ms else (at, {row[0]})
+    return rows, rejected, ms, ids
+
+
 async def sync_events(ctx: RunContext, api: HubSpotApi, p: HubSpotParams) -> AsyncIterator[Batch]:
-    """Each event type from its cursor (occurrence time), ``after`` paging within the run."""
+    """Each event type from its cursor (occurrence time), ``after`` paging within the run. A window
+    run keeps its cursor under ``window:<type>`` (dropped at the end), never moving the incremental one."""
     cursors: dict[str, Any] = dict(ctx.checkpoint(EVENTS) or {})
+    window = p.start is not None and p.end is not None
     for event_type in p.events:
-        state = cursors.get(event_type) or {}
+        key = f"window:{event_type}" if window else event_type
+        state = cursors.get(key) or {}
         ms, ids = state.get("ms"), set(state.get("ids", []))
-        query = {"eventType": event_type, "sort": "occurredAt", "limit": str(p.events_page_size)}
-        if ms is not None:
-            query["occurredAfter"] = from_ms(int(ms) - 1).isoformat().replace("+00:00", "Z")
-        if p.start is not None and p.end is not None:
-            query.setdefault("occurredAfter", from_ms(_day_ms(p.start) - 1).isoformat())
-            query["occurredBefore"] = (datetime.combine(p.end + timedelta(days=1), datetime.min.time(), UTC)
-                                       .isoformat())
+        query = events_query(p, event_type, ms)
         while True:
             body = await api.get("/events/v3/events", query)
-            rows, rejected = [], []
-            for raw in (body or {}).get("results", []):
-                try:
-                    row = event_row(raw)
-                except ValueError as exc:
-                    rejected.append(Rejected(raw=raw, reason=f"invalid HubSpot event: {exc}"))
-                    continue
-                at = int(row[4].timestamp() * 1000)
-                if ms is not None and at == ms and row[0] in ids:
-                    continue
-                rows.append(row)
-                ms, ids = (ms, ids | {row[0]}) if at == ms else (at, {row[0]})
+            rows, rejected, ms, ids = event_page(body, ms, ids)
             if ms is not None:
-                cursors[event_type] = {"ms": ms, "ids": sorted(ids)[:1000]}
+                cursors[key] = {"ms": ms, "ids": sorted(ids)[:1000]}
+            after = ((body or {}).get("paging") or {}).get("next", {}).get("after")
+            if window and not after:
+                cursors.pop(key, None)
             yield Batch(stream=EVENTS, records=rows, rejected=rejected, checkpoint=dict(cursors),
                         items_checked=len(rows) + len(rejected))
-            after = ((body or {}).get("paging") or {}).get("next", {}).get("after")
             if not after:
                 break
             query["after"] = str(after)

@@ -12,7 +12,8 @@ Shapes follow HubSpot's public v3 reference: records are ``{"id", "properties", 
   scrambled (not id) order, so a client cannot rely on an order HubSpot does not promise.
 - ``POST /crm/v3/objects/{type}/batch/read`` — ``{"inputs": [{"id"}], "properties"}``, ≤ 100 inputs.
 - ``GET /crm/v3/properties/{type}`` — property discovery; ``GET /crm/v3/schemas`` — custom objects.
-- ``GET /events/v3/events?eventType&occurredAfter&after&limit&sort`` — event occurrences.
+- ``GET /events/v3/events?eventType&occurredAfter&occurredBefore&after&limit&sort`` — event occurrences
+  (``sort=occurredAt``: oldest first; otherwise newest first).
 - Faults: 401 for a wrong or revoked token; 429 with HubSpot's body (``policyName`` ``TEN_SECONDLY_ROLLING``
   every ``rate_limit_every`` requests, ``DAILY`` for every request after ``daily_limit`` requests); 502/503
   every ``error_every`` requests. Searches carry no rate-limit headers, like HubSpot's.
@@ -332,7 +333,9 @@ class FakeHubSpot:
         q = request.query
         occurrences = self.events.get(q.get("eventType", ""), [])
         after_ms = _parse_time(q["occurredAfter"]) if "occurredAfter" in q else None
-        rows = [e for e in occurrences if after_ms is None or _parse_time(e["occurredAt"]) > after_ms]
+        before_ms = _parse_time(q["occurredBefore"]) if "occurredBefore" in q else None
+        rows = [e for e in occurrences if (after_ms is None or _parse_time(e["occurredAt"]) > after_ms)
+                and (before_ms is None or _parse_time(e["occurredAt"]) < before_ms)]
         rows.sort(key=lambda e: (e["occurredAt"], e["id"]), reverse=q.get("sort") != "occurredAt")
         start, limit = int(q.get("after", "0") or 0), int(q.get("limit", "20"))
         page = rows[start:start + limit]

@@ -213,6 +213,31 @@ async def test_events_sync_by_occurrence_time(hubspot_db: Any, settings: Any) ->
     assert await hubspot_db.fetchval("SELECT count(*) FROM hubspot_events") == 451
 
 
-def test_search_cap_is_never_approached_by_keyset_pages() -> None:
-    """The cap the fake enforces is HubSpot's (10,000 results per query)."""
-    assert SEARCH_CAP == 10_000
+async def test_fake_search_reproduces_hubspots_limits() -> None:
+    """The fake answers 400 past the 10,000th result, to two sorts and to six filter groups, as HubSpot
+    does; the first 10,000 results are served."""
+    import aiohttp
+
+    async with FakeHubSpot(FakeOptions(records={"contacts": 10_500})) as fake, aiohttp.ClientSession(
+            headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        url = f"{fake.url}/crm/v3/objects/contacts/search"
+        sort = [{"propertyName": "lastmodifieddate", "direction": "ASCENDING"}]
+
+        async def status(**body: Any) -> int:
+            async with http.post(url, json={"limit": 200, "sorts": sort, **body}) as response:
+                return response.status
+
+        assert await status(after=str(SEARCH_CAP - 200)) == 200
+        assert await status(after=str(SEARCH_CAP)) == 400
+        assert await status(sorts=sort * 2) == 400
+        assert await status(filterGroups=[{"filters": []}] * 6) == 400
+
+
+async def test_event_window_run_leaves_the_incremental_cursor(hubspot_db: Any, settings: Any) -> None:
+    """A run with ``start``/``end`` reads the window's occurrences only and does not move the events cursor."""
+    async with FakeHubSpot(FakeOptions(records={"contacts": 0}, events={"e_visited_page": 200})) as fake:
+        window = await run(settings, fake, objects=[], events=["e_visited_page"], start="2026-01-01",
+                           end="2026-01-01")
+        assert window["status"] == "succeeded" and window["records"] == 200, window
+        cursor = await hubspot_db.fetchval("SELECT cursor FROM checkpoints WHERE stream = 'events'")
+        assert cursor == {}
