@@ -7,13 +7,14 @@ from ``hubspot_objects``/``hubspot_events``, the run summary and the fake's requ
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from batcher.fakes.hubspot import SEARCH_CAP, FakeHubSpot, FakeOptions
 from batcher.testing import run_job_once, test_settings
-from handlers.hubspot_api import OAUTH_NOT_WIRED
+from handlers.hubspot_api import OAUTH_NOT_WIRED, daily_reset
 
 TOKEN = "pat-test-token"
 FAST = {"interval_ms": 1000, "max_in_interval": 1_000_000}
@@ -241,3 +242,25 @@ async def test_event_window_run_leaves_the_incremental_cursor(hubspot_db: Any, s
         assert window["status"] == "succeeded" and window["records"] == 200, window
         cursor = await hubspot_db.fetchval("SELECT cursor FROM checkpoints WHERE stream = 'events'")
         assert cursor == {}
+
+
+async def test_archived_scan_runs_every_archived_every_hours(hubspot_db: Any, settings: Any) -> None:
+    """The archived listing runs on the first run, not again within ``archived_every_hours`` (24 by
+    default), and on every run with 0; a record archived meanwhile is then marked."""
+    async with FakeHubSpot(FakeOptions(records={"contacts": 50})) as fake:
+        assert (await run(settings, fake))["status"] == "succeeded"
+        fake.archive("contacts", [3])
+        fake.log.clear()
+        assert (await run(settings, fake))["status"] == "succeeded"
+        assert not [e for e in fake.log if e.get("kind") == "archived"]
+        assert (await run(settings, fake, archived_every_hours=0))["status"] == "succeeded"
+        assert [e for e in fake.log if e.get("kind") == "archived"]
+    assert (await stored(hubspot_db))["3"]["archived"] is True
+
+
+def test_daily_reset_is_the_next_midnight_in_the_account_time_zone() -> None:
+    """HubSpot's daily quota resets at midnight in the account's time zone (UTC unless configured)."""
+    now = datetime(2026, 12, 4, 7, 30, tzinfo=UTC)
+    assert daily_reset(now, "UTC").isoformat() == "2026-12-05T00:00:00+00:00"
+    assert daily_reset(now, "America/New_York").isoformat() == "2026-12-05T00:00:00-05:00"
+    assert daily_reset(now, "Asia/Tokyo").isoformat() == "2026-12-05T00:00:00+09:00"
