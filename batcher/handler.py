@@ -80,6 +80,9 @@ class Stream:
     json_columns: tuple[str, ...] = ()
     sink: Literal["postgres", "mongo"] = "postgres"
     parse_raw: Callable[[str], tuple[Any, ...]] | None = None
+    #: Add the rows the sink inserted or changed to the run's ``items_updated`` (with ``update_if_changed``
+    #: a record re-read unchanged does not count): for handlers that cannot know what changed upstream.
+    count_written_as_updated: bool = False
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -125,14 +128,18 @@ class HttpClient(Protocol):
 
     async def get_json(self, url: str, *, params: Mapping[str, str] | None = None,
                        headers: Mapping[str, str] | None = None,
-                       validate: Callable[[Any], Any] | None = None, raw_body: bool = False) -> Any:
+                       validate: Callable[[Any], Any] | None = None, raw_body: bool = False,
+                       on_throttled: Callable[[Any], float | None] | None = None) -> Any:
         """GET and parse JSON. ``validate`` (given the parsed body, or the raw bytes with ``raw_body``)
         returns the value to hand back; a ValueError from it counts as a failed attempt and the page is
-        fetched again under the namespace's retry policy."""
+        fetched again under the namespace's retry policy. ``on_throttled`` is given each 429 response
+        (``status``, ``headers``, ``body``, ``json()``) before the pause: it may raise (a quota no pause
+        fixes ends the request) or return the pause in seconds to use when the response names none."""
 
     async def request_json(self, method: str, url: str, *, idempotent: bool = False,
                            params: Mapping[str, str] | None = None, json: Any = None,
-                           headers: Mapping[str, str] | None = None) -> Any: ...
+                           headers: Mapping[str, str] | None = None,
+                           on_throttled: Callable[[Any], float | None] | None = None) -> Any: ...
 
 
 class RunContext(Protocol):

@@ -59,6 +59,9 @@ __all__ = ["HttpClientError", "HttpResponse", "HttpRuntime", "HttpStatusError", 
            "NamespaceClient", "RunAccounting", "validate_envelope", "validate_records"]
 
 T = TypeVar("T")
+#: Sees each 429 response before the pause: raises to end the request, or returns the pause (seconds)
+#: to use when the response names none.
+ThrottleHook = Callable[[HttpResponse], float | None]
 RETRIED_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 DEFAULT_MAX_ATTEMPTS = 5
 #: Failures worth another attempt: connection refused/reset, timeouts, truncated or corrupt bodies.
@@ -118,7 +121,8 @@ class NamespaceClient:
 
     async def get_json(self, url: str, *, params: Mapping[str, str] | None = None,
                        headers: Mapping[str, str] | None = None,
-                       validate: Callable[[Any], Any] | None = None, raw_body: bool = False) -> Any:
+                       validate: Callable[[Any], Any] | None = None, raw_body: bool = False,
+                       on_throttled: ThrottleHook | None = None) -> Any:
         """GET ``url`` and parse the JSON body.
 
         With ``validate``, the parsed body goes through it and its result is returned. A body that is not
@@ -129,29 +133,34 @@ class NamespaceClient:
         scan the raw text, e.g. for escapes that cannot be stored).
         """
         if validate is None:
-            return (await self.request("GET", url, params=params, headers=headers)).json()
+            return (await self.request("GET", url, params=params, headers=headers,
+                                       on_throttled=on_throttled)).json()
         checked: list[Any] = []
-        await self.request("GET", url, params=params, headers=headers,
+        await self.request("GET", url, params=params, headers=headers, on_throttled=on_throttled,
                            accept=lambda response: checked.append(
                                validate(response.body if raw_body else response.json())))
         return checked[-1]
 
     async def request_json(self, method: str, url: str, *, idempotent: bool = False,
                            params: Mapping[str, str] | None = None, json: Any = None,
-                           headers: Mapping[str, str] | None = None) -> Any:
+                           headers: Mapping[str, str] | None = None,
+                           on_throttled: ThrottleHook | None = None) -> Any:
         """Send ``json`` (if any) and parse the JSON body of the answer."""
         response = await self.request(method, url, idempotent=idempotent, params=params, json=json,
-                                      headers=headers)
+                                      headers=headers, on_throttled=on_throttled)
         return response.json()
 
     async def request(self, method: str, url: str, *, idempotent: bool = False,
                       params: Mapping[str, str] | None = None, json: Any = None, data: Any = None,
                       headers: Mapping[str, str] | None = None,
-                      accept: Callable[[HttpResponse], object] | None = None) -> HttpResponse:
+                      accept: Callable[[HttpResponse], object] | None = None,
+                      on_throttled: ThrottleHook | None = None) -> HttpResponse:
         """One logical request: admission, attempts, 429 pauses, 401 refresh; a 2xx/3xx response.
 
         ``accept`` checks a 2xx/3xx response; when it raises ``ValueError``/``InvalidResponseError`` the
-        attempt counts as failed (see :meth:`get_json`)."""
+        attempt counts as failed (see :meth:`get_json`). ``on_throttled`` sees each 429 first: it may
+        raise to end the request (a quota no pause will fix, e.g. a provider's daily limit), or return
+        the pause in seconds to use when the response names none (None: the runtime's default)."""
         method = method.upper()
         state = _Attempts(self.max_attempts, retried=idempotent or method in RETRIED_METHODS)
         while True:
@@ -165,7 +174,7 @@ class NamespaceClient:
             except _RETRIED_ERRORS as exc:
                 await self._failed(state, method, url, f"{type(exc).__name__}: {exc}")
                 continue
-            if await self._should_retry(state, method, url, response, token):
+            if await self._should_retry(state, method, url, response, token, on_throttled):
                 continue
             if accept is not None and not await self._accepted(state, method, url, response, accept):
                 continue
@@ -203,11 +212,12 @@ class NamespaceClient:
             return HttpResponse(status=resp.status, headers=resp.headers, body=body, wire_bytes=len(raw))
 
     async def _should_retry(self, state: _Attempts, method: str, url: str, response: HttpResponse,
-                            token: str | None) -> bool:
+                            token: str | None, on_throttled: ThrottleHook | None = None) -> bool:
         """True to send again (after any pause or backoff); raises when the request has failed."""
         status = response.status
         if is_rate_limited(response):
-            await self._throttled(state, method, url, response)
+            default_s = on_throttled(response) if on_throttled is not None else None
+            await self._throttled(state, method, url, response, default_s)
             return True
         state.throttled = 0
         if status == 401 and self._oauth is not None and token is not None and not state.reauthorized:
@@ -222,17 +232,19 @@ class NamespaceClient:
             raise HttpStatusError(method, safe_url(url), status, safe_excerpt(response.body))
         return False
 
-    async def _throttled(self, state: _Attempts, method: str, url: str, response: HttpResponse) -> None:
+    async def _throttled(self, state: _Attempts, method: str, url: str, response: HttpResponse,
+                         default_s: float | None = None) -> None:
         state.throttled += 1
         metrics.HTTP_RATE_LIMITED.labels(self._label).inc()
-        default_s = self._rt.default_retry_after_s
-        if self.quota_pause_s and is_quota_exhausted(response):
-            default_s = self.quota_pause_s
+        if default_s is None:  # the request's hook gave none
+            default_s = self._rt.default_retry_after_s
+            if self.quota_pause_s and is_quota_exhausted(response):
+                default_s = self.quota_pause_s
         delay, problems = parse_retry_delay(response.headers, self._rt.clock(), default_s=default_s,
                                             max_s=self._rt.max_pause_s)
         for problem in problems:
             self._log.warning("retry_after_unparseable", namespace=self.namespace, header=problem,
-                              default_s=self._rt.default_retry_after_s)
+                              default_s=default_s)
         if state.throttled > self._rt.max_429_retries:
             raise HttpClientError(f"{method} {safe_url(url)}: still rate limited (HTTP {response.status}) "
                                   f"after {self._rt.max_429_retries} retries")

@@ -17,7 +17,7 @@ from batcher.worker import LOCK_CLASS
 
 # --- HTTP client and rate limits (batcher.http, batcher.ratelimit) -------------------------------------
 # The ``namespace`` label is :func:`namespace_label` of the client's namespace: its first two
-# ``:``-separated parts ("hubspot:general:"), so credential discriminators never become label values.
+# ``:``-separated parts ("hubspot:api:"), so credential discriminators never become label values.
 
 HTTP_API_CALLS = Counter(
     "batcher_http_api_calls_total", "HTTP attempts sent upstream (every attempt counts).", ["namespace"])

@@ -170,10 +170,16 @@ class OAuth2TokenProvider:
 
 
 def _oauth_error(body: bytes) -> str | None:
-    """The ``error`` code of an OAuth2 error response (RFC 6749 §5.2), or None."""
+    """The ``error`` code of an OAuth2 error response (RFC 6749 §5.2), or None. HubSpot's token endpoint
+    answers a refused refresh token with ``{"status": "BAD_REFRESH_TOKEN", …}`` instead: that is
+    ``invalid_grant`` too."""
     try:
         data = json.loads(body)
     except ValueError:
         return None
-    code = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None
+    if data.get("status") == "BAD_REFRESH_TOKEN":
+        return "invalid_grant"
+    code = data.get("error")
     return code if isinstance(code, str) else None

@@ -4,8 +4,8 @@ This module owns *when* a request may leave, per rate-limit namespace:
 
 - :data:`DEFAULT_RATE_LIMITS` for the providers we ship (each number with its source); the TOML's
   ``[rate_limits."ns:"]`` entries override them (:func:`effective_rate_limits`). A namespace is matched to
-  its settings by the longest configured prefix, so ``"hubspot:general:portal-42"`` (a namespace with a
-  credential discriminator) uses the ``"hubspot:general:"`` settings but has its own Redis state, since
+  its settings by the longest configured prefix, so ``"hubspot:api:portal-42"`` (a namespace with a
+  credential discriminator) uses the ``"hubspot:api:"`` settings but has its own Redis state, since
   upstream limits are per key. A namespace that matches nothing is unlimited: never paced, but one
   round trip checks the shared pause, so a 429 seen by any process holds every process.
 - Admission is a reservation: the script hands out the next slot (``max(tat - tolerance, now)``) when it
@@ -55,7 +55,7 @@ def _limit(interval_ms: int, max_in_interval: int, quota_pause_ms: int = 0) -> R
 DEFAULT_RATE_LIMITS: dict[str, RateLimitSettings] = {
     # HubSpot private apps, Free/Starter: 100 requests per 10 s per app per account ("burst" limit;
     # Professional/Enterprise 190/10 s). https://developers.hubspot.com/docs/api/usage-details
-    "hubspot:general:": _limit(10_000, 100),
+    "hubspot:api:": _limit(10_000, 100),
     # HubSpot CRM search endpoints: 5 requests per second per account (same page, "Search" section).
     "hubspot:search:": _limit(1_000, 5),
     # Google Search Console Search Analytics: 1,200 queries per minute per site (also per user);

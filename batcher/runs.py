@@ -112,8 +112,9 @@ class RunWriter:
                 pending = self._state.pending()
                 progress = self._progress(batch, len(batch.records))
                 await self._write_logs(conn, self._state.logs[:pending[2]])
+                updated = batch.items_updated + (result.written if stream.count_written_as_updated else 0)
                 await conn.execute(Q["add_run_counters"], self._id, len(batch.records) - result.database_rejected,
-                                   result.dead_lettered, batch.items_checked, batch.items_updated, pending[0],
+                                   result.dead_lettered, batch.items_checked, updated, pending[0],
                                    pending[1], progress, new_errors or None, seq, self._lease)
                 self._in_doubt = (seq, pending, new_errors)  # from here on, only the COMMIT can fail
         except BaseException as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from batcher.handler import Handler
 from handlers.datasync import DataSyncHandler
 from handlers.gsc import GscHandler
+from handlers.hubspot import HubSpotHandler
 from handlers.synthetic import SyntheticHandler
 from handlers.usage import UsageAggregationHandler
 
@@ -17,4 +18,5 @@ BUILTIN_HANDLERS: dict[str, type[Handler]] = {
     DataSyncHandler.type: DataSyncHandler,
     UsageAggregationHandler.type: UsageAggregationHandler,
     GscHandler.type: GscHandler,
+    HubSpotHandler.type: HubSpotHandler,
 }

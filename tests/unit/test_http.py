@@ -144,6 +144,39 @@ async def test_429_pauses_then_retries_the_same_request(runtime: HttpRuntime) ->
     assert counters.api_calls == 2
 
 
+async def test_on_throttled_sets_the_pause_of_a_429_without_headers(runtime: HttpRuntime) -> None:
+    """``on_throttled`` sees the 429 body; the pause it returns is used when the response names none
+    (HubSpot's search 429s carry no Retry-After), then the same request is sent again."""
+    c, counters = client(runtime)
+    seen: list[int] = []
+
+    def hook(response: object) -> float:
+        seen.append(getattr(response, "status", 0))
+        return 0.3
+
+    with aioresponses() as m:
+        m.post(URL, status=429, payload={"policyName": "TEN_SECONDLY_ROLLING"})
+        m.post(URL, status=200, payload={"ok": 1})
+        started = time.monotonic()
+        assert await c.request_json("POST", URL, json={}, on_throttled=hook) == {"ok": 1}
+        assert time.monotonic() - started >= 0.29
+    assert seen == [429] and counters.api_calls == 2
+
+
+async def test_on_throttled_raising_ends_the_request_without_a_retry(runtime: HttpRuntime) -> None:
+    """A quota no pause fixes (HubSpot's DAILY policy): the hook's error ends the request after one call."""
+    c, counters = client(runtime)
+
+    def hook(response: object) -> float:
+        raise PermanentError("daily quota used up")
+
+    with aioresponses() as m:
+        m.get(URL_RE, status=429, payload={"policyName": "DAILY"}, repeat=True)
+        with pytest.raises(PermanentError, match="daily quota used up"):
+            await c.get_json(URL, on_throttled=hook)
+    assert counters.api_calls == 1
+
+
 async def test_github_style_403_with_remaining_zero_is_a_rate_limit(runtime: HttpRuntime) -> None:
     """403 with X-RateLimit-Remaining: 0 (GitHub's primary limit) is handled like a 429."""
     c, _ = client(runtime)

@@ -48,11 +48,11 @@ def test_emission_interval_and_tolerance() -> None:
 
 def test_longest_prefix_wins_and_toml_overrides_defaults() -> None:
     """A namespace with a credential discriminator uses its provider's entry; TOML entries win."""
-    limits = effective_rate_limits({"hubspot:general:": rl(interval_ms=10_000, max_in_interval=150),
+    limits = effective_rate_limits({"hubspot:api:": rl(interval_ms=10_000, max_in_interval=150),
                                     "datasync:": rl(max_in_interval=10)})
-    assert limit_for("hubspot:general:portal-42", limits) == ("hubspot:general:",
-                                                              limits["hubspot:general:"])
-    assert limits["hubspot:general:"].max_in_interval == 150
+    assert limit_for("hubspot:api:portal-42", limits) == ("hubspot:api:",
+                                                              limits["hubspot:api:"])
+    assert limits["hubspot:api:"].max_in_interval == 150
     assert limits["github:api:"] == DEFAULT_RATE_LIMITS["github:api:"]
     assert limit_for("datasync:events:", limits) is not None
     assert limit_for("unknown:thing:", limits) is None
@@ -60,7 +60,7 @@ def test_longest_prefix_wins_and_toml_overrides_defaults() -> None:
 
 def test_shipped_defaults_cover_the_providers() -> None:
     """Defaults exist for HubSpot general/search, Search Console, Docker Hub and GitHub."""
-    assert set(DEFAULT_RATE_LIMITS) >= {"hubspot:general:", "hubspot:search:", "gsc:searchanalytics:",
+    assert set(DEFAULT_RATE_LIMITS) >= {"hubspot:api:", "hubspot:search:", "gsc:searchanalytics:",
                                         "dockerhub:api:", "github:api:"}
     assert DEFAULT_RATE_LIMITS["github:api:"].max_in_interval == 5000
 
