@@ -557,6 +557,12 @@
       ? h("section", { class: "errors", "aria-label": "Errors" }, h("h3", {}, `Errors (${run.errors.length})`),
         h("ul", {}, run.errors.map((e) => h("li", {}, typeof e === "string" ? e : JSON.stringify(e)))))
       : h("p", { class: "muted" }, "No errors.");
+    const reasons = (run.progress && run.progress.dead_letter_reasons) || [];
+    const deadLetterReasons = reasons.length
+      ? h("section", { class: "dead-letter-reasons", "aria-label": "Dead-letter reasons" },
+        h("h3", {}, `Dead letters: ${count(run.deadLetters)} (reasons: ${reasons.length})`),
+        h("ul", {}, reasons.map((r) => h("li", {}, String(r)))))
+      : null;
     const logs = h("details", { "data-part": "logs", class: "logs", open: wasOpen.logs || null },
       h("summary", { "data-key": "detail-logs" }, `Logs (${run.logs.length})`),
       run.logs.length
@@ -569,8 +575,8 @@
     const params = h("details", { "data-part": "params", open: wasOpen.params || null },
       h("summary", { "data-key": "detail-params" }, "Params, progress and result"),
       h("pre", {}, JSON.stringify({ params: run.params, progress: run.progress, result: run.result }, null, 2)));
-    body.replaceChildren(...[head, active ? progressBar(run) : null, recordsChart(run), facts, counters, errors, logs,
-      params].filter(Boolean));
+    body.replaceChildren(...[head, active ? progressBar(run) : null, recordsChart(run), facts, counters, errors,
+      deadLetterReasons, logs, params].filter(Boolean));
     restoreFocus(key);
   }
 
