@@ -11,6 +11,15 @@ from batcher.errors import (
     RunCancelledError,
     TransientError,
 )
+from batcher.extension import (
+    ApiRequest,
+    ApiResponse,
+    ApiRoute,
+    ApiRouteError,
+    CliCommand,
+    CommandContext,
+    CommandServices,
+)
 from batcher.handler import (
     NO_CHECKPOINT,
     Batch,
@@ -31,9 +40,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "NO_CHECKPOINT",
+    "ApiRequest",
+    "ApiResponse",
+    "ApiRoute",
+    "ApiRouteError",
     "Batch",
     "BatcherError",
     "CheckpointScope",
+    "CliCommand",
+    "CommandContext",
+    "CommandServices",
     "ConfigError",
     "ConflictPolicy",
     "Handler",

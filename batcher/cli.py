@@ -9,40 +9,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import date
 from typing import Any, NoReturn
 
 from batcher import __version__
+from batcher.cliutil import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, _params, _print_json, parse_param
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(Exception):
-    """A bad command line (exit 2)."""
+__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "UsageError", "_params", "_print_json", "build_parser",
+           "main", "parse_param"]
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message}")
-
-
-def parse_param(text: str) -> tuple[str, Any]:
-    """``key=value``; the value is read as JSON when it parses (numbers, booleans, null), else a string."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise UsageError(f"--param expects key=value, got {text!r}")
-    try:
-        value: Any = json.loads(raw)
-    except ValueError:
-        value = raw
-    return key.strip(), value
-
-
-def _params(items: Sequence[str] | None) -> dict[str, Any]:
-    return dict(parse_param(p) for p in items or ())
 
 
 def _positive(text: str) -> int:
@@ -118,14 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = dl.add_parser("purge")
     p.add_argument("job")
     p.add_argument("--before", help="only dead letters created before this date (YYYY-MM-DD)")
-    from batcher.aggregate import add_parsers as add_aggregate_parsers
+    from batcher.handlercommands import add_handler_commands
 
-    add_aggregate_parsers(sub)
+    add_handler_commands(sub)  # the commands handlers contribute (batcher.extension.CliCommand)
     return parser
-
-
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, default=str, ensure_ascii=False), flush=True)
 
 
 def _fail(message: str, code: int) -> int:
@@ -140,13 +117,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except UsageError as exc:
         return _fail(str(exc).removeprefix("batcher: ").removeprefix("batcher "), EXIT_USAGE)
+    except ConfigError as exc:  # a handler plugin that does not load (its commands are parsed too)
+        return _fail(str(exc), EXIT_USAGE)
     except SystemExit as exc:  # --help / --version: argparse printed its text; return, don't exit
         return exc.code if isinstance(exc.code, int) else EXIT_OK
     if args.command is None:
         return _fail("missing command (see `batcher --help`)", EXIT_USAGE)
     from batcher.clicommands import COMMANDS
 
-    handler: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = COMMANDS[args.command]
+    handler: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = \
+        getattr(args, "handler_command", None) or COMMANDS[args.command]
     try:
         return asyncio.run(handler(args))
     except UsageError as exc:

@@ -21,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 if TYPE_CHECKING:
     import structlog
 
+    from batcher.extension import ApiRoute, CliCommand
+
 
 class _SecretMarker:
     """Metadata marking a Params field as secret: persisted only as a ``<name>_env`` reference."""
@@ -173,6 +175,15 @@ class Handler(ABC):
     default_cron: ClassVar[str | None] = None
     #: True when the handler accepts ``start``/``end`` window params (``batcher backfill``).
     accepts_windows: ClassVar[bool] = False
+    #: ``batcher`` subcommands and admin-API routes this handler contributes (:mod:`batcher.extension`).
+    cli_commands: ClassVar[Sequence[CliCommand]] = ()
+    api_routes: ClassVar[Sequence[ApiRoute]] = ()
+
+    @classmethod
+    def job_env_overrides(cls, environ: Mapping[str, str]) -> dict[str, Any]:
+        """Job keys that environment variables set on every job of this type (folded into the file entry
+        before hashing, DESIGN §3), from ``environ``; a bad value is a ConfigError. None by default."""
+        return {}
 
     @classmethod
     def stream(cls, name: str) -> Stream:
