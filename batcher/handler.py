@@ -113,6 +113,22 @@ class Batch:
         return self.checkpoint is not NO_CHECKPOINT
 
 
+class HttpReply(Protocol):
+    """A finished 2xx/3xx response (implemented by batcher.responses.HttpResponse)."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def body(self) -> bytes: ...
+
+    def json(self) -> Any:
+        """The body parsed as JSON (None when empty)."""
+
+
 class HttpClient(Protocol):
     """The rate-limited, retrying HTTP client bound to one namespace (implemented by batcher.http)."""
 
@@ -126,6 +142,14 @@ class HttpClient(Protocol):
     async def request_json(self, method: str, url: str, *, idempotent: bool = False,
                            params: Mapping[str, str] | None = None, json: Any = None,
                            headers: Mapping[str, str] | None = None) -> Any: ...
+
+    async def request(self, method: str, url: str, *, idempotent: bool = False,
+                      params: Mapping[str, str] | None = None, json: Any = None, data: Any = None,
+                      headers: Mapping[str, str] | None = None,
+                      free_not_modified: bool = False) -> HttpReply:
+        """The answer itself (2xx/3xx: status, headers, body) for handlers that need more than the JSON,
+        e.g. a conditional request's 304 and ETag. ``free_not_modified``: a 304 gives its rate-limit
+        admission back (only where the upstream does not count it)."""
 
 
 class RunContext(Protocol):
@@ -148,6 +172,9 @@ class RunContext(Protocol):
 
     def report_progress(self, *, done: int | None = None, total: int | None = None) -> None:
         """Publish progress (shown by the API and dashboard); committed with the next batch."""
+
+    def report_result(self, values: Mapping[str, Any]) -> None:
+        """Merge ``values`` (JSON) into the run's ``result`` (API, dashboard), written when the run ends."""
 
     @property
     def postgres(self) -> Any:

@@ -11,7 +11,8 @@ implement :class:`batcher.handler.HttpClient` for one rate-limit namespace and o
    namespace's ``max_attempts`` (GET/HEAD/OPTIONS/PUT/DELETE always; POST/PATCH only when marked
    ``idempotent``), then raise :class:`TransientError`; 429 (and GitHub's 403 with
    ``X-RateLimit-Remaining: 0``) pauses the namespace for every process (:func:`parse_retry_delay`) and
-   retries, at most ``max_429_retries`` times in a row; a 401 with an OAuth provider retries once after a
+   retries, at most ``max_429_retries`` times in a row (a 403 with ``Retry-After``, GitHub's secondary
+   limit, too); a 401 with an OAuth provider retries once after a
    forced refresh; any other 4xx raises :class:`HttpStatusError` (permanent) with a redacted excerpt.
 
 Every wait — admission, pause, backoff, the request itself — watches the run's ``cancelled`` event and
@@ -142,11 +143,14 @@ class NamespaceClient:
     async def request(self, method: str, url: str, *, idempotent: bool = False,
                       params: Mapping[str, str] | None = None, json: Any = None, data: Any = None,
                       headers: Mapping[str, str] | None = None,
-                      accept: Callable[[HttpResponse], object] | None = None) -> HttpResponse:
+                      accept: Callable[[HttpResponse], object] | None = None,
+                      free_not_modified: bool = False) -> HttpResponse:
         """One logical request: admission, attempts, 429 pauses, 401 refresh; a 2xx/3xx response.
 
         ``accept`` checks a 2xx/3xx response; when it raises ``ValueError``/``InvalidResponseError`` the
-        attempt counts as failed (see :meth:`get_json`)."""
+        attempt counts as failed (see :meth:`get_json`). With ``free_not_modified`` a 304 answer gives its
+        rate-limit admission back (conditional requests an upstream does not count, e.g. GitHub's
+        authenticated ``If-None-Match``)."""
         method = method.upper()
         state = _Attempts(self.max_attempts, retried=idempotent or method in RETRIED_METHODS)
         while True:
@@ -164,6 +168,8 @@ class NamespaceClient:
                 continue
             if accept is not None and not await self._accepted(state, method, url, response, accept):
                 continue
+            if free_not_modified and response.status == 304:
+                await self._rt.limiter.refund(self.namespace)
             return response
 
     async def _accepted(self, state: _Attempts, method: str, url: str, response: HttpResponse,
@@ -201,7 +207,8 @@ class NamespaceClient:
                             token: str | None) -> bool:
         """True to send again (after any pause or backoff); raises when the request has failed."""
         status = response.status
-        if status == 429 or (status == 403 and response.headers.get("X-RateLimit-Remaining") == "0"):
+        if status == 429 or (status == 403 and (response.headers.get("X-RateLimit-Remaining") == "0"
+                                                or "Retry-After" in response.headers)):
             await self._throttled(state, method, url, response)
             return True
         state.throttled = 0

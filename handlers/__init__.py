@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from batcher.handler import Handler
 from handlers.datasync import DataSyncHandler
+from handlers.dockerhub import DockerHubPullHandler
 from handlers.synthetic import SyntheticHandler
+from handlers.tracked_apps import TrackedAppsHandler
 from handlers.usage import UsageAggregationHandler
 
 BUILTIN_HANDLERS: dict[str, type[Handler]] = {
     SyntheticHandler.type: SyntheticHandler,
     DataSyncHandler.type: DataSyncHandler,
     UsageAggregationHandler.type: UsageAggregationHandler,
+    DockerHubPullHandler.type: DockerHubPullHandler,
+    TrackedAppsHandler.type: TrackedAppsHandler,
 }
