@@ -100,7 +100,9 @@ class FakeGitHub:
         entry: dict[str, Any] = {"path": request.path, "authorized": authorized,
                                  "if_none_match": request.headers.get("If-None-Match")}
         self.log.append(entry)
-        answer = self._throttled(authorized) or self._found(request, repository, make, authorized)
+        answer = self._throttled(authorized)  # (a Response is a mapping: falsy when empty, so no `or`)
+        if answer is None:
+            answer = self._found(request, repository, make, authorized)
         entry["status"] = answer.status
         return answer
 
