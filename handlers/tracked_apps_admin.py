@@ -158,7 +158,7 @@ async def post_app(request: ApiRequest) -> ApiResponse:
     stored = await add_app(request.pool, new)
     if stored is None:
         raise ApiRouteError(409, "conflict", f"{new.name!r} is already tracked")
-    return ApiResponse({"success": True, "app": stored}, status=201)
+    return ApiResponse({"success": True, "app": stored})
 
 
 async def delete_app(request: ApiRequest) -> ApiResponse:
@@ -204,7 +204,7 @@ APPS_ROUTES = (
     ApiRoute("POST", "/api/apps", "addApp", post_app,
              {"summary": "Track an app (github:owner/repo or docker:namespace/repo[:tag-pattern])",
               "requestBody": {"required": True, "content": {"application/json": {"schema": _new_app_schema()}}},
-              "responses": {"201": _json(_ok(app=_APP), "Created"), "409": _json(_ERROR, "Already tracked")}},
+              "responses": {"200": _json(_ok(app=_APP), "Tracked"), "409": _json(_ERROR, "Already tracked")}},
              mutating=True, body=True),
     ApiRoute("DELETE", "/api/apps/{name}", "removeApp", delete_app,
              {"summary": "Stop tracking an app",

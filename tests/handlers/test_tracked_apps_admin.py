@@ -61,7 +61,7 @@ def test_apps_cli_add_list_remove_round_trip(apps_db: Any, database_url: str, re
 
 
 async def test_api_apps_round_trip_with_bad_input_refused(apps_db: Any, database_url: str, redis_url: str) -> None:
-    """POST (token) adds → 201 with the app; GET lists it; DELETE removes it (404 after); writes without the
+    """POST (token) adds → 200 with the app; GET lists it; DELETE removes it (404 after); writes without the
     token are 401; bad input is 400 with the reason and field; a duplicate is 409; the three operations
     are in the OpenAPI document."""
     async with test_services(test_settings(database_url, redis_url)) as services:
@@ -72,7 +72,7 @@ async def test_api_apps_round_trip_with_bad_input_refused(apps_db: Any, database
             assert (await client.post("/api/apps", json=new)).status == 401
             response = await client.post("/api/apps", json=new, headers=AUTH)
             body = await response.json()
-            assert response.status == 201 and body["app"]["currentVersion"] == "v1.2.0", body
+            assert response.status == 200 and body["app"]["currentVersion"] == "v1.2.0", body
             assert (await client.post("/api/apps", json=new, headers=AUTH)).status == 409
             for bad, field in (({**new, "name": "x", "source": "svn:acme/app"}, "source"),
                                ({**new, "name": "x", "currentVersion": "nope"}, "currentVersion"),
