@@ -129,3 +129,17 @@ def test_retry_delay_reads_docker_hub_header_forms(headers: dict[str, str], low:
               for k, v in headers.items()}
     delay, problems = parse_retry_delay(multidict.CIMultiDict(values), now)
     assert problems == [] and low <= delay <= high
+
+
+async def test_dockerhub_token_is_renewed_before_it_expires(hub_db: Any, database_url: str, redis_url: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the token's lifetime has passed (here: at once), the next request first gets a new one."""
+    import handlers.dockerhub
+
+    monkeypatch.setattr(handlers.dockerhub, "TOKEN_LIFETIME_S", 0.0)
+    async with FakeDockerHub({"library/nginx": NGINX}) as hub:
+        summary = await run(database_url, redis_url, hub, "library/nginx", username="alice",
+                            secrets={"access_token": "dckr_pat_fake"})
+        posts = [e["status"] for e in hub.log if e["method"] == "POST"]
+    assert (await run_row(hub_db, summary))["status"] == "succeeded"
+    assert posts == [200, 200] and hub.tokens_issued == 2  # one per tag page
