@@ -68,10 +68,11 @@ class AcyclicContract(Contract):
         cycles = import_cycles(graph, modules)
         chains = [graph.find_shortest_chain(cycle[0], cycle[1]) or () for cycle in cycles]
         back = [graph.find_shortest_chain(cycle[1], cycle[0]) or () for cycle in cycles]
-        return ContractCheck(kept=not cycles, metadata={"cycles": cycles, "chains": list(zip(chains, back))})
+        pairs = list(zip(chains, back, strict=True))
+        return ContractCheck(kept=not cycles, metadata={"cycles": cycles, "chains": pairs})
 
     def render_broken_contract(self, check: ContractCheck) -> None:
-        for cycle, (there, back) in zip(check.metadata["cycles"], check.metadata["chains"]):
+        for cycle, (there, back) in zip(check.metadata["cycles"], check.metadata["chains"], strict=True):
             output.print_error(f"Import circle among {', '.join(cycle)}:")
             output.print_error(f"  {' -> '.join(there)} -> {' -> '.join(back[1:])}")
             output.new_line()
