@@ -15,7 +15,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 EXTRAS := dev,embedded
-LINT_PATHS := batcher handlers tests bench
+LINT_PATHS := batcher handlers tests bench tools
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help

@@ -11,6 +11,15 @@ from batcher.errors import (
     RunCancelledError,
     TransientError,
 )
+from batcher.extension import (
+    ApiRequest,
+    ApiResponse,
+    ApiRoute,
+    ApiRouteError,
+    CliCommand,
+    CommandContext,
+    CommandServices,
+)
 from batcher.handler import (
     NO_CHECKPOINT,
     Batch,
@@ -19,6 +28,7 @@ from batcher.handler import (
     Handler,
     HandlerParams,
     HttpClient,
+    HttpReply,
     Rejected,
     RunContext,
     Secret,
@@ -32,14 +42,22 @@ __version__ = "0.1.0"
 
 __all__ = [
     "NO_CHECKPOINT",
+    "ApiRequest",
+    "ApiResponse",
+    "ApiRoute",
+    "ApiRouteError",
     "Batch",
     "BatcherError",
     "CheckpointScope",
+    "CliCommand",
+    "CommandContext",
+    "CommandServices",
     "ConfigError",
     "ConflictPolicy",
     "Handler",
     "HandlerParams",
     "HttpClient",
+    "HttpReply",
     "OAuth2Credentials",
     "PermanentError",
     "Rejected",

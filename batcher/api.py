@@ -33,8 +33,9 @@ from batcher import apimodels as m
 from batcher import commands, metrics
 from batcher.apiviews import READ_ONLY_ADVICE, VIEWS, ApiContext, ApiError, Reply, SchedulerView, View
 from batcher.errors import ConfigError
+from batcher.extension import ApiRequest, ApiRoute, ApiRouteError
 from batcher.models import Services
-from batcher.openapi import OPERATIONS, Operation, build_document
+from batcher.openapi import OPERATIONS, Operation, build_document, handler_routes
 from batcher.settings import ApiSettings
 from batcher.store import DB_ERRORS
 
@@ -70,7 +71,7 @@ async def envelope_errors(request: web.Request, handler: Callable[[web.Request],
     """Every failure as the error envelope; database outages as 503; anything else as a logged 500."""
     try:
         return await handler(request)
-    except ApiError as exc:
+    except (ApiError, ApiRouteError) as exc:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return error_response(exc.status, exc.code, exc.message, exc.field, headers)
     except commands.NotFound as exc:
@@ -171,6 +172,21 @@ def _route(op: Operation, view: View) -> Endpoint:
     return handle
 
 
+def _handler_route(route: ApiRoute) -> Endpoint:
+    """The aiohttp handler of a route a handler contributes: auth, the JSON body, its answer."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        ctx = request.app[CONTEXT]
+        if route.mutating:
+            _authorize(ctx, request)
+        body = await _read_json(request) if route.body else None
+        answer = await route.handle(ApiRequest(request.method, dict(request.match_info), dict(request.query),
+                                               body, ctx.services.pool))
+        return web.json_response(answer.body, status=answer.status, dumps=lambda v: json.dumps(v, default=str))
+
+    return handle
+
+
 _STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 _STATIC_HEADERS = {
     "Cache-Control": "no-cache",  # revalidated on every load, so an upgraded daemon serves its own page
@@ -207,7 +223,7 @@ def create_app(services: Services, scheduler: SchedulerView | None = None, *, to
     tick = scheduler.tick_seconds if scheduler is not None else services.settings.daemon.tick_seconds
     ctx = ApiContext(services, scheduler, token or None, metrics.DatabaseMetrics(commit_lag),
                      stall_after if stall_after is not None else max(30.0, 10 * tick),
-                     json.dumps(build_document()).encode())
+                     json.dumps(build_document(handler_routes(services.registry))).encode())
     app = web.Application(middlewares=[envelope_errors], client_max_size=MAX_BODY)
     app[CONTEXT] = ctx
     app.router.add_get("/", dashboard)
@@ -220,6 +236,11 @@ def create_app(services: Services, scheduler: SchedulerView | None = None, *, to
             app.router.add_get(op.path, handler, name=op.operation_id)
         else:
             app.router.add_route(op.method, op.path, handler, name=op.operation_id)
+    for route in handler_routes(services.registry):  # what handlers contribute (batcher.extension.ApiRoute)
+        if route.method == "GET":
+            app.router.add_get(route.path, _handler_route(route), name=route.operation_id)
+        else:
+            app.router.add_route(route.method, route.path, _handler_route(route), name=route.operation_id)
 
     async def start_feed(_app: web.Application) -> None:
         with contextlib.suppress(*DB_ERRORS):

@@ -16,53 +16,35 @@ import asyncio
 import json
 import math
 import sys
-import unicodedata
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, date, datetime
 from typing import Any, NoReturn
 
 from batcher import __version__
+from batcher.cliutil import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    MAX_NEXT,
+    UsageError,
+    _params,
+    _print_json,
+    json_default,
+)
+from batcher.extension import MAX_NAME, name_arg
+from batcher.extension import shown as _shown
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "MAX_NAME", "MAX_NEXT", "UsageError", "_params", "_print_json",
+           "build_parser", "check_args", "json_default", "main", "name_arg", "parse_param"]
+
 BIGINT_MAX = 2**63 - 1  # run ids are PostgreSQL bigints
 MAX_LIMIT = 500  # as the admin API's ``limit``
-MAX_NEXT = 100  # as the admin API's ``n``: `jobs NAME --next N` prints at most this many
-MAX_NAME = 200  # job names, streams, merchants (as the admin API's names)
 MAX_PARAM = 10_000  # one --param KEY=VALUE
-
-
-class UsageError(Exception):
-    """A bad command line (exit 2)."""
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message}")
-
-
-def _bad_text(text: str) -> str | None:
-    """Why ``text`` cannot be stored or shown as one line: a control character or invalid Unicode."""
-    if any(unicodedata.category(c) == "Cc" for c in text):
-        return "must not contain control characters"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return "must be valid Unicode text"
-    return None
-
-
-def name_arg(text: str) -> str:
-    """argparse type: a name (job, stream, merchant): 1..200 characters, no control characters."""
-    problem = "must not be empty" if not text.strip() else (
-        f"is longer than {MAX_NAME} characters" if len(text) > MAX_NAME else _bad_text(text))
-    if problem:
-        raise argparse.ArgumentTypeError(f"{_shown(text)} {problem}")
-    return text
-
-
-def _shown(text: str) -> str:
-    """A bad value in a one-line message: repr'd (control characters escaped), long ones shortened."""
-    return repr(text if len(text) <= 40 else text[:40] + "…")
 
 
 def _storable(value: Any) -> bool:
@@ -99,10 +81,6 @@ def parse_param(text: str) -> tuple[str, Any]:
         raise argparse.ArgumentTypeError(f"{_shown(text)}: the value must not contain NUL, invalid Unicode or "
                                          "an infinite number")
     return key.strip(), value
-
-
-def _params(items: Sequence[tuple[str, Any]] | None) -> dict[str, Any]:
-    return dict(items or ())
 
 
 def int_range(low: int, high: int) -> Callable[[str], int]:
@@ -208,9 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", type=name_arg)
     p.add_argument("--before", type=_before, metavar="DATE",
                    help="only dead letters created before this date (YYYY-MM-DD, UTC) or ISO timestamp")
-    from batcher.aggregate import add_parsers as add_aggregate_parsers
+    from batcher.handlercommands import add_handler_commands
 
-    add_aggregate_parsers(sub)
+    add_handler_commands(sub)  # the commands handlers contribute (batcher.extension.CliCommand)
     return parser
 
 
@@ -231,25 +209,6 @@ def check_args(args: argparse.Namespace) -> None:
         from batcher.commands import check_backfill_range
 
         check_backfill_range(args.date_from, args.date_to, confirmed=args.yes)
-    if command == "aggregate":
-        from batcher.aggregate import run_params
-
-        run_params(args)
-    if command == "aggregate-status":
-        from batcher.aggregate import check_merchant
-
-        check_merchant("aggregate-status", args.merchant)
-
-
-def json_default(value: Any) -> Any:
-    """How CLI output shows what JSON has no type for: timestamps and dates as ISO 8601 (with ``T``)."""
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    return str(value)
-
-
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, default=json_default, ensure_ascii=False), flush=True)
 
 
 def _fail(message: str, code: int) -> int:
@@ -277,7 +236,8 @@ def _run(args: argparse.Namespace) -> int:
     from batcher.clicommands import COMMANDS
     from batcher.errors import BatcherError, ConfigError, PermanentError
 
-    handler: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = COMMANDS[args.command]
+    handler: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = \
+        getattr(args, "handler_command", None) or COMMANDS[args.command]
     try:
         return asyncio.run(handler(args))
     except UsageError as exc:

@@ -9,9 +9,8 @@ from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
-from batcher.aggregate import cmd_aggregate, cmd_aggregate_status
 from batcher.app import Config, load_config, open_services, run_daemon
-from batcher.cli import EXIT_FAILED, EXIT_OK, MAX_NEXT, UsageError, _params, _print_json
+from batcher.cliutil import EXIT_FAILED, EXIT_OK, MAX_NEXT, UsageError, _params, _print_json
 from batcher.commands import (
     NotFound,
     cancel_run,
@@ -320,7 +319,6 @@ COMMANDS: dict[str, Command] = {
     "pause": cmd_pause, "resume": cmd_resume, "cancel": cmd_cancel, "migrate": cmd_migrate,
     "backfill": cmd_backfill,
     "health": cmd_health, "types": cmd_types, "checkpoints": cmd_checkpoints, "dead-letters": cmd_dead_letters,
-    "aggregate": cmd_aggregate, "aggregate-status": cmd_aggregate_status,
 }
 
 __all__ = ["COMMANDS", "NotFound"]

@@ -23,6 +23,7 @@ class RunState:
         self.api_calls = 0
         self.ingress_bytes = 0
         self.progress: dict[str, Any] | None = None
+        self.result: dict[str, Any] = {}  # the handler's summary, merged into batch_runs.result at finish
         self.logs: list[tuple[str, str, dict[str, Any]]] = []
         self.logs_total = 0
         self.cancelled = asyncio.Event()
@@ -102,6 +103,9 @@ class Context:
         if total is not None:
             progress["total"] = total
         self.state.progress = progress
+
+    def report_result(self, values: Mapping[str, Any]) -> None:
+        self.state.result.update(values)
 
     @property
     def postgres(self) -> Any:

@@ -255,7 +255,7 @@ async def run_demo(args: argparse.Namespace) -> int:
             daemon = await Child.start("daemon", [sys.executable, "-m", "batcher", "run"], data_dir / "daemon.log",
                                        daemon_env(config, data_dir, port, token, key))
             (data_dir / "demo.json").write_text(json.dumps({
-                "dashboard": base, "token": token, "datasync": fake_url, "demo_pid": os.getpid(),
+                "dashboard": base, "token": token, "datasync_url": fake_url, "demo_pid": os.getpid(),
                 "daemon_pid": daemon.proc.pid, "datasync_pid": fake.proc.pid}, indent=2))
             if await wait_ready(base, daemon, stop):
                 say(banner(base, token, fake_url, data_dir, port_note))

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 if TYPE_CHECKING:
     import structlog
 
+    from batcher.extension import ApiRoute, CliCommand
     from batcher.oauth import OAuth2Credentials
 
 
@@ -123,6 +124,22 @@ class Batch:
         return self.checkpoint is not NO_CHECKPOINT
 
 
+class HttpReply(Protocol):
+    """A finished 2xx/3xx response (implemented by batcher.responses.HttpResponse)."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def body(self) -> bytes: ...
+
+    def json(self) -> Any:
+        """The body parsed as JSON (None when empty)."""
+
+
 class HttpClient(Protocol):
     """The rate-limited, retrying HTTP client bound to one namespace (implemented by batcher.http)."""
 
@@ -140,6 +157,14 @@ class HttpClient(Protocol):
                            params: Mapping[str, str] | None = None, json: Any = None,
                            headers: Mapping[str, str] | None = None,
                            on_throttled: Callable[[Any], float | None] | None = None) -> Any: ...
+
+    async def request(self, method: str, url: str, *, idempotent: bool = False,
+                      params: Mapping[str, str] | None = None, json: Any = None, data: Any = None,
+                      headers: Mapping[str, str] | None = None,
+                      free_not_modified: bool = False) -> HttpReply:
+        """The answer itself (2xx/3xx: status, headers, body) for handlers that need more than the JSON,
+        e.g. a conditional request's 304 and ETag. ``free_not_modified``: a 304 gives its rate-limit
+        admission back (only where the upstream does not count it)."""
 
 
 class RunContext(Protocol):
@@ -168,6 +193,9 @@ class RunContext(Protocol):
     def report_progress(self, *, done: int | None = None, total: int | None = None) -> None:
         """Publish progress (shown by the API and dashboard); committed with the next batch."""
 
+    def report_result(self, values: Mapping[str, Any]) -> None:
+        """Merge ``values`` (JSON) into the run's ``result`` (API, dashboard), written when the run ends."""
+
     @property
     def postgres(self) -> Any:
         """Read access to PostgreSQL (an asyncpg pool) for handlers whose source is there."""
@@ -194,6 +222,15 @@ class Handler(ABC):
     default_cron: ClassVar[str | None] = None
     #: True when the handler accepts ``start``/``end`` window params (``batcher backfill``).
     accepts_windows: ClassVar[bool] = False
+    #: ``batcher`` subcommands and admin-API routes this handler contributes (:mod:`batcher.extension`).
+    cli_commands: ClassVar[Sequence[CliCommand]] = ()
+    api_routes: ClassVar[Sequence[ApiRoute]] = ()
+
+    @classmethod
+    def job_env_overrides(cls, environ: Mapping[str, str]) -> dict[str, Any]:
+        """Job keys that environment variables set on every job of this type (folded into the file entry
+        before hashing, DESIGN §3), from ``environ``; a bad value is a ConfigError. None by default."""
+        return {}
 
     @classmethod
     def stream(cls, name: str) -> Stream:

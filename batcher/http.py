@@ -12,8 +12,9 @@ implement :class:`batcher.handler.HttpClient` for one rate-limit namespace and o
    ``idempotent``), then raise :class:`TransientError`; 429 (and GitHub's 403 with
    ``X-RateLimit-Remaining: 0``) pauses the namespace for every process (:func:`parse_retry_delay`) and
    retries, at most ``max_429_retries`` times in a row (:func:`~batcher.responses.is_rate_limited`: also
-   Google's 403 ``quotaExceeded``/``rateLimitExceeded``; a ``quotaExceeded`` without a retry time pauses
-   for the namespace's ``quota_pause_ms``); a 401 with an OAuth provider retries once after a
+   Google's 403 ``quotaExceeded``/``rateLimitExceeded`` and a 403 with ``Retry-After``, GitHub's
+   secondary limit; a ``quotaExceeded`` without a retry time pauses for the namespace's
+   ``quota_pause_ms``); a 401 with an OAuth provider retries once after a
    forced refresh; any other 4xx raises :class:`HttpStatusError` (permanent) with a redacted excerpt.
 
 Every wait — admission, pause, backoff, the request itself — watches the run's ``cancelled`` event and
@@ -154,13 +155,16 @@ class NamespaceClient:
                       params: Mapping[str, str] | None = None, json: Any = None, data: Any = None,
                       headers: Mapping[str, str] | None = None,
                       accept: Callable[[HttpResponse], object] | None = None,
-                      on_throttled: ThrottleHook | None = None) -> HttpResponse:
+                      on_throttled: ThrottleHook | None = None,
+                      free_not_modified: bool = False) -> HttpResponse:
         """One logical request: admission, attempts, 429 pauses, 401 refresh; a 2xx/3xx response.
 
         ``accept`` checks a 2xx/3xx response; when it raises ``ValueError``/``InvalidResponseError`` the
         attempt counts as failed (see :meth:`get_json`). ``on_throttled`` sees each 429 first: it may
         raise to end the request (a quota no pause will fix, e.g. a provider's daily limit), or return
-        the pause in seconds to use when the response names none (None: the runtime's default)."""
+        the pause in seconds to use when the response names none (None: the runtime's default). With
+        ``free_not_modified`` a 304 answer gives its rate-limit admission back (conditional requests an
+        upstream does not count, e.g. GitHub's authenticated ``If-None-Match``)."""
         method = method.upper()
         state = _Attempts(self.max_attempts, retried=idempotent or method in RETRIED_METHODS)
         while True:
@@ -178,6 +182,8 @@ class NamespaceClient:
                 continue
             if accept is not None and not await self._accepted(state, method, url, response, accept):
                 continue
+            if free_not_modified and response.status == 304:
+                await self._rt.limiter.refund(self.namespace)
             return response
 
     async def _accepted(self, state: _Attempts, method: str, url: str, response: HttpResponse,

@@ -7,6 +7,7 @@ aiohttp route per entry, so the document and the server cannot drift apart. Sche
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,8 @@ from pydantic.json_schema import models_json_schema
 
 from batcher import __version__
 from batcher import apimodels as m
+from batcher.errors import ConfigError
+from batcher.extension import ApiRoute
 
 _REF = "#/components/schemas/{model}"
 _ERRORS = {400: "Invalid input (malformed JSON, validation, bad path or query value)",
@@ -153,8 +156,37 @@ def _operation(op: Operation) -> dict[str, Any]:
     return out
 
 
-def build_document() -> dict[str, Any]:
-    """The OpenAPI 3.1 document of the admin API."""
+def handler_routes(registry: Mapping[str, Any]) -> list[ApiRoute]:
+    """The routes handlers contribute, in registry order; one that takes an operation id or a method and
+    path already served is a ConfigError."""
+    taken = {op.operation_id for op in OPERATIONS} | {(op.method, op.path) for op in OPERATIONS}
+    out: list[ApiRoute] = []
+    for job_type, cls in registry.items():
+        for route in cls.api_routes:
+            clash = {route.operation_id, (route.method, route.path)} & taken
+            if clash:
+                raise ConfigError(f"handler {job_type!r} contributes the API route {route.method} {route.path} "
+                                  f"({route.operation_id}), which is already served")
+            taken |= {route.operation_id, (route.method, route.path)}
+            out.append(route)
+    return out
+
+
+def _route_operation(route: ApiRoute) -> dict[str, Any]:
+    """A contributed route's operation object: its own, with the id, security and error responses."""
+    out: dict[str, Any] = {**route.openapi, "operationId": route.operation_id}
+    responses = dict(out.get("responses") or {"200": {"description": "OK", "content": _json({})}})
+    codes = {400} | ({401, 403} if route.mutating else set()) | ({413} if route.body else set())
+    for status in sorted(codes):
+        responses.setdefault(str(status), {"description": _ERRORS[status], "content": _json(_ref(m.ErrorResponse))})
+    out["responses"] = responses
+    if route.mutating:
+        out["security"] = [{"bearer": []}]
+    return out
+
+
+def build_document(routes: Sequence[ApiRoute] = ()) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the admin API, with the routes handlers contribute."""
     models = _models()
     _, top = models_json_schema([(model, "serialization") for model in models if model not in _request_models()]
                                 + [(model, "validation") for model in _request_models()],
@@ -162,6 +194,8 @@ def build_document() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for op in OPERATIONS:
         paths.setdefault(op.path, {})[op.method.lower()] = _operation(op)
+    for route in routes:
+        paths.setdefault(route.path, {})[route.method.lower()] = _route_operation(route)
     return {
         "openapi": "3.1.0",
         "info": {"title": "batcher admin API", "version": __version__,

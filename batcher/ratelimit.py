@@ -68,12 +68,16 @@ DEFAULT_RATE_LIMITS: dict[str, RateLimitSettings] = {
     # GitHub REST API, authenticated: 5,000 requests per hour per user/token (primary limit).
     # https://docs.github.com/en/rest/using-the-rest-api/rate-limits-for-the-rest-api
     "github:api:": _limit(3_600_000, 5_000),
+    # GitHub REST API, unauthenticated: 60 requests per hour per IP (same page). The tracked-apps handler
+    # uses this namespace without a token, "github:api:token:<hash>:" with one.
+    "github:api:anonymous:": _limit(3_600_000, 60),
 }
 
 #: KEYS: tat, paused_until.
 #: ARGV acquire: "acquire", T µs, tolerance µs, horizon µs → {1, wait µs, slot µs} when a slot at most
 #: ``horizon`` ahead was reserved, else {0, µs to wait before asking again, now µs}.
 #: ARGV pause: "pause", delay ms → {extended, paused_until ms, now µs}.
+#: ARGV refund: "refund", T µs → {1, new tat µs, now µs}: one admission given back (a free 304).
 GCRA_SCRIPT = """
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 local t = redis.call('TIME')
@@ -88,6 +92,15 @@ if ARGV[1] == 'pause' then
     return {1, target, now}
   end
   return {0, paused, now}
+end
+if ARGV[1] == 'refund' then
+  local tat = tonumber(redis.call('GET', KEYS[1]) or '0') - tonumber(ARGV[2])
+  if tat > now then
+    redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.floor((tat - now) / 1000) + 1000)
+  else
+    redis.call('DEL', KEYS[1])
+  end
+  return {1, tat, now}
 end
 if paused > now_ms then
   return {0, (paused - now_ms) * 1000, now}
@@ -180,6 +193,10 @@ class LocalGcra:
             return False, slot - now - gcra.horizon_us
         self._tat[namespace] = tat + gcra.emission_us
         return True, slot - now
+
+    def refund(self, namespace: str, gcra: Gcra) -> None:
+        if namespace in self._tat:
+            self._tat[namespace] -= gcra.emission_us
 
     def pause(self, namespace: str, delay_s: float) -> None:
         target = self.now_us() + int(delay_s * 1_000_000)
@@ -301,6 +318,20 @@ class RateLimiter:
             self._recovered()
         except (RedisError, OSError, TimeoutError) as exc:
             await self._degrade(exc)
+
+    async def refund(self, namespace: str) -> None:
+        """Give one admission of ``namespace`` back (a request the upstream did not count)."""
+        match = limit_for(namespace, self.limits)
+        if match is None:
+            return
+        gcra = Gcra.from_settings(match[1])
+        if self._redis is not None and self._redis_due():
+            try:
+                await self._eval(namespace, "refund", gcra.emission_us)
+                return
+            except (RedisError, OSError, TimeoutError) as exc:
+                await self._degrade(exc)
+        self._local.refund(namespace, Gcra.from_settings(match[1], self._share))
 
     async def _attempt(self, namespace: str, match: tuple[str, RateLimitSettings] | None,
                        ) -> tuple[bool, int, int, bool]:

@@ -89,8 +89,8 @@ def decode_body(raw: bytes, content_encoding: str | None) -> bytes:
 
 def _retry_after_seconds(value: str, now: float) -> float | None:
     """``Retry-After``: delay seconds, or an HTTP date; None when it is neither."""
-    if _NUMBER.match(value):
-        return float(value)
+    if _NUMBER.match(value):  # seconds; a number ≥ 10⁹ is an epoch time (Docker Hub has sent one)
+        return _reset_seconds(value, now)
     try:
         when = email.utils.parsedate_to_datetime(value.strip())
     except (TypeError, ValueError, IndexError):
@@ -117,16 +117,19 @@ def parse_retry_delay(headers: Mapping[str, str], now: float, *, default_s: floa
                       max_s: float = 3600.0) -> tuple[float, list[str]]:
     """Seconds to pause after a 429, and the header values that could not be parsed.
 
-    - ``Retry-After``: seconds (``"120"``, ``"1.5"``) or an HTTP date (``"Wed, 21 Oct 2026 07:28:00 GMT"``).
+    - ``Retry-After``: seconds (``"120"``, ``"1.5"``), an epoch time (a number ≥ 10⁹, as Docker Hub's
+      ``retry-after`` has been) or an HTTP date (``"Wed, 21 Oct 2026 07:28:00 GMT"``).
+    - ``X-Retry-After`` (Docker Hub): read like ``X-RateLimit-Reset``.
     - ``X-RateLimit-Reset``: a number ≥ 10⁹ is an epoch time in seconds (≥ 10¹² in milliseconds);
       a smaller one is a delta in seconds (epoch 10⁹ was in 2001, so no real reset time is that small).
-    - Both present: the later of the two. A time in the past gives 0.
+    - Several present: the latest. A time in the past gives 0.
     - Neither usable (absent or garbage): ``default_s``; each garbage value is listed so the caller can
       log a warning. The result is capped at ``max_s``.
     """
     delays: list[float] = []
     problems: list[str] = []
-    for name, parse in (("Retry-After", _retry_after_seconds), ("X-RateLimit-Reset", _reset_seconds)):
+    for name, parse in (("Retry-After", _retry_after_seconds), ("X-RateLimit-Reset", _reset_seconds),
+                        ("X-Retry-After", _reset_seconds)):
         value = headers.get(name)
         if value is None:
             continue
@@ -178,14 +181,15 @@ GOOGLE_RATE_LIMIT_REASONS = frozenset({"quotaExceeded", "rateLimitExceeded", "us
 
 
 def is_rate_limited(response: HttpResponse) -> bool:
-    """A 429, or a 403 that is really a rate limit: GitHub's (``X-RateLimit-Remaining: 0``) or Google's
+    """A 429, or a 403 that is really a rate limit: GitHub's (``X-RateLimit-Remaining: 0``, or ``Retry-After``
+    on its secondary limit) or Google's
     (``{"error": {"errors": [{"reason": "quotaExceeded" | "rateLimitExceeded" …}]}}``)."""
     if response.status == 429:
         return True
     if response.status != 403:
         return False
-    if response.headers.get("X-RateLimit-Remaining") == "0":
-        return True
+    if response.headers.get("X-RateLimit-Remaining") == "0" or "Retry-After" in response.headers:
+        return True  # GitHub's primary limit, or its secondary limit (a 403 with Retry-After)
     return bool(_google_error_reasons(response.body) & GOOGLE_RATE_LIMIT_REASONS)
 
 

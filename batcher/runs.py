@@ -235,8 +235,10 @@ class RunWriter:
     async def _record_final(self, conn: Conn, outcome: RunOutcome,
                             ) -> tuple[dict[str, Any], list[str], tuple[int, int, int]]:
         errors = self._new_errors(outcome.errors)
-        result = {"logs_dropped": max(self._state.logs_total - len(self._state.logs), 0)} \
-            if self._state.logs_total > 1000 else None
+        dropped = {"logs_dropped": max(self._state.logs_total - len(self._state.logs), 0)} \
+            if self._state.logs_total > 1000 else {}
+        merged = {**self._state.result, **dropped}  # the handler's report_result, if any
+        result = merged if merged else None
         row = await conn.fetchrow(Q["finish_run"], self._id, outcome.status, outcome.reason, errors or None,
                                   result, *self._state.pending()[:2])
         job = self._run["job_name"]

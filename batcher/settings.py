@@ -227,46 +227,27 @@ def load_settings(environ: Mapping[str, str] | None = None, config_path: Path | 
         raise _config_error_from(exc, path, env_data, env) from None
 
 
-#: The usage aggregation's original environment names (issue 9): aliases for keys of every
-#: ``usage_aggregation`` job, folded into its entry before hashing (DESIGN §3), so changing them counts as
-#: a file change (an API edit wins until then).
-USAGE_JOB_TYPE = "usage_aggregation"
-_TRUE, _FALSE = frozenset({"true", "1", "yes", "on"}), frozenset({"false", "0", "no", "off"})
-
-
 def fold_job_env_aliases(jobs: Mapping[str, Any], environ: Mapping[str, str],
+                         registry: Mapping[str, Any] | None = None,
                          ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """``ENABLE_USAGE_AGGREGATION`` (true/false) sets ``enabled`` and ``USAGE_AGGREGATION_INTERVAL``
-    (milliseconds, rounded up to whole minutes) sets ``interval_minutes`` (dropping ``cron``) of each
-    usage_aggregation job. Returns the jobs and, per job changed, the keys set (``job_env_overrides``)."""
-    overrides = _usage_env_overrides(environ)
+    """Environment variables that set job keys, as each handler declares them
+    (``Handler.job_env_overrides``, e.g. the usage aggregation's original names): folded into every job
+    of that type before hashing (DESIGN §3), so changing them counts as a file change (an API edit wins
+    until then); an ``interval_minutes`` override drops ``cron``. Returns the jobs and, per job changed,
+    the keys set (``job_env_overrides``). A bad value is a ConfigError even with no job of that type."""
+    if registry is None:
+        from batcher.registry import load_registry
+
+        registry = load_registry()
+    by_type = {job_type: o for job_type, cls in registry.items() if (o := cls.job_env_overrides(environ))}
     out, applied = dict(jobs), {}
     for name, entry in jobs.items():
-        if overrides and isinstance(entry, Mapping) and entry.get("type") == USAGE_JOB_TYPE:
+        overrides = by_type.get(str(entry.get("type"))) if isinstance(entry, Mapping) else None
+        if overrides:
             merged = {k: v for k, v in entry.items() if not ("interval_minutes" in overrides and k == "cron")}
             out[name] = {**merged, **overrides}
             applied[name] = dict(overrides)
     return out, applied
-
-
-def _usage_env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    enabled = environ.get("ENABLE_USAGE_AGGREGATION", "").strip()
-    if enabled:
-        if enabled.lower() not in _TRUE | _FALSE:
-            raise ConfigError(f"must be true or false, got {enabled!r}", key="ENABLE_USAGE_AGGREGATION")
-        out["enabled"] = enabled.lower() in _TRUE
-    interval = environ.get("USAGE_AGGREGATION_INTERVAL", "").strip()
-    if interval:
-        if not interval.isdigit() or int(interval) < 1:
-            raise ConfigError(f"must be a positive number of milliseconds, got {interval!r}",
-                              key="USAGE_AGGREGATION_INTERVAL")
-        minutes = -(-int(interval) // 60_000)
-        if minutes > 1440:
-            raise ConfigError(f"{interval} ms is {minutes} minutes, more than 1440 (one day)",
-                              key="USAGE_AGGREGATION_INTERVAL")
-        out["interval_minutes"] = minutes
-    return out
 
 
 def _env_name_for(loc: list[str], env_data: Mapping[str, Any], env: Mapping[str, str]) -> str | None:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from batcher.handler import Handler
 from handlers.datasync import DataSyncHandler
+from handlers.dockerhub import DockerHubPullHandler
 from handlers.gsc import GscHandler
 from handlers.hubspot import HubSpotHandler
 from handlers.synthetic import SyntheticHandler
+from handlers.tracked_apps import TrackedAppsHandler
 from handlers.usage import UsageAggregationHandler
 
 BUILTIN_HANDLERS: dict[str, type[Handler]] = {
@@ -19,4 +21,6 @@ BUILTIN_HANDLERS: dict[str, type[Handler]] = {
     UsageAggregationHandler.type: UsageAggregationHandler,
     GscHandler.type: GscHandler,
     HubSpotHandler.type: HubSpotHandler,
+    DockerHubPullHandler.type: DockerHubPullHandler,
+    TrackedAppsHandler.type: TrackedAppsHandler,
 }

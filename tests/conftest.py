@@ -47,6 +47,21 @@ def _logging() -> None:
 
 
 @pytest.fixture(autouse=True)
+def _restore_logging(_logging: None) -> Iterator[None]:
+    """A test that reconfigures logging (an in-process CLI command with BATCHER_LOG_LEVEL=warning, the
+    logging tests' reset) must not leave later tests without info entries in run_logs: put the session's
+    configuration back when a test changed it."""
+    import structlog
+
+    before = structlog.get_config()
+    yield
+    if structlog.get_config() != before:
+        from batcher.logs import configure_logging
+
+        configure_logging("console", "info")
+
+
+@pytest.fixture(autouse=True)
 def _keep_event_loop() -> Iterator[None]:
     """A sync test that calls ``asyncio.run`` (the CLI does) unsets the thread's event loop when it ends;
     put the session loop back so the async tests after it still find it."""

@@ -17,6 +17,10 @@ INSERT INTO schema_migrations (version, name) VALUES ($1, $2) ON CONFLICT (versi
 
 -- ===================================================================== jobs (batch_config)
 
+-- name: configured_jobs_of_type
+-- Configured (file or API) jobs of one handler type, for the commands a handler contributes: name, params.
+SELECT job_name, params FROM batch_config WHERE job_type = $1 AND NOT adhoc AND NOT orphaned ORDER BY job_name;
+
 -- name: config_file_entries
 -- Jobs as the file sync sees them: name → (source, file_hash, orphaned).
 SELECT job_name, source, file_hash, orphaned, adhoc FROM batch_config;

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from batcher.openapi import OPERATIONS
+from batcher.api import CONTEXT
+from batcher.openapi import OPERATIONS, handler_routes
 from tests.api.conftest import Client
 
 
@@ -20,7 +21,9 @@ async def test_document_matches_the_served_routes(client: Client) -> None:
     api_prefixes = ("/api", "/metrics", "/healthz", "/readyz")
     served = {(r.method, r.resource.canonical) for r in client.app.router.routes()
               if r.resource is not None and r.method != "HEAD" and r.resource.canonical.startswith(api_prefixes)}
-    assert documented == served == {(op.method, op.path) for op in OPERATIONS}
+    contributed = {(r.method, r.path) for r in handler_routes(client.app[CONTEXT].services.registry)}
+    assert contributed >= {("GET", "/api/apps"), ("POST", "/api/apps"), ("DELETE", "/api/apps/{name}")}
+    assert documented == served == {(op.method, op.path) for op in OPERATIONS} | contributed
     schemas = doc["components"]["schemas"]
     assert doc["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
     for path, ops in doc["paths"].items():

@@ -1,4 +1,5 @@
-"""``batcher aggregate`` and ``batcher aggregate-status``: the usage-aggregation commands (issue 9).
+"""``batcher aggregate`` and ``batcher aggregate-status``: the usage-aggregation commands (issue 9),
+contributed by :class:`handlers.usage.UsageAggregationHandler` through ``cli_commands`` (issue 18).
 
 Owns their argument parsing and checks, the choice of the configured ``usage_aggregation`` job, and the
 status report. It mirrors the original tool's commands:
@@ -14,30 +15,26 @@ status report. It mirrors the original tool's commands:
   whose key is gone (``expired``, reported apart: keys expire by the platform's TTL) and the last
   ``aggregated_at``. Exit 1 only when a live key and its row differ.
 
-Heavy modules are imported inside the commands so ``batcher --help`` stays fast.
+Only the public ``batcher`` API is used: services and runs come through the command's context.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import sys
 from collections.abc import Mapping
 from typing import Any
 
-from batcher.cli import EXIT_FAILED, EXIT_OK, UsageError, _print_json, name_arg
-from batcher.errors import ConfigError
+from batcher import CliCommand, CommandContext, ConfigError
+from batcher.extension import EXIT_FAILED, EXIT_OK, name_arg
+from handlers.usage_keys import UsageReader, key_date
+
+UsageError = ConfigError  # a bad command line: exit 2 with the message
 
 USAGE_TYPE = "usage_aggregation"
 MAX_DAYS_WITHOUT_YES = 366
 MAX_EXAMPLES = 20
 COUNTS = ("keys", "rows", "missing", "different", "expired")
-
-#: The configured (file or API) usage aggregation jobs, by name.
-SQL_USAGE_JOBS = """
-SELECT job_name, params FROM batch_config
-WHERE job_type = $1 AND NOT adhoc AND NOT orphaned ORDER BY job_name
-"""
 
 #: The rows of one usage date (optionally one merchant), for aggregate-status.
 SQL_USAGE_ROWS = """
@@ -59,10 +56,7 @@ def usage_date(text: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a valid date (YYYY-MM-DD): {exc}") from None
 
 
-def add_parsers(sub: Any) -> None:
-    """The ``aggregate`` and ``aggregate-status`` subcommands (``sub`` is build_parser's subparsers)."""
-    p = sub.add_parser("aggregate", help="copy usage counters from Redis to PostgreSQL (a run of the "
-                                         "configured usage_aggregation job)")
+def add_aggregate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--date", type=usage_date, metavar="D", help="one UTC date (default: yesterday)")
     p.add_argument("--from", dest="start", type=usage_date, metavar="D1", help="first date (with --to)")
     p.add_argument("--to", dest="end", type=usage_date, metavar="D2", help="last date, inclusive")
@@ -70,7 +64,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--yes", action="store_true", help=f"confirm a range over {MAX_DAYS_WITHOUT_YES} days")
     p.add_argument("--job", type=name_arg, help="the usage_aggregation job to run when several are configured")
     p.add_argument("--no-wait", action="store_true", help="exit 1 instead of waiting for a busy job")
-    p = sub.add_parser("aggregate-status", help="compare Redis counters of a date with merchant_usage")
+
+
+def add_status_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("date", type=usage_date, metavar="D", help="the UTC date to compare")
     p.add_argument("--merchant", type=name_arg, help="only this merchant id")
     p.add_argument("--job", type=name_arg, help="the usage_aggregation job whose key_prefix to use")
@@ -106,23 +102,6 @@ def check_merchant(command: str, merchant: str | None) -> None:
         raise UsageError(f"{command}: --merchant {merchant!r} is not a merchant id (empty, or contains ':')")
 
 
-async def usage_jobs(pool: Any) -> dict[str, Mapping[str, Any]]:
-    """Configured usage_aggregation jobs: name → stored params."""
-    return {r["job_name"]: dict(r["params"] or {}) for r in await pool.fetch(SQL_USAGE_JOBS, USAGE_TYPE)}
-
-
-def refuse_unsynced(file_jobs: Mapping[str, Any], stored: Mapping[str, Any], wanted: str | None) -> None:
-    """The usage job is read from batch_config, never written from the caller's file: a wanted job (or,
-    with none stored, any usage job) that is only in the file is refused, naming the way to sync it."""
-    from batcher.jobs import not_synced
-
-    in_file = [n for n, spec in file_jobs.items() if spec.type == USAGE_TYPE and n not in stored]
-    if wanted is not None and wanted in in_file:
-        raise not_synced(wanted)
-    if wanted is None and not stored and in_file:
-        raise not_synced(in_file[0])
-
-
 def pick_job(jobs: Mapping[str, Any], wanted: str | None) -> str:
     """The one job to use; none, several (without ``--job``) or an unknown ``--job`` is a ConfigError."""
     if wanted is not None:
@@ -140,62 +119,36 @@ def pick_job(jobs: Mapping[str, Any], wanted: str | None) -> str:
     return next(iter(jobs))
 
 
-def _load_config() -> Any:
-    from batcher.app import load_config
-    from batcher.logs import configure_logging
-
-    config = load_config()
-    configure_logging(config.settings.log.format, config.settings.log.level)
-    return config
-
-
-async def cmd_aggregate(args: argparse.Namespace) -> int:
+async def cmd_aggregate(args: argparse.Namespace, ctx: CommandContext) -> int:
     """``batcher aggregate``: one run of the configured usage job; prints its JSON summary."""
-    from batcher.app import open_services
-    from batcher.progress import Progress, watch_execution
-    from batcher.runjob import JobBusy, run_foreground
-
     params = run_params(args)
-    config = _load_config()
-    async with open_services(config, start_embedded=True) as services:
-        stored = await usage_jobs(services.pool)
-        refuse_unsynced(config.jobs, stored, args.job)
+    async with ctx.services(start_embedded=True, schema="migrate") as services:
+        stored = await services.stored_jobs(USAGE_TYPE, args.job)
         job = pick_job(stored, args.job)
-        try:
-            async with Progress() as progress:
-                summary = await run_foreground(services, config, job, job_name=None, params=params,
-                                               literal_secrets={}, wait=not args.no_wait,
-                                               on_start=watch_execution(progress))
-        except JobBusy as exc:
-            print(f"batcher: {exc}", file=sys.stderr, flush=True)
-            return EXIT_FAILED
+        summary = await services.run_job(job, params, wait=not args.no_wait)
         row = await services.pool.fetchrow(SQL_RUN_COUNTS, summary["run_id"])
     checked = int(row["items_checked"]) if row else 0
     summary.update(params=params, keys=checked, malformed_keys=max(checked - int(summary["records"]), 0))
-    _print_json(summary)
+    ctx.print_json(summary)
     return EXIT_OK if summary["status"] == "succeeded" else EXIT_FAILED
 
 
-async def cmd_aggregate_status(args: argparse.Namespace) -> int:
+async def cmd_aggregate_status(args: argparse.Namespace, ctx: CommandContext) -> int:
     """``batcher aggregate-status D``: Redis vs PostgreSQL for one date; exit 1 when values differ."""
-    from batcher.app import open_services
-    from batcher.connections import redis_client
-
     check_merchant("aggregate-status", args.merchant)
-    config = _load_config()
-    async with open_services(config, start_embedded=False, schema="check") as services:
-        jobs = await usage_jobs(services.pool)
+    async with ctx.services(start_embedded=False, schema="check") as services:
+        jobs = await services.stored_jobs(USAGE_TYPE, strict=False)
         prefix = status_prefix(jobs, args.job)
-        redis = redis_client(services.redis_url, socket_timeout=30.0)
+        redis = services.redis_client(socket_timeout=30.0)
         try:
             live, malformed = await read_live(redis, args.date, prefix, args.merchant)
         finally:
-            await redis.aclose()  # type: ignore[attr-defined]  # types-redis 4.6 predates aclose
+            await redis.aclose()
         rows = await services.pool.fetch(SQL_USAGE_ROWS, args.date, args.merchant)
     report = compare(live, [dict(r) for r in rows])
     report = {"date": args.date.isoformat(), "key_prefix": prefix, "merchant": args.merchant,
               "malformed_keys": malformed, **report}
-    _print_json(report)
+    ctx.print_json(report)
     return EXIT_FAILED if report["totals"]["different"] else EXIT_OK
 
 
@@ -213,8 +166,6 @@ def status_prefix(jobs: Mapping[str, Mapping[str, Any]], wanted: str | None) -> 
 async def read_live(redis: Any, day: dt.date, prefix: str, merchant: str | None,
                     ) -> tuple[dict[tuple[str, str], int], int]:
     """The valid counters of ``day`` ((merchant, metric) → value) and the count of its malformed keys."""
-    from handlers.usage import UsageReader, key_date
-
     reader = UsageReader(redis, [day], key_prefix=prefix, merchant=merchant)
     live: dict[tuple[str, str], int] = {}
     malformed = 0
@@ -254,3 +205,11 @@ def compare(live: Mapping[tuple[str, str], int], rows: list[dict[str, Any]]) -> 
     in_sync = not totals["different"] and not totals["missing"]
     return {"metrics": dict(sorted(metrics.items())), "totals": totals, "in_sync": in_sync,
             "differences": examples}
+
+
+USAGE_COMMANDS = (
+    CliCommand("aggregate", "copy usage counters from Redis to PostgreSQL (a run of the configured "
+                            "usage_aggregation job)", add_aggregate_arguments, cmd_aggregate),
+    CliCommand("aggregate-status", "compare Redis counters of a date with merchant_usage", add_status_arguments,
+               cmd_aggregate_status),
+)

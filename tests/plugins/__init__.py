@@ -1,0 +1,1 @@
+"""A handler plugin package for tests (registered through a ``batcher.handlers`` entry point)."""
