@@ -1,0 +1,114 @@
+"""Outages under a real daemon (issue 20): PostgreSQL unreachable at start-up, a PostgreSQL connection cut
+in the middle of a COPY, and Redis restarted mid-run.
+
+PostgreSQL outages go through :class:`tests.e2e.pgproxy.PgProxy` (on this test's event loop) between the
+daemon and the session database; the Redis outage uses a redis-server of the test's own on a free port
+(never the shared one on 6379).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.e2e.pgproxy import PgProxy
+from tests.e2e.procs import Proc, batcher_env, poll, write_config
+from tests.e2e.waits import wait_events, wait_exit
+
+SMALL_JOB = {"type": "synthetic", "interval_minutes": 1440, "params": {"records": 50, "batch_size": 10}}
+
+
+@pytest.fixture
+async def proxy(database_url: str) -> AsyncIterator[PgProxy]:
+    parts = urlsplit(database_url)
+    p = await PgProxy(parts.hostname or "127.0.0.1", parts.port or 5432).start()
+    yield p
+    await p.close()
+
+
+def _proxied_url(proxy: PgProxy, database_url: str) -> str:
+    return proxy.url(urlsplit(database_url).path.lstrip("/"))
+
+
+@contextlib.contextmanager
+def _notify_socket(path: Path) -> Any:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.setblocking(False)
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def _drain(sock: socket.socket, got: list[str]) -> list[str]:
+    """Every datagram received so far, one state per line, appended to ``got``."""
+    while True:
+        try:
+            data = sock.recv(4096)
+        except BlockingIOError:
+            return got
+        got.extend(line for line in data.decode().splitlines() if line)
+
+
+async def test_daemon_waits_for_an_unreachable_database_then_becomes_ready(
+        db: Any, database_url: str, redis_url: str, tmp_path: Path, proxy: PgProxy, procs: list[Proc]) -> None:
+    """PostgreSQL refuses connections when the daemon starts: it stays alive, logs one
+    ``database_unreachable`` line per attempt with a growing delay, tells systemd only STATUS and
+    EXTEND_TIMEOUT_USEC (never READY=1) — then, once the database answers, it becomes ready (READY=1,
+    ``daemon_ready``), runs a job, and still exits 0 on SIGTERM."""
+    proxy.refusing = True
+    config = write_config(tmp_path / "b.toml", {"small": SMALL_JOB})
+    got: list[str] = []
+    with _notify_socket(tmp_path / "notify.sock") as sock:
+        env = batcher_env(_proxied_url(proxy, database_url), redis_url, config, tmp_path / "data",
+                          NOTIFY_SOCKET=str(tmp_path / "notify.sock"))
+        daemon = Proc(["run"], env, tmp_path / "d.log")
+        procs.append(daemon)
+        attempts = await wait_events(daemon, "database_unreachable", count=3, timeout=30)
+        assert [a["attempt"] for a in attempts] == [1, 2, 3]
+        assert [a["retry_in_s"] for a in attempts] == [0.5, 1.0, 2.0]
+        assert all("PostgreSQL is unreachable" in a["error"] for a in attempts)
+        assert daemon.popen.poll() is None and proxy.refused >= 3
+        _drain(sock, got)
+        assert "READY=1" not in got
+        assert any(s.startswith("STATUS=waiting for PostgreSQL (attempt 1)") for s in got), got
+        assert any(s.startswith("EXTEND_TIMEOUT_USEC=") for s in got), got
+        assert not [e for e in daemon.events() if e.get("event") == "daemon_ready"]
+        proxy.refusing = False
+        await wait_events(daemon, "daemon_ready", timeout=30)
+        assert "READY=1" in _drain(sock, got)
+    await db.execute("UPDATE batch_config SET next_run_at = now() WHERE job_name = 'small'")
+    await poll(db, "SELECT count(*) FROM batch_runs WHERE job_name = 'small' AND status = 'succeeded'")
+    daemon.signal(signal.SIGTERM)
+    assert await wait_exit(daemon, 20) == 0
+
+
+async def test_sigterm_while_waiting_for_the_database_exits_0_at_once(
+        database_url: str, redis_url: str, tmp_path: Path, proxy: PgProxy, procs: list[Proc]) -> None:
+    """SIGTERM while the daemon still waits for PostgreSQL: exit 0 within 3 s, ``daemon_stopped`` with
+    ready=false, and systemd never heard READY=1."""
+    proxy.refusing = True
+    got: list[str] = []
+    with _notify_socket(tmp_path / "notify.sock") as sock:
+        env = batcher_env(_proxied_url(proxy, database_url), redis_url, write_config(tmp_path / "b.toml", {}),
+                          tmp_path / "data", NOTIFY_SOCKET=str(tmp_path / "notify.sock"))
+        daemon = Proc(["run"], env, tmp_path / "d.log")
+        procs.append(daemon)
+        await wait_events(daemon, "database_unreachable", count=2, timeout=30)
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
+        daemon.signal(signal.SIGTERM)
+        assert await wait_exit(daemon, 10) == 0
+        assert loop.time() - sent < 3
+        assert "READY=1" not in _drain(sock, got)
+    stopped = [e for e in daemon.events() if e.get("event") == "daemon_stopped"]
+    assert stopped and stopped[0]["ready"] is False
