@@ -112,3 +112,55 @@ async def test_sigterm_while_waiting_for_the_database_exits_0_at_once(
         assert "READY=1" not in _drain(sock, got)
     stopped = [e for e in daemon.events() if e.get("event") == "daemon_stopped"]
     assert stopped and stopped[0]["ready"] is False
+
+
+async def _sample_commits(db: Any, root: str, samples: list[tuple[int, int]], stop: asyncio.Event) -> None:
+    """Rows and checkpoint of the chain in one statement (one snapshot) every few ms until ``stop``; a
+    missing checkpoint counts as 40,000 (a run-scoped checkpoint is deleted when its chain succeeds)."""
+    while not stop.is_set():
+        row = await db.fetchrow(
+            "SELECT (SELECT count(*) FROM synthetic_records WHERE scope_key = $1) AS n, "
+            "(SELECT (cursor->>'next_seq')::int FROM checkpoints WHERE scope_key = $1) AS seq", root)
+        samples.append((int(row["n"]), 40_000 if row["seq"] is None else int(row["seq"])))
+        await asyncio.sleep(0.01)
+
+
+async def test_connection_reset_mid_copy_rolls_back_and_the_retry_resumes(
+        db: Any, database_url: str, redis_url: str, tmp_path: Path, proxy: PgProxy, procs: list[Proc]) -> None:
+    """The daemon's connection is reset (RST) by the proxy while a 4,000-record batch is being COPYed:
+    that batch rolls back with its checkpoint (rows always equal the checkpoint, sampled throughout), the
+    run fails as transient, its retry resumes from the checkpoint, and the chain ends with exactly the
+    40,000 rows, each once, its record counters adding up to 40,000."""
+    job = {"type": "synthetic", "interval_minutes": 1440, "retry_base_seconds": 0.5,
+           "params": {"records": 40_000, "batch_size": 4000, "delay_ms": 100}}
+    env = batcher_env(_proxied_url(proxy, database_url), redis_url,
+                      write_config(tmp_path / "b.toml", {"copycut": job}), tmp_path / "data")
+    daemon = Proc(["run"], env, tmp_path / "d.log")
+    procs.append(daemon)
+    await wait_events(daemon, "daemon_ready")
+    await db.execute("UPDATE batch_config SET next_run_at = now() WHERE job_name = 'copycut'")
+    root = await poll(db, "SELECT id FROM batch_runs WHERE job_name = 'copycut' AND records >= 8000")
+    samples: list[tuple[int, int]] = []
+    stop = asyncio.Event()
+    sampler = asyncio.create_task(_sample_commits(db, str(root), samples, stop))
+    proxy.cut_after(100_000)  # a quarter of one batch's COPY
+    try:
+        await poll(db, "SELECT count(*) FROM batch_runs WHERE job_name = 'copycut' AND status = 'succeeded'",
+                   timeout=60)
+    finally:
+        stop.set()
+        await sampler
+    runs = [dict(r) for r in await db.fetch(
+        "SELECT * FROM batch_runs WHERE job_name = 'copycut' AND status <> 'skipped' ORDER BY id")]
+    assert proxy.cuts == 1
+    assert "connection" in runs[0]["errors"][0], runs[0]["errors"]
+    assert [(r["status"], r["reason"]) for r in runs] == [("failed", "transient_error"), ("succeeded", None)]
+    assert runs[1]["retry_of"] == root and runs[1]["root_run_id"] == root
+    assert runs[0]["records"] % 4000 == 0 and 8000 <= runs[0]["records"] < 40_000
+    assert runs[0]["records"] + runs[1]["records"] == 40_000, "the rolled-back batch was not counted"
+    seqs = await db.fetchrow("SELECT count(*) AS n, count(DISTINCT seq) AS d, min(seq) AS lo, max(seq) AS hi "
+                             "FROM synthetic_records WHERE scope_key = $1", str(root))
+    assert tuple(seqs) == (40_000, 40_000, 0, 39_999)
+    assert samples and all(n == seq for n, seq in samples), [s for s in samples if s[0] != s[1]][:5]
+    daemon.signal(signal.SIGTERM)
+    assert await wait_exit(daemon, 20) == 0
