@@ -130,10 +130,14 @@ class Chaos:
                             "AND status = 'succeeded'", last, timeout=timeout, interval=0.2)
 
     async def stop(self) -> None:
+        """SIGTERM every daemon once it is ready (before that, Python's default SIGTERM action applies)."""
+        for proc in self.daemons:
+            await wait_events(proc, "daemon_ready", timeout=60)
         for proc in self.daemons:
             proc.signal(signal.SIGTERM)
         for proc in self.daemons:
-            assert await wait_exit(proc, 30) == 0, proc.tail()
+            code = await wait_exit(proc, 30)
+            assert code == 0, f"exit {code}:\n{proc.tail()}"
 
 
 async def run_chaos(db: Any, database_url: str, redis_url: str, tmp_path: Path, procs: list[Proc], *,
