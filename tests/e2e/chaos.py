@@ -172,6 +172,9 @@ async def check_outcome(db: Any, report: ChaosReport) -> None:
     report.abandoned = len(dead)
     missing = [r["id"] for r in dead if r["id"] not in retries]
     assert not missing, f"abandoned runs without a retry: {missing}"
+    last_of_chain = {r["root_run_id"] or r["id"]: r for r in runs}  # ordered by id: the last one wins
+    unfinished = [(root, r["status"], r["reason"]) for root, r in last_of_chain.items() if r["status"] != "succeeded"]
+    assert not unfinished, f"chains that did not end succeeded: {unfinished}"
     for kill in report.kills:
         for run in dead:
             if f":{kill.pid}:" in (run["worker_id"] or ""):
