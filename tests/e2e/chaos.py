@@ -5,7 +5,8 @@ Three daemon processes on one database run synthetic jobs and a DataSync job (th
 SIGKILLs a random ready daemon every few seconds and starts a new one in its place. Afterwards
 :func:`check_outcome` proves: every expected record exactly once in ``synthetic_records`` and ``events``
 (every invalid event once in ``dead_letters``), no two runs of one job overlapping in time, no run left
-``running`` or ``queued``, every run that died with its daemon followed by a retry — and
+``running`` or ``queued``, every run that died with its daemon followed by a retry, every run chain
+ending succeeded, no request reaching the fake before a 429's reset (the pause is shared) — and
 :class:`ChaosReport` gives the failover times (kill → the retry started) as p50/p99/max.
 
 Every wait is asynchronous: the fake DataSync is served by the same event loop.
@@ -155,6 +156,7 @@ async def run_chaos(db: Any, database_url: str, redis_url: str, tmp_path: Path, 
         await chaos.settle(timeout=120)
         await chaos.stop()
         await check_tables(db, fake)
+        check_429_pauses(fake.log)
     await check_outcome(db, chaos.report)
     return chaos.report
 
@@ -201,6 +203,13 @@ async def _check_synthetic_chains(db: Any, runs: list[dict[str, Any]]) -> None:
         got = rows[str(root)]
         assert (got["n"], got["d"], got["lo"], got["hi"]) == (RECORDS, RECORDS, 0, RECORDS - 1), (root, got)
         assert sum(r["records"] for r in chain) == RECORDS, [(r["id"], r["records"]) for r in chain]
+
+
+def check_429_pauses(log: list[dict[str, Any]]) -> None:
+    """After a 429 no request (from any daemon: the pause is shared) reached the fake before its reset."""
+    for before, after in itertools.pairwise(log):
+        if before["status"] == 429:
+            assert after["t"] >= before["reset_at"], (before, after)
 
 
 def assert_no_overlap(runs: list[dict[str, Any]]) -> None:
