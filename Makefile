@@ -6,6 +6,7 @@
 #   make deps-browser  Debian's chromium (apt-get) and Playwright, for the browser test
 #   make lint    ruff, mypy --strict on batcher/, import-linter contracts
 #   make bench   every bench/*.py script in turn
+#   make chaos   3 daemons, 50 random SIGKILLs, exact data checks, failover p50/p99/max (CHAOS_KILLS=N)
 #   make clean   remove .venv, caches and the .batcher data dir
 #
 # The install is skipped while pyproject.toml is older than $(STAMP).
@@ -19,7 +20,7 @@ LINT_PATHS := batcher handlers tests bench tools
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test lint bench clean demo deps-browser
+.PHONY: help venv run test lint bench clean demo deps-browser chaos
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -78,6 +79,11 @@ lint: venv
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+
+# The same test as the bounded form in `make test` (10 kills), with 50 kills and its figures printed.
+CHAOS_KILLS ?= 50
+chaos: venv
+	CHAOS_KILLS=$(CHAOS_KILLS) $(PY) -m pytest -q -s -p no:cacheprovider tests/e2e/test_chaos.py $(PYTEST_ARGS)
 
 bench: venv
 	@set -- $(filter-out bench/common.py,$(wildcard bench/*.py)); \

@@ -2,7 +2,9 @@
 
 Everything is opened on one AsyncExitStack and closed in reverse order. ``run_daemon`` waits for
 SIGTERM/SIGINT, then drains (DESIGN §5) and returns exit status 0. ``open_services`` is shared with the
-CLI commands that need the database.
+CLI commands that need the database. Only the daemon waits for an unreachable PostgreSQL at start-up
+(:class:`DatabaseWait`: one ``database_unreachable`` line per attempt, backoff, not ready until it
+answers, exit 0 on SIGTERM while waiting); the one-off commands fail at once.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any, Literal
 import structlog
 
 from batcher import embedded, store
-from batcher.errors import ConfigError, SchemaTooNewError
+from batcher.errors import BatcherError, ConfigError, SchemaTooNewError, ServiceUnavailableError
 from batcher.handler import Handler
 from batcher.jobs import JobSpec, check_job_sinks, parse_jobs, sync_jobs
 from batcher.logs import configure_logging
@@ -57,18 +59,67 @@ def load_config(settings: Settings | None = None) -> Config:
     return Config(settings, registry, jobs)
 
 
+@dataclass
+class DatabaseWait:
+    """How the daemon waits for PostgreSQL at start-up: attempts with doubling delays (capped), each
+    logged and reported to systemd (not ready, start timeout extended), until it answers or ``stop``."""
+
+    stop: asyncio.Event
+    notifier: Notifier
+    first_delay: float = 0.5
+    max_delay: float = 30.0
+
+
+class StartupAborted(BatcherError):
+    """SIGTERM/SIGINT arrived while the daemon was still waiting for its database (exit 0)."""
+
+
+async def _pool_after_retries(url: str, size: int, wait: DatabaseWait) -> Any:
+    delay, attempt = wait.first_delay, 0
+    while True:
+        attempt += 1
+        try:
+            return await store.create_pool(url, size=size)
+        except ServiceUnavailableError as exc:
+            log.warning("database_unreachable", attempt=attempt, retry_in_s=delay, error=str(exc))
+            wait.notifier.waiting(f"waiting for PostgreSQL (attempt {attempt}): {exc}",
+                                  delay + store.CONNECT_TIMEOUT + 30)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, wait.max_delay)
+
+
+async def _create_pool(url: str, size: int, wait: DatabaseWait | None) -> Any:
+    """The pool; with ``wait``, retried until PostgreSQL answers or ``wait.stop`` is set (StartupAborted)."""
+    if wait is None:
+        return await store.create_pool(url, size=size)
+    attempts = asyncio.ensure_future(_pool_after_retries(url, size, wait))
+    stopped = asyncio.ensure_future(wait.stop.wait())
+    try:
+        await asyncio.wait((attempts, stopped), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if not attempts.done():
+        attempts.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await attempts
+        raise StartupAborted("stopped while waiting for PostgreSQL")
+    return attempts.result()
+
+
 @contextlib.asynccontextmanager
 async def open_services(config: Config, *, start_embedded: bool,
                         schema: Literal["migrate", "check", "none"] = "migrate",
-                        sync: bool = False, http: bool = False) -> AsyncIterator[Services]:
+                        sync: bool = False, http: bool = False,
+                        wait: DatabaseWait | None = None) -> AsyncIterator[Services]:
     """Embedded servers (when no URL is set), the pool, the schema (migrated, checked, or left to the
     caller as ``batcher migrate`` does), optionally the file sync and HTTP. Only the daemon syncs: one-off
-    commands read batch_config and never write the file's jobs into it (``batcher jobs sync`` does)."""
+    commands read batch_config and never write the file's jobs into it (``batcher jobs sync`` does).
+    With ``wait`` an unreachable PostgreSQL is retried (the daemon), else it fails at once."""
     s = config.settings
     async with contextlib.AsyncExitStack() as stack:
         urls = await stack.enter_async_context(
             embedded.services(s.database.url, s.redis.url, s.daemon.data_dir, start=start_embedded))
-        pool = await store.create_pool(urls.database_url, size=s.database.pool_size)
+        pool = await _create_pool(urls.database_url, s.database.pool_size, wait)
         stack.push_async_callback(pool.close)
         if schema == "migrate":
             async with pool.acquire() as conn:
@@ -150,8 +201,12 @@ async def run_daemon(config: Config) -> int:
     _install_signals(stop)
     notifier = Notifier(*systemd_environment())
     async with contextlib.AsyncExitStack() as stack:
-        services = await stack.enter_async_context(open_services(config, start_embedded=True, sync=True,
-                                                                 http=True))
+        try:
+            services = await stack.enter_async_context(open_services(
+                config, start_embedded=True, sync=True, http=True, wait=DatabaseWait(stop, notifier)))
+        except StartupAborted:
+            log.info("daemon_stopped", ready=False)
+            return 0
         worker = Worker(services.database_url, services.pool, lease_seconds=s.daemon.lease_seconds,
                         queues=s.daemon.queues)
         scheduler = Scheduler(services, worker)

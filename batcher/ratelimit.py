@@ -74,8 +74,10 @@ DEFAULT_RATE_LIMITS: dict[str, RateLimitSettings] = {
 }
 
 #: KEYS: tat, paused_until.
-#: ARGV acquire: "acquire", T µs, tolerance µs, horizon µs → {1, wait µs, slot µs} when a slot at most
-#: ``horizon`` ahead was reserved, else {0, µs to wait before asking again, now µs}.
+#: ARGV acquire: "acquire", T µs, tolerance µs, horizon µs[, floor µs] → {1, wait µs, slot µs} when a slot
+#: at most ``horizon`` ahead was reserved, else {0, µs to wait before asking again, now µs}. The optional
+#: floor (burst 1 only) keeps the slot at least that far from now: after local admissions (Redis was down),
+#: the first shared one stays one emission interval after the last local one, and so do those after it.
 #: ARGV pause: "pause", delay ms → {extended, paused_until ms, now µs}.
 #: ARGV refund: "refund", T µs → {1, new tat µs, now µs}: one admission given back (a free 304).
 GCRA_SCRIPT = """
@@ -113,6 +115,8 @@ local tolerance = tonumber(ARGV[3])
 local horizon = tonumber(ARGV[4])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
+local floor = now + tonumber(ARGV[5] or '0')
+if tat < floor then tat = floor end
 local slot = tat - tolerance
 if slot < now then slot = now end
 if slot - now > horizon then
@@ -174,6 +178,18 @@ class LocalGcra:
     def __init__(self) -> None:
         self._tat: dict[str, int] = {}
         self._paused: dict[str, int] = {}
+        self._last: dict[str, tuple[int, bool]] = {}  # this process's latest admission: (slot, shared)
+
+    def floor_us(self, namespace: str, gcra: Gcra) -> int:
+        """How long a Redis admission must wait at least (burst 1): one emission interval after this
+        process's previous admission when that one was local — a restarted Redis knows none of those."""
+        last, shared = self._last.get(namespace, (0, True))
+        if shared or gcra.tolerance_us:
+            return 0
+        return max(0, last + gcra.emission_us - self.now_us())
+
+    def admitted_shared(self, namespace: str, wait_us: int) -> None:
+        self._last[namespace] = (self.now_us() + wait_us, True)
 
     @staticmethod
     def now_us() -> int:
@@ -188,10 +204,13 @@ class LocalGcra:
         if gcra is None:
             return True, 0
         tat = max(self._tat.get(namespace, 0), now)
+        if gcra.tolerance_us == 0:  # after Redis admissions (which this GCRA never saw), keep their spacing
+            tat = max(tat, self._last.get(namespace, (0, False))[0] + gcra.emission_us)
         slot = max(tat - gcra.tolerance_us, now)
         if slot - now > gcra.horizon_us:
             return False, slot - now - gcra.horizon_us
         self._tat[namespace] = tat + gcra.emission_us
+        self._last[namespace] = (slot, False)
         return True, slot - now
 
     def refund(self, namespace: str, gcra: Gcra) -> None:
@@ -343,7 +362,9 @@ class RateLimiter:
                 else:
                     gcra = Gcra.from_settings(match[1])
                     ok, value, now = await self._eval(namespace, "acquire", gcra.emission_us, gcra.tolerance_us,
-                                                      gcra.horizon_us)
+                                                      gcra.horizon_us, self._local.floor_us(namespace, gcra))
+                    if ok:
+                        self._local.admitted_shared(namespace, int(value))
             except (RedisError, OSError, TimeoutError) as exc:
                 await self._degrade(exc)
             else:

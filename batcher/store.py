@@ -73,11 +73,15 @@ async def init_connection(conn: asyncpg.Connection) -> None:
 SERVER_SETTINGS = {"jit": "off"}
 
 
+#: Seconds one connection attempt may take (asyncpg's default is 60: a black-holed host would stall start-up).
+CONNECT_TIMEOUT = 10.0
+
+
 async def create_pool(url: str, *, size: int = 10, min_size: int = 1) -> asyncpg.Pool:
     """The process's pool. Raises ServiceUnavailableError naming PostgreSQL when it cannot connect."""
     try:
         pool = await asyncpg.create_pool(url, min_size=min(min_size, size), max_size=size,
-                                         init=init_connection, command_timeout=None,
+                                         init=init_connection, command_timeout=None, timeout=CONNECT_TIMEOUT,
                                          server_settings=SERVER_SETTINGS)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise ServiceUnavailableError(f"PostgreSQL is unreachable: {type(exc).__name__}: {exc}") from None

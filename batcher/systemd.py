@@ -1,4 +1,5 @@
-"""sd_notify for ``Type=notify`` units: READY, STOPPING, WATCHDOG (only when the unit asks for it).
+"""sd_notify for ``Type=notify`` units: READY, STOPPING, WATCHDOG (only when the unit asks for it), and
+STATUS + EXTEND_TIMEOUT_USEC while start-up waits for the database.
 
 Accepts abstract socket names (``@…``). Without ``NOTIFY_SOCKET`` every call is a no-op. Reads its two
 variables through :mod:`batcher.settings`-free parameters: the caller passes the environment values.
@@ -32,6 +33,11 @@ class Notifier:
 
     def ready(self) -> None:
         self.notify("READY=1\nSTATUS=scheduling jobs")
+
+    def waiting(self, status: str, extend_seconds: float) -> None:
+        """Still starting (not ready): a STATUS line, and EXTEND_TIMEOUT_USEC so that systemd's start
+        timeout (TimeoutStartSec) does not kill a daemon that is waiting for its database."""
+        self.notify(f"STATUS={status}\nEXTEND_TIMEOUT_USEC={int(extend_seconds * 1_000_000)}")
 
     def stopping(self) -> None:
         self.notify("STOPPING=1\nSTATUS=draining running jobs")

@@ -136,3 +136,20 @@ async def test_redis_outage_degrades_then_recovers(own_redis: OwnRedis,
     names = [e["event"] for e in events]
     assert names.count("rate_limiter_degraded") == 1
     assert "rate_limiter_recovered" in names
+
+
+async def test_switching_between_redis_and_the_local_limiter_keeps_the_spacing(
+        own_redis: OwnRedis, admissions: tuple[RateLimiter, list[Admission]]) -> None:
+    """At 20/s with burst 1, no two admissions of this process are closer than 50 ms at either switch:
+    Redis → local (the local GCRA does not know Redis's latest reservation) and local → a restarted,
+    empty Redis (which does not know the local ones). Before the fix each switch admitted one request
+    a few ms after the previous one."""
+    limiter, seen = admissions
+    await until(lambda: sum(a.shared for a in seen) >= 5, 5, "5 shared admissions")
+    own_redis.stop()
+    outage_from = len(seen)
+    await until(lambda: sum(not a.shared for a in seen[outage_from:]) >= 5, 6, "degraded admissions")
+    own_redis.start()
+    back_from = len(seen)
+    await until(lambda: sum(a.shared for a in seen[back_from:]) >= 5, 8, "shared admissions again")
+    assert min(gaps_us(seen)) >= 49_000, sorted(gaps_us(seen))[:3]
