@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import datetime
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -170,6 +171,25 @@ class RunContext(Protocol):
         """A redis.asyncio client for handlers whose source is Redis."""
 
 
+@dataclass(frozen=True)
+class DerivedJob:
+    """A job a handler maintains itself, derived from one of its configured jobs (the parent).
+
+    The runtime names it ``{parent}@{key}``, stores it with ``source = 'derived'``, copies the parent's
+    queue, priority, retry, timeout, overlap and pause settings, and schedules it like any job (exactly
+    one of ``cron`` or ``interval_minutes``). A derived job the handler no longer returns is disabled and
+    marked orphaned (its history stays); returned again, it is enabled again.
+    """
+
+    key: str
+    params: Mapping[str, Any]
+    cron: str | None = None
+    interval_minutes: int | None = None
+    timezone: str = "UTC"
+    every_weeks: int = 1  # cron only: fire in every N-th week counted from ``anchor``'s week
+    anchor: datetime.datetime | None = None
+
+
 class HandlerParams(BaseModel):
     """Base class of every handler's Params model: unknown keys are rejected, values are frozen."""
 
@@ -187,6 +207,14 @@ class Handler(ABC):
     default_cron: ClassVar[str | None] = None
     #: True when the handler accepts ``start``/``end`` window params (``batcher backfill``).
     accepts_windows: ClassVar[bool] = False
+
+    @classmethod
+    async def derive_jobs(cls, postgres: Any, parent: str,
+                          params: Mapping[str, Any]) -> Sequence[DerivedJob] | None:
+        """Jobs derived from the configured job ``parent`` (its persisted ``params``), or None when it
+        derives none (the default). Called by every scheduler on each tick (and at once after a
+        ``NOTIFY batcher_wakeup``) with read access to PostgreSQL; keep it one cheap query."""
+        return None
 
     @classmethod
     def stream(cls, name: str) -> Stream:

@@ -7,6 +7,7 @@ Third-party packages add handlers through the ``batcher.handlers`` entry-point g
 from __future__ import annotations
 
 from batcher.handler import Handler
+from handlers.agent_batch import AgentBatchHandler
 from handlers.datasync import DataSyncHandler
 from handlers.gsc import GscHandler
 from handlers.synthetic import SyntheticHandler
@@ -17,4 +18,5 @@ BUILTIN_HANDLERS: dict[str, type[Handler]] = {
     DataSyncHandler.type: DataSyncHandler,
     UsageAggregationHandler.type: UsageAggregationHandler,
     GscHandler.type: GscHandler,
+    AgentBatchHandler.type: AgentBatchHandler,
 }

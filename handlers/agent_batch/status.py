@@ -1,0 +1,40 @@
+"""``GET /api/agent/status?tenant=&user=&feature_type=`` as a plain function (the route mechanism wires it).
+
+For one user of one tenant: whether the user is active, their preference for the feature (their own row,
+or ``null``: the parent job's defaults apply), the derived jobs of their group with the next run, and
+their latest run chains with result counts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from handlers.agent_batch.sql import Q
+
+RUNS_SHOWN = 20
+
+
+def _iso(value: Any) -> Any:
+    return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+async def agent_status(reader: Any, *, tenant: str, user: str, feature_type: str | None = None,
+                       limit: int = RUNS_SHOWN) -> dict[str, Any]:
+    """JSON-able status of a user (``reader``: anything with asyncpg's ``fetch``/``fetchrow``)."""
+    found = await reader.fetch(Q["valid_users"], [user])
+    active = any(r["tenant_id"] == tenant for r in found)
+    preference, jobs = None, []
+    if feature_type is not None:
+        row = await reader.fetchrow(Q["user_preference"], tenant, user, feature_type)
+        if row is not None:
+            preference = {k: _iso(row[k]) for k in ("frequency", "time_of_day", "timezone", "template_override",
+                                                     "updated_at")}
+            jobs = [{"job_name": j["job_name"], "enabled": j["enabled"], "next_run_at": _iso(j["next_run_at"])}
+                    for j in await reader.fetch(Q["user_group_jobs"], feature_type, row["frequency"],
+                                                row["time_of_day"], row["timezone"])]
+    runs = [{"run_id": r["run_id"], "job_name": r["job_name"], "last_run_id": r["last_run_id"],
+             "status": r["status"], "finished_at": _iso(r["finished_at"]), "succeeded": r["succeeded"],
+             "failed": r["failed"], "written_at": _iso(r["written_at"])}
+            for r in await reader.fetch(Q["user_runs"], tenant, user, feature_type, limit)]
+    return {"tenant": tenant, "user": user, "feature_type": feature_type, "active": active,
+            "preference": preference, "group_jobs": jobs, "runs": runs}
