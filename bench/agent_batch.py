@@ -8,7 +8,8 @@ The fake runs in its own process (as the service would); the run is ``batcher.te
 Prints a JSON line with the wall time, the ideal, and their ratio, and — the baseline in the same run —
 plain aiohttp sending the same requests with the same concurrency to the same fake (no validation, no
 database, no rate-limit check): on a loaded machine the baseline itself can miss the 1.2× goal, and the
-ratio of the two is the handler's own cost. Exits 1 when the run did not succeed. Creates and drops its
+ratio of the two is the handler's own cost (``cpu_ms_per_item``: this process's CPU per item, run vs
+baseline, which machine load does not move). Exits 1 when the run did not succeed. Creates and drops its
 own database and uses a claimed Redis db.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -55,8 +57,15 @@ def start_fake(latency_ms: float) -> tuple[subprocess.Popen[bytes], str]:
     return fake, json.loads(fake.stdout.readline())["url"]
 
 
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 async def bench(url: str, items: int, latency_ms: float, concurrency: int, chunk: int) -> dict[str, object]:
+    cpu = cpu_seconds()
     plain = await baseline(url, items, concurrency)
+    plain_cpu = cpu_seconds() - cpu
     async with temporary_database("bench_agent") as database_url:
         conn = await asyncpg.connect(database_url)
         await conn.executemany("INSERT INTO system_users (user_id, tenant_id) VALUES ($1, $2)",
@@ -66,16 +75,17 @@ async def bench(url: str, items: int, latency_ms: float, concurrency: int, chunk
             settings = test_settings(database_url, redis_url, lease_seconds=30)
             params = {"base_url": url, "batch_type": "INDIVIDUAL_USERS", "concurrency": concurrency,
                       "chunk_size": chunk}
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), cpu_seconds()
             summary = await run_job_once(settings, "agent_batch", params, literal_secrets={"api_key": KEY})
-            wall = time.perf_counter() - started
+            wall, run_cpu = time.perf_counter() - started, cpu_seconds() - cpu
     ideal = items * latency_ms / 1000 / concurrency
     return {"items": items, "latency_ms": latency_ms, "concurrency": concurrency, "chunk_size": chunk,
             "status": summary["status"], "records": summary.get("records"), "wall_s": round(wall, 2),
             "runtime_s": round(summary.get("runtime_ms", 0) / 1000, 2), "ideal_s": round(ideal, 2),
             "ratio": round(wall / ideal, 3), "goal": 1.2, "goal_met": wall / ideal <= 1.2,
             "baseline_s": round(plain, 2), "baseline_ratio": round(plain / ideal, 3),
-            "vs_baseline": round(wall / plain, 3)}
+            "vs_baseline": round(wall / plain, 3), "cpu_ms_per_item": round(1000 * run_cpu / items, 3),
+            "baseline_cpu_ms_per_item": round(1000 * plain_cpu / items, 3)}
 
 
 def main() -> None:
