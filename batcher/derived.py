@@ -2,11 +2,13 @@
 
 A handler that overrides :meth:`batcher.handler.Handler.derive_jobs` (the agent handler: one job per group
 of user preferences) is asked on every scheduler tick — and at once after a ``NOTIFY batcher_wakeup``,
-which its source tables' triggers send — which jobs each of its configured jobs (the parent) implies.
-They are ordinary ``batch_config`` rows (``source = 'derived'``, ``derived_from`` = the parent), so the
-materializer, claims, retries and the API treat them like any job; the file sync never touches them.
-A derived job no longer returned, or whose parent is gone, orphaned or derives nothing, is disabled and
-marked orphaned (its runs stay); returned again, it is enabled with a fresh next run.
+which its source tables' triggers send — which jobs each of its enabled configured jobs (the parent)
+implies. They are ordinary ``batch_config`` rows (``source = 'derived'``, ``derived_from`` = the parent),
+so the materializer, claims, retries and the API treat them like any job; the file sync never touches
+them. A parent that derives jobs is scheduled through them only (its own ``next_run_at`` is cleared; a
+manual trigger still runs it). A derived job no longer returned, or whose parent is gone, disabled,
+orphaned or derives nothing, is disabled and marked orphaned (its runs stay); returned again, it is
+enabled with a fresh next run.
 
 Each process remembers what it wrote last, so an unchanged tick costs the parents' queries only. A
 handler error skips the whole sync for that tick (logged): nothing is orphaned on a failure.
@@ -58,8 +60,8 @@ class DerivedJobs:
         try:
             parents = await pool.fetch(Q["derived_parents"], list(self.registry))
             plan = await self._plan(pool, parents)
-            fingerprint = (tuple(tuple(p) for p in parents), {k: [r[:8] for r in v] for k, v in plan.items()})
-            if fingerprint == self._last:
+            fingerprint = (tuple(tuple(p)[:-1] for p in parents), {k: [r[:8] for r in v] for k, v in plan.items()})
+            if fingerprint == self._last and not any(p["scheduled"] for p in parents if p["job_name"] in plan):
                 return False
             await self._write(pool, plan)
             self._last = fingerprint
@@ -89,3 +91,4 @@ class DerivedJobs:
                     await conn.execute(Q["upsert_derived_job"], *row)
                 await conn.execute(Q["orphan_derived_jobs"], parent, [r[0] for r in rows])
             await conn.execute(Q["orphan_parentless_derived_jobs"], list(plan))
+            await conn.execute(Q["unschedule_parents"], list(plan))

@@ -211,9 +211,10 @@ class Handler(ABC):
     @classmethod
     async def derive_jobs(cls, postgres: Any, parent: str,
                           params: Mapping[str, Any]) -> Sequence[DerivedJob] | None:
-        """Jobs derived from the configured job ``parent`` (its persisted ``params``), or None when it
-        derives none (the default). Called by every scheduler on each tick (and at once after a
-        ``NOTIFY batcher_wakeup``) with read access to PostgreSQL; keep it one cheap query."""
+        """Jobs derived from the enabled configured job ``parent`` (its persisted ``params``), or None when
+        it derives none (the default); a parent that derives jobs is scheduled only through them. Called
+        by every scheduler on each tick (and at once after a ``NOTIFY batcher_wakeup``) with read access
+        to PostgreSQL; keep it one cheap query."""
         return None
 
     @classmethod

@@ -592,13 +592,20 @@ SELECT id FROM batch_runs WHERE retry_of = $1 ORDER BY id LIMIT 1;
 SELECT coalesce(array_agg(version), '{}') FROM schema_migrations;
 
 -- name: derived_parents
--- Configured jobs of the handler types that derive jobs ($1 types): each may be a parent. Everything a
--- derived job copies is selected, so a change of the parent is seen as a change of its derived jobs.
+-- Enabled configured jobs of the handler types that derive jobs ($1 types): each may be a parent.
+-- Everything a derived job copies is selected, so a change of the parent is seen as a change of its
+-- derived jobs.
 SELECT job_name, job_type, params, queue, priority, max_retries, max_abandons, retry_base_seconds,
-       timeout_seconds, overlap, misfire_grace_seconds, prefetch_batches, paused
+       timeout_seconds, overlap, misfire_grace_seconds, prefetch_batches, paused,
+       next_run_at IS NOT NULL AS scheduled
 FROM batch_config
-WHERE job_type = ANY($1::text[]) AND source <> 'derived' AND NOT orphaned AND NOT adhoc
+WHERE job_type = ANY($1::text[]) AND enabled AND source <> 'derived' AND NOT orphaned AND NOT adhoc
 ORDER BY job_name;
+
+-- name: unschedule_parents
+-- Parents ($1) are scheduled through their derived jobs only: their own next run is cleared.
+UPDATE batch_config SET next_run_at = NULL
+WHERE job_name = ANY($1::text[]) AND next_run_at IS NOT NULL;
 
 -- name: upsert_derived_job
 -- Create or refresh a derived job from its parent's settings. $1 name, $2 parent, $3 params,

@@ -1,10 +1,10 @@
 """Preference-based scheduling: one derived job per preference group (see :mod:`batcher.derived`).
 
 Users are grouped by (feature type, frequency, time of day, timezone) — their own ``user_preferences``
-row, or the parent job's defaults for active users without one. A configured job with a ``PREFERENCE_*``
-batch type and no ``group`` is the parent: the scheduler materializes one job per group with at least one
-active user, named ``{parent}@{frequency}-{HHMM}-{timezone with / as -}``, whose params are the parent's plus
-``group``; such a job processes only that group's users at its run time (so a user whose preference
+row, or the parent job's defaults for active users without one. An enabled configured job with a
+``PREFERENCE_*`` batch type and no ``group`` is the parent (not scheduled itself): the scheduler keeps one
+job per group with at least one active user, named ``{parent}@{frequency}-{HHMM}-{timezone with / as
+-}``, whose params are the parent's plus ``group``; such a job processes only that group's users at its run time (so a user whose preference
 changed is processed by their new group's job; no job needs to change for it).
 
 Schedules, in the group's timezone (wall-clock, DST-correct per batcher.schedule):

@@ -57,9 +57,10 @@ async def test_preference_change_moves_a_user_to_another_groups_schedule_without
     await prefer(db, "u2", "t1", "daily", "09:00")
     async with FakeAgent(AgentOptions(api_key=KEY)) as fake:
         proc = daemon(database_url, redis_url, tmp_path, {PARENT: agent_job(fake.url, params={
-            "batch_type": "PREFERENCE_INDIVIDUAL_USERS", "feature_type": "digest"})})
+            "batch_type": "PREFERENCE_INDIVIDUAL_USERS", "feature_type": "digest"}, enabled=True)})
         procs.append(proc)
         await poll(db, "SELECT count(*) = 2 FROM batch_config WHERE derived_from = $1 AND enabled", PARENT)
+        assert await db.fetchval("SELECT next_run_at IS NULL FROM batch_config WHERE job_name = $1", PARENT)
         weekly = await job_state(db, WEEKLY)
         assert weekly["source"] == "derived" and weekly["next_run_at"].weekday() == 0
         assert (weekly["next_run_at"].hour, weekly["next_run_at"].minute) == (9, 0)
@@ -74,6 +75,7 @@ async def test_preference_change_moves_a_user_to_another_groups_schedule_without
         assert hourly["next_run_at"].minute == 30
         assert await users_of(db, await run_now(db, HOURLY)) == {"u1"}
         assert proc.popen.poll() is None
+        assert await db.fetchval("SELECT count(*) FROM batch_runs WHERE job_name = $1", PARENT) == 0
         assert sum(e.get("event") == "daemon_ready" for e in proc.events()) == 1
 
 

@@ -22,7 +22,7 @@ async def agent_db(db: Any) -> Any:
 
 
 def parent(url: str) -> dict[str, Any]:
-    return {"type": "agent_batch", "enabled": False,
+    return {"type": "agent_batch", "enabled": True,
             "params": {"base_url": url, "api_key_env": "AGENT_KEY", "batch_type": "PREFERENCE_INDIVIDUAL_USERS",
                        "feature_type": "digest"}}
 
@@ -63,9 +63,10 @@ async def test_status_of_a_user_with_preference_group_job_and_runs(agent_db: Any
 
 async def test_derived_group_job_orphaned_when_its_last_user_leaves_and_back_when_one_joins(
         agent_db: Any, database_url: str, redis_url: str) -> None:
-    """The weekly group's job exists while u1 prefers weekly; u1 leaving it disables and orphans the job
-    (its row stays); u2 joining the group enables it again with a fresh next run; removing the parent job
-    from the file orphans every job derived from it."""
+    """The weekly group's job exists while u1 prefers weekly, and the parent itself has no next run (it
+    is scheduled through its group jobs); u1 leaving the group disables and orphans the job (its row
+    stays); u2 joining enables it again with a fresh next run; disabling the parent orphans every job
+    derived from it."""
     await prefer(agent_db, "u1", "t1", "weekly", "09:00")
     weekly = "SELECT enabled, orphaned, next_run_at IS NOT NULL FROM batch_config WHERE job_name = $1"
     name = "prefs@weekly-0900-UTC"
@@ -74,6 +75,7 @@ async def test_derived_group_job_orphaned_when_its_last_user_leaves_and_back_whe
         derived = DerivedJobs(services.registry)
         assert await derived.sync(services.pool)
         assert tuple(await agent_db.fetchrow(weekly, name)) == (True, False, True)
+        assert tuple(await agent_db.fetchrow(weekly, "prefs")) == (True, False, False)
         assert not await derived.sync(services.pool), "an unchanged tick writes nothing"
         await prefer(agent_db, "u1", "t1", "daily", "09:00")
         assert await derived.sync(services.pool)
@@ -81,7 +83,7 @@ async def test_derived_group_job_orphaned_when_its_last_user_leaves_and_back_whe
         await prefer(agent_db, "u2", "t1", "weekly", "09:00")
         assert await derived.sync(services.pool)
         assert tuple(await agent_db.fetchrow(weekly, name)) == (True, False, True)
-        await agent_db.execute("UPDATE batch_config SET orphaned = true WHERE job_name = 'prefs'")
+        await agent_db.execute("UPDATE batch_config SET enabled = false WHERE job_name = 'prefs'")
         assert await derived.sync(services.pool)
         left = await agent_db.fetchval("SELECT count(*) FROM batch_config WHERE derived_from = 'prefs' "
                                        "AND enabled")
