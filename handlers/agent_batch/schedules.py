@@ -4,8 +4,9 @@ Users are grouped by (feature type, frequency, time of day, timezone) — their 
 row, or the parent job's defaults for active users without one. An enabled configured job with a
 ``PREFERENCE_*`` batch type and no ``group`` is the parent (not scheduled itself): the scheduler keeps one
 job per group with at least one active user, named ``{parent}@{frequency}-{HHMM}-{timezone with / as
--}``, whose params are the parent's plus ``group``; such a job processes only that group's users at its run time (so a user whose preference
-changed is processed by their new group's job; no job needs to change for it).
+-}``, whose params are the parent's plus ``group``; such a job processes only that group's users at its
+run time (so a user whose preference changed is processed by their new group's job; no job needs to
+change for it).
 
 Schedules, in the group's timezone (wall-clock, DST-correct per batcher.schedule):
 hourly ``M * * * *`` (real time); daily ``M H * * *``; weekly ``M H * * weekly_day``; biweekly the same in
