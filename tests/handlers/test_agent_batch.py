@@ -50,6 +50,8 @@ async def test_individual_users_one_request_per_user_with_invalid_users_filtered
                         "items": {"valid_users": valid, "invalid_users": ["ghost", "u4"], "filtered_items": 0}},
             "validation": {"total": 5, "valid": 3, "invalid": 2},
             "progress": progress(3)}
+        bar = await agent_db.fetchval("SELECT progress FROM batch_runs WHERE id = $1", run_id)
+        assert (bar["done"], bar["total"]) == (3, 3)  # the run's progress bar (report_progress)
 
 
 async def run_and_check(db: Any, settings: Any, fake: FakeAgent, params: dict[str, Any],
@@ -235,3 +237,28 @@ async def test_per_item_retries_with_backoff_and_a_final_failure(agent_db: Any, 
         assert dict(fake.counts) == {"user:u1": 3, "user:u2": 3, "user:u3": 1}
         ctx = await context(agent_db, summary["run_id"])
         assert ctx["progress"] == progress(3, succeeded=2, failed=1)
+
+
+async def test_429_is_waited_out_without_costing_an_item_attempt(agent_db: Any, database_url: str,
+                                                                 redis_url: str) -> None:
+    """Every 2nd request is answered 429 (Retry-After 0): the runtime's client waits and sends again, so
+    every item still succeeds on its first attempt, each answered 200 exactly once."""
+    async with FakeAgent(AgentOptions(api_key=KEY, rate_limit_every=2)) as fake:
+        summary = await run(test_settings(database_url, redis_url), fake, batch_type="INDIVIDUAL_USERS",
+                            max_attempts=1, concurrency=1)
+        assert summary["status"] == "succeeded", summary
+        assert {r[3] for r in await results(agent_db)} == {"succeeded"}
+        assert {r[6] for r in await results(agent_db)} == {1}
+        assert dict(fake.ok_counts) == {"user:u1": 1, "user:u2": 1, "user:u3": 1}
+        assert sum(e["status"] == 429 for e in fake.log) >= 2
+
+
+async def test_wrong_api_key_fails_the_run_permanently(agent_db: Any, database_url: str, redis_url: str) -> None:
+    """A 401 means the key is wrong for every item: the run fails at once (no retry row, no result rows)
+    and its error names no key."""
+    async with FakeAgent(AgentOptions(api_key="another-key")) as fake:
+        summary = await run(test_settings(database_url, redis_url), fake, batch_type="INDIVIDUAL_USERS")
+        assert summary["status"] == "failed", summary
+        assert await results(agent_db) == set()
+        assert await agent_db.fetchval("SELECT count(*) FROM batch_runs") == 1
+        assert KEY not in str(summary)
