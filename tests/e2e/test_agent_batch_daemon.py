@@ -38,6 +38,7 @@ async def job_state(db: Any, name: str) -> Any:
 async def run_now(db: Any, name: str) -> int:
     """Make a derived job due and wait for its run to succeed; returns the run id."""
     await db.execute("UPDATE batch_config SET next_run_at = now() WHERE job_name = $1", name)
+    await db.execute("NOTIFY batcher_wakeup")
     return int(await poll(db, "SELECT id FROM batch_runs WHERE job_name = $1 AND status = 'succeeded'", name,
                           timeout=60))
 
@@ -51,13 +52,15 @@ async def test_preference_change_moves_a_user_to_another_groups_schedule_without
     """One preference parent job: the daemon derives one job per group (u1 weekly; u2 and u3 — no row,
     the defaults — daily). u1 switching to daily empties the weekly group: its job is disabled and marked
     orphaned, and the daily job's next run processes u1 too. u1 switching to hourly 09:30 Berlin creates
-    that group's job, which processes u1 alone — all in the same daemon process."""
+    that group's job, which processes u1 alone — all in the same daemon process, each change within
+    seconds although the daemon ticks only every 30 s (the tables' triggers NOTIFY it)."""
     await seed(db)
     await prefer(db, "u1", "t1", "weekly", "09:00")
     await prefer(db, "u2", "t1", "daily", "09:00")
     async with FakeAgent(AgentOptions(api_key=KEY)) as fake:
         proc = daemon(database_url, redis_url, tmp_path, {PARENT: agent_job(fake.url, params={
-            "batch_type": "PREFERENCE_INDIVIDUAL_USERS", "feature_type": "digest"}, enabled=True)})
+            "batch_type": "PREFERENCE_INDIVIDUAL_USERS", "feature_type": "digest"}, enabled=True)},
+            BATCHER_TICK_SECONDS="30")  # changes must arrive through NOTIFY, not the next tick
         procs.append(proc)
         await poll(db, "SELECT count(*) = 2 FROM batch_config WHERE derived_from = $1 AND enabled", PARENT)
         assert await db.fetchval("SELECT next_run_at IS NULL FROM batch_config WHERE job_name = $1", PARENT)
@@ -66,11 +69,11 @@ async def test_preference_change_moves_a_user_to_another_groups_schedule_without
         assert (weekly["next_run_at"].hour, weekly["next_run_at"].minute) == (9, 0)
 
         await prefer(db, "u1", "t1", "daily", "09:00")
-        await poll(db, "SELECT orphaned AND NOT enabled FROM batch_config WHERE job_name = $1", WEEKLY, timeout=10)
+        await poll(db, "SELECT orphaned AND NOT enabled FROM batch_config WHERE job_name = $1", WEEKLY, timeout=5)
         assert await users_of(db, await run_now(db, DAILY)) == {"u1", "u2", "u3"}
 
         await prefer(db, "u1", "t1", "hourly", "09:30", tz="Europe/Berlin")
-        await poll(db, "SELECT enabled FROM batch_config WHERE job_name = $1", HOURLY, timeout=10)
+        await poll(db, "SELECT enabled FROM batch_config WHERE job_name = $1", HOURLY, timeout=5)
         hourly = await job_state(db, HOURLY)
         assert hourly["next_run_at"].minute == 30
         assert await users_of(db, await run_now(db, HOURLY)) == {"u1"}
