@@ -59,7 +59,7 @@ class AgentBatchHandler(Handler):
         done = {r["item_key"] for r in await reader.fetch(Q["succeeded_keys"], ctx.root_run_id)}
         report = Report(p, ctx.root_run_id, await source.total())
         if p.distribution:
-            report.add_distribution(*await source.validate([Member(u) for u in p.distribution]))
+            report.add_distribution(*await source.validate([Member(u, p.tenant_id) for u in p.distribution]))
         ctx.log.info("agent_batch_started", batch_type=p.batch_type.value, group=p.group and p.group.model_dump(),
                      already_succeeded=len(done))
         sender = Sender(ctx, p)

@@ -1,9 +1,10 @@
 """What a run processes: users or category items, read in chunks and validated against ``system_users``.
 
-Every chunk of candidates costs one validation query (``valid_users``): a user that is missing or inactive
-(or listed under another tenant) is invalid; a category item whose ``user_ref`` is invalid is filtered
-out. Items without a ``user_ref`` belong to nobody and stay valid. Candidates come in a stable order
-(keyset pages on ``user_id`` / ``item_id``), so a resumed run meets the same items.
+Every chunk of candidates costs one validation query (``valid_users``): a user that is missing or
+inactive, listed under another tenant than the reference names, or — with ``tenant_id`` — of another
+tenant, is invalid; a category item whose ``user_ref`` is invalid is filtered out. Items without a
+``user_ref`` belong to nobody and stay valid. Candidates come in a stable order (keyset pages on
+``user_id`` / ``item_id``), so a resumed run meets the same items.
 
 - user types: ``users`` as given (sorted), else every active user (of ``tenant_id``);
 - category types: the items of ``category_type`` whose data contains ``filters``; COMBINED: each of
@@ -108,7 +109,7 @@ class Source:
         if p.users and not p.batch_type.preference:
             ordered = sorted(set(p.users))[:left] if left else sorted(set(p.users))
             for lo in range(0, len(ordered), p.chunk_size):
-                yield [Member(u) for u in ordered[lo:lo + p.chunk_size]]
+                yield [Member(u, p.tenant_id) for u in ordered[lo:lo + p.chunk_size]]
             return
         after = ""
         while left is None or left > 0:
@@ -167,7 +168,7 @@ class Source:
                 return
 
     async def _item_chunk(self, items: list[Mapping[str, Any]]) -> Chunk:
-        refs = [Member(i["user_ref"]) for i in items if i["user_ref"] is not None]
+        refs = [Member(i["user_ref"], self.p.tenant_id) for i in items if i["user_ref"] is not None]
         valid, invalid = await self.validate(refs)
         chunk = Chunk(invalid_users=invalid, candidates=len(items))
         chunk.valid_users = sorted({(u, t) for u, t in valid.items()})

@@ -262,3 +262,21 @@ async def test_wrong_api_key_fails_the_run_permanently(agent_db: Any, database_u
         assert await results(agent_db) == set()
         assert await agent_db.fetchval("SELECT count(*) FROM batch_runs") == 1
         assert KEY not in str(summary)
+
+
+async def test_tenant_filter_makes_users_and_owners_of_other_tenants_invalid(agent_db: Any, database_url: str,
+                                                                             redis_url: str) -> None:
+    """With ``tenant_id = t1``: named users of t2 are invalid like unknown ones, and so are the owners of
+    category items from t2 (their items filtered); the context is stored under tenant t1."""
+    async with FakeAgent(AgentOptions(api_key=KEY)) as fake:
+        settings = test_settings(database_url, redis_url)
+        summary = await run(settings, fake, batch_type="INDIVIDUAL_USERS", users=["u1", "u3"], tenant_id="t1")
+        assert {r[1] for r in await results(agent_db, summary["run_id"])} == {"u1"}
+        ctx = await context(agent_db, summary["run_id"], "t1")
+        assert ctx["results"]["items"]["invalid_users"] == ["u3"]
+        summary = await run(settings, fake, batch_type="INDIVIDUAL_CATEGORIES", category_type="video",
+                            tenant_id="t1")
+        assert {r[2] for r in await results(agent_db, summary["run_id"])} == {"video:v1"}
+        ctx = await context(agent_db, summary["run_id"], "t1")
+        assert (ctx["validation"], ctx["results"]["items"]["filtered_items"]) == \
+            ({"total": 2, "valid": 1, "invalid": 1}, 1)
