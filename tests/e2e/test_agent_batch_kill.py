@@ -75,3 +75,36 @@ async def test_killed_agent_run_resumes_without_resending_succeeded_items(
                                    "percentage": 100.0}
     for log in (victim.log_path, rerun.log_path):
         assert KEY not in log.read_text()
+
+
+async def test_daemon_shutdown_mid_run_and_the_retry_skips_succeeded_items(
+        db: Any, database_url: str, redis_url: str, tmp_path: Path, procs: list[Proc], fake_url: str) -> None:
+    """SIGTERM to a daemon mid-run: it exits 0, the run ends cancelled/shutdown with a queued retry; a new
+    daemon runs the retry, which sends only what had not succeeded: every item committed before the
+    shutdown was answered exactly once, and every user ends with one succeeded row under the root run."""
+    from batcher.commands import trigger_run
+    from batcher.registry import load_registry
+
+    await seed(db, users=USERS, items=[])
+    job = {"type": "agent_batch", "enabled": False,
+           "params": {"base_url": fake_url, "api_key_env": "AGENT_E2E_KEY", "chunk_size": 20, "concurrency": 4}}
+    env = batcher_env(database_url, redis_url, write_config(tmp_path / "b.toml", {"agents": job}), tmp_path,
+                      AGENT_E2E_KEY=KEY)
+    first = Proc(["run"], env, tmp_path / "d1.log")
+    procs.append(first)
+    first.wait_event("daemon_ready")
+    root, _ = await trigger_run(db, load_registry(), "agents", {})
+    await poll(db, "SELECT count(*) >= 60 FROM batch_results", timeout=60)
+    assert first.terminate_and_wait(30) == 0, first.tail()
+    before = {r["item_key"] for r in await db.fetch("SELECT item_key FROM batch_results WHERE status = 'succeeded'")}
+    assert 60 <= len(before) < len(USERS)
+    stopped = await db.fetchrow("SELECT status, reason FROM batch_runs WHERE id = $1", root)
+    assert tuple(stopped) == ("cancelled", "shutdown")
+    second = Proc(["run"], env, tmp_path / "d2.log")
+    procs.append(second)
+    await poll(db, "SELECT status = 'succeeded' FROM batch_runs WHERE root_run_id = $1 AND id <> $1", root,
+               timeout=90)
+    rows = await db.fetch("SELECT run_id, status FROM batch_results")
+    assert len(rows) == len(USERS) and {(r["run_id"], r["status"]) for r in rows} == {(root, "succeeded")}
+    counts = ok_counts(fake_url)
+    assert all(counts[key] == 1 for key in before), "an item that had succeeded was sent again"
