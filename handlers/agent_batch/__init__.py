@@ -11,6 +11,6 @@ from __future__ import annotations
 
 from handlers.agent_batch.handler import AgentBatchHandler
 from handlers.agent_batch.params import AgentParams, BatchType
-from handlers.agent_batch.status import agent_status
+from handlers.agent_batch.status import agent_status, agent_status_query
 
-__all__ = ["AgentBatchHandler", "AgentParams", "BatchType", "agent_status"]
+__all__ = ["AgentBatchHandler", "AgentParams", "BatchType", "agent_status", "agent_status_query"]

@@ -7,6 +7,7 @@ their latest run chains with result counts.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from handlers.agent_batch.sql import Q
@@ -38,3 +39,13 @@ async def agent_status(reader: Any, *, tenant: str, user: str, feature_type: str
             for r in await reader.fetch(Q["user_runs"], tenant, user, feature_type, limit)]
     return {"tenant": tenant, "user": user, "feature_type": feature_type, "active": active,
             "preference": preference, "group_jobs": jobs, "runs": runs}
+
+
+async def agent_status_query(reader: Any, query: Mapping[str, str]) -> dict[str, Any]:
+    """The route's entry: ``?tenant=&user=&feature_type=`` (tenant and user required, feature optional);
+    ValueError (→ 400) naming what is missing."""
+    missing = [name for name in ("tenant", "user") if not query.get(name)]
+    if missing:
+        raise ValueError(f"missing query parameter(s): {', '.join(missing)}")
+    return await agent_status(reader, tenant=query["tenant"], user=query["user"],
+                              feature_type=query.get("feature_type") or None)

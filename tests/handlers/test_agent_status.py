@@ -10,7 +10,7 @@ import pytest
 from batcher.derived import DerivedJobs
 from batcher.fakes.agent import AgentOptions, FakeAgent
 from batcher.testing import test_services, test_settings
-from handlers.agent_batch import agent_status
+from handlers.agent_batch import agent_status, agent_status_query
 from handlers.agent_batch.cache import CACHE
 from tests.handlers.agent_fixtures import KEY, prefer, run, seed
 
@@ -107,3 +107,12 @@ async def test_category_pages_cached_within_ttl_and_dropped_on_change(agent_db: 
         keys = {r["item_key"] for r in await agent_db.fetch("SELECT item_key FROM batch_results WHERE run_id = $1",
                                                             summary["run_id"])}
         assert keys == {"video:v1", "video:v2", "video:v3"}
+
+
+async def test_status_query_requires_tenant_and_user(agent_db: Any) -> None:
+    """The route entry refuses a query without tenant or user (a 400 once wired) and passes an empty
+    feature_type as none."""
+    with pytest.raises(ValueError, match="tenant, user"):
+        await agent_status_query(agent_db, {"feature_type": "digest"})
+    status = await agent_status_query(agent_db, {"tenant": "t1", "user": "u2", "feature_type": ""})
+    assert (status["active"], status["feature_type"], status["runs"]) == (True, None, [])
