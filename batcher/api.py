@@ -37,7 +37,7 @@ from batcher.extension import ApiRequest, ApiRoute, ApiRouteError
 from batcher.models import Services
 from batcher.openapi import OPERATIONS, Operation, build_document, handler_routes
 from batcher.settings import ApiSettings
-from batcher.store import DB_ERRORS
+from batcher.store import DB_DATA_ERRORS, DB_ERRORS
 
 log = structlog.get_logger("batcher.api")
 MAX_BODY = 64 * 1024
@@ -87,6 +87,8 @@ async def envelope_errors(request: web.Request, handler: Callable[[web.Request],
         message = "request body too large" if exc.status == 413 else exc.reason
         return error_response(exc.status, code, message, headers={k: v for k, v in exc.headers.items()
                                                                    if k == "Allow"})
+    except DB_DATA_ERRORS as exc:
+        return error_response(400, "validation_error", f"a value was refused by the database: {exc}")
     except DB_ERRORS as exc:
         log.warning("api_database_error", path=request.path, error=type(exc).__name__)
         return error_response(503, "database_unavailable", "PostgreSQL is unavailable; try again")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import datetime
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -205,6 +206,25 @@ class RunContext(Protocol):
         """A redis.asyncio client for handlers whose source is Redis."""
 
 
+@dataclass(frozen=True)
+class DerivedJob:
+    """A job a handler maintains itself, derived from one of its configured jobs (the parent).
+
+    The runtime names it ``{parent}@{key}``, stores it with ``source = 'derived'``, copies the parent's
+    queue, priority, retry, timeout, overlap and pause settings, and schedules it like any job (exactly
+    one of ``cron`` or ``interval_minutes``). A derived job the handler no longer returns is disabled and
+    marked orphaned (its history stays); returned again, it is enabled again.
+    """
+
+    key: str
+    params: Mapping[str, Any]
+    cron: str | None = None
+    interval_minutes: int | None = None
+    timezone: str = "UTC"
+    every_weeks: int = 1  # cron only: fire in every N-th week counted from ``anchor``'s week
+    anchor: datetime.datetime | None = None
+
+
 class HandlerParams(BaseModel):
     """Base class of every handler's Params model: unknown keys are rejected, values are frozen."""
 
@@ -231,6 +251,15 @@ class Handler(ABC):
         """Job keys that environment variables set on every job of this type (folded into the file entry
         before hashing, DESIGN §3), from ``environ``; a bad value is a ConfigError. None by default."""
         return {}
+
+    @classmethod
+    async def derive_jobs(cls, postgres: Any, parent: str,
+                          params: Mapping[str, Any]) -> Sequence[DerivedJob] | None:
+        """Jobs derived from the enabled configured job ``parent`` (its persisted ``params``), or None when
+        it derives none (the default); a parent that derives jobs is scheduled only through them. Called
+        by every scheduler on each tick (and at once after a ``NOTIFY batcher_wakeup``) with read access
+        to PostgreSQL; keep it one cheap query."""
+        return None
 
     @classmethod
     def stream(cls, name: str) -> Stream:

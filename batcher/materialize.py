@@ -32,7 +32,8 @@ _INLINE_BACKLOG = timedelta(hours=1)  # a cron job further behind is computed of
 
 
 def schedule_of(job: Mapping[str, Any]) -> Schedule:
-    return Schedule(job["interval_minutes"], job["cron"], job["timezone"], job["schedule_anchor"])
+    return Schedule(job["interval_minutes"], job["cron"], job["timezone"], job["schedule_anchor"],
+                    job.get("every_weeks") or 1)
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,17 @@ DST rule (DESIGN §5): a cron job whose hour field is fixed (not ``*``, no step)
 time — in autumn the repeated 02:30 fires only the first time; a wall time that does not exist in spring
 runs shifted by the gap (02:30 → 03:30). Jobs with hour ``*`` or a step follow real time. Interval jobs
 are absolute (every N minutes of real time from the job's anchor).
+
+``every_weeks`` N > 1 (cron only; biweekly = 2): only the occurrences in every N-th week fire, weeks
+counted Monday to Sunday in the job's timezone from the week holding the anchor. The cron rules above
+(DST included) decide the instants; this only drops whole weeks.
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -136,6 +140,7 @@ class Schedule:
     cron: str | None
     timezone: str
     anchor: datetime
+    every_weeks: int = 1
 
     @functools.cached_property
     def _wall_trigger(self) -> Any:
@@ -162,6 +167,23 @@ class Schedule:
         ``last_fire`` is accepted for callers that know it; the DST rule does not need it: a fixed-hour cron
         job maps each wall time to exactly one instant (see :meth:`_next_wall_clock`).
         """
+        if self.every_weeks <= 1 or self.cron is None:
+            return self._next_any_week(after)
+        cursor: datetime | None = after
+        for _ in range(CRON_WALK_CAP):
+            cursor = self._next_any_week(cursor) if cursor is not None else None
+            if cursor is None or self._week_index(cursor) % self.every_weeks == 0:
+                return cursor
+        return None
+
+    def _week_index(self, moment: datetime) -> int:
+        """Weeks (Monday-based, local) from the anchor's week to ``moment``'s."""
+        def monday(at: datetime) -> date:
+            day = at.astimezone(self._tz).date()
+            return day - timedelta(days=day.weekday())
+        return (monday(moment) - monday(self.anchor)).days // 7
+
+    def _next_any_week(self, after: datetime) -> datetime | None:
         if self.wall_clock:
             return self._next_wall_clock(after)
         trigger = self._trigger

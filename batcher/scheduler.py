@@ -2,11 +2,12 @@
 
 APScheduler starts one long-lived loop job (``misfire_grace_time=None``: a start-up stall cannot skip it) that
 sleeps until the earliest of: the tick, the next ``next_run_at``, or a ``NOTIFY batcher_wakeup`` / a freed
-slot. Each pass materializes due occurrences, reaps runs of dead workers, and claims up to the free slots of
-the concurrency semaphore, dispatching each claimed run to a :class:`~batcher.runner.RunExecution` task. The
-loop cannot be lost: an error in a pass is logged (``tick_failed``) and the next pass runs; a supervisor
-restarts the loop if it ever ends while not draining (``scheduler_loop_restarted``); ``loop_healthy`` tells
-/healthz and the systemd watchdog when it is dead or stuck in a pass. ``drain()`` implements the shutdown of
+slot. Each pass brings derived jobs up to date (:mod:`batcher.derived`), materializes due occurrences, reaps
+runs of dead workers, and claims up to the free slots of the concurrency semaphore, dispatching each claimed
+run to a :class:`~batcher.runner.RunExecution` task. The loop cannot be lost: an error in a pass is logged
+(``tick_failed``) and the next pass runs; a supervisor restarts the loop if it ever ends while not draining
+(``scheduler_loop_restarted``); ``loop_healthy`` tells /healthz and the systemd watchdog when it is dead or
+stuck in a pass. ``drain()`` implements the shutdown of
 DESIGN §5: stop claiming, let runs finish within the grace, then ask them to stop at their next batch
 boundary, and 5 s later cancel them (their final commit is shielded). A claim in flight when the drain begins
 finishes first (the claim lock), so the drain sees every run this worker claimed.
@@ -24,6 +25,7 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
+from batcher.derived import DerivedJobs
 from batcher.maintenance import run_maintenance
 from batcher.materialize import materialize_due, seconds_until_next_due
 from batcher.models import Services
@@ -62,6 +64,7 @@ class Scheduler:
         self._aps = AsyncIOScheduler(timezone=UTC)
         self._last_prune = 0.0
         self._slot_freed = False  # a run ended since the last pass: its slot can be refilled by a claim alone
+        self.derived = DerivedJobs(services.registry)
         worker.owner = self
 
     def active_runs(self) -> list[int]:
@@ -153,6 +156,7 @@ class Scheduler:
         self.ticks += 1
         self.last_tick = time.monotonic()
         pool = self.services.pool
+        await self.derived.sync(pool)
         await materialize_due(pool)
         await reap_abandoned(pool)
         if time.monotonic() - self._last_prune > PRUNE_EVERY:

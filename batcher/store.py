@@ -162,6 +162,9 @@ DB_UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError, asyncpg.ConnectionDoesNotExistError)
 #: Any database error.
 DB_ERRORS: tuple[type[BaseException], ...] = (*DB_UNAVAILABLE, asyncpg.PostgresError)
+#: The database refused a value (SQLSTATE class 22: a NUL in text, a number out of range, a bad date): the
+#: caller's input was wrong, the database is fine.
+DB_DATA_ERRORS: tuple[type[BaseException], ...] = (asyncpg.DataError,)
 UniqueViolation = asyncpg.UniqueViolationError
 #: Database errors plus "cannot connect" (what a reconnect loop waits out).
 DB_OR_CONNECT_ERRORS: tuple[type[BaseException], ...] = (*DB_ERRORS, ServiceUnavailableError)

@@ -7,6 +7,7 @@ Third-party packages add handlers through the ``batcher.handlers`` entry-point g
 from __future__ import annotations
 
 from batcher.handler import Handler
+from handlers.agent_batch import AgentBatchHandler
 from handlers.datasync import DataSyncHandler
 from handlers.dockerhub import DockerHubPullHandler
 from handlers.gsc import GscHandler
@@ -23,4 +24,5 @@ BUILTIN_HANDLERS: dict[str, type[Handler]] = {
     HubSpotHandler.type: HubSpotHandler,
     DockerHubPullHandler.type: DockerHubPullHandler,
     TrackedAppsHandler.type: TrackedAppsHandler,
+    AgentBatchHandler.type: AgentBatchHandler,
 }

@@ -104,8 +104,8 @@ UPDATE batch_config SET last_success_at = now() WHERE job_name = $1;
 
 -- name: due_jobs
 -- Enabled, unpaused jobs whose next occurrence has come (locked; other schedulers skip them).
-SELECT job_name, job_type, interval_minutes, cron, timezone, schedule_anchor, next_run_at, last_fire_at,
-       params, priority, overlap, misfire_grace_seconds, now() AS db_now
+SELECT job_name, job_type, interval_minutes, cron, timezone, schedule_anchor, every_weeks, next_run_at,
+       last_fire_at, params, priority, overlap, misfire_grace_seconds, now() AS db_now
 FROM batch_config
 WHERE enabled AND NOT paused AND next_run_at IS NOT NULL AND next_run_at <= now()
 ORDER BY next_run_at
@@ -618,3 +618,55 @@ FROM batch_runs
 WHERE finished_at IS NOT NULL AND (finished_at, id) > ($1::timestamptz, $2::bigint)
 ORDER BY finished_at, id
 LIMIT $3;
+
+-- name: derived_parents
+-- Enabled configured jobs of the handler types that derive jobs ($1 types): each may be a parent.
+-- Everything a derived job copies is selected, so a change of the parent is seen as a change of its
+-- derived jobs.
+SELECT job_name, job_type, params, queue, priority, max_retries, max_abandons, retry_base_seconds,
+       timeout_seconds, overlap, misfire_grace_seconds, prefetch_batches, paused,
+       next_run_at IS NOT NULL AS scheduled
+FROM batch_config
+WHERE job_type = ANY($1::text[]) AND enabled AND source <> 'derived' AND NOT orphaned AND NOT adhoc
+ORDER BY job_name;
+
+-- name: unschedule_parents
+-- Parents ($1) are scheduled through their derived jobs only: their own next run is cleared.
+UPDATE batch_config SET next_run_at = NULL
+WHERE job_name = ANY($1::text[]) AND next_run_at IS NOT NULL;
+
+-- name: upsert_derived_job
+-- Create or refresh a derived job from its parent's settings. $1 name, $2 parent, $3 params,
+-- $4 interval, $5 cron, $6 tz, $7 every_weeks, $8 schedule_anchor, $9 next_run_at (used when the job is
+-- new, comes back from orphaned, or its schedule changed). A job taken over by an API edit
+-- (source 'api') is left alone.
+INSERT INTO batch_config AS c (job_name, job_type, enabled, interval_minutes, cron, timezone, every_weeks,
+    schedule_anchor, params, queue, priority, max_retries, max_abandons, retry_base_seconds, timeout_seconds,
+    overlap, misfire_grace_seconds, prefetch_batches, paused, source, derived_from, next_run_at)
+SELECT $1, p.job_type, true, $4, $5, $6, $7, $8, $3, p.queue, p.priority, p.max_retries, p.max_abandons,
+       p.retry_base_seconds, p.timeout_seconds, p.overlap, p.misfire_grace_seconds, p.prefetch_batches,
+       p.paused, 'derived', p.job_name, $9
+FROM batch_config p WHERE p.job_name = $2
+ON CONFLICT (job_name) DO UPDATE SET
+    enabled = true, orphaned = false, params = EXCLUDED.params, queue = EXCLUDED.queue,
+    priority = EXCLUDED.priority, max_retries = EXCLUDED.max_retries, max_abandons = EXCLUDED.max_abandons,
+    retry_base_seconds = EXCLUDED.retry_base_seconds, timeout_seconds = EXCLUDED.timeout_seconds,
+    overlap = EXCLUDED.overlap, misfire_grace_seconds = EXCLUDED.misfire_grace_seconds,
+    prefetch_batches = EXCLUDED.prefetch_batches, paused = EXCLUDED.paused,
+    next_run_at = CASE WHEN c.orphaned OR (c.interval_minutes, c.cron, c.timezone, c.every_weeks,
+            c.schedule_anchor) IS DISTINCT FROM (EXCLUDED.interval_minutes, EXCLUDED.cron, EXCLUDED.timezone,
+            EXCLUDED.every_weeks, EXCLUDED.schedule_anchor)
+        THEN EXCLUDED.next_run_at ELSE c.next_run_at END,
+    interval_minutes = EXCLUDED.interval_minutes, cron = EXCLUDED.cron, timezone = EXCLUDED.timezone,
+    every_weeks = EXCLUDED.every_weeks, schedule_anchor = EXCLUDED.schedule_anchor, updated_at = now()
+WHERE c.source = 'derived' AND c.derived_from = EXCLUDED.derived_from;
+
+-- name: orphan_derived_jobs
+-- Derived jobs of parent $1 that it no longer derives (not in $2): disabled and marked orphaned.
+UPDATE batch_config SET enabled = false, orphaned = true, next_run_at = NULL, updated_at = now()
+WHERE source = 'derived' AND derived_from = $1 AND NOT orphaned AND NOT (job_name = ANY($2::text[]));
+
+-- name: orphan_parentless_derived_jobs
+-- Derived jobs whose parent is gone, orphaned or derives nothing any more (not in $1).
+UPDATE batch_config SET enabled = false, orphaned = true, next_run_at = NULL, updated_at = now()
+WHERE source = 'derived' AND NOT orphaned AND NOT (derived_from = ANY($1::text[]));
