@@ -112,7 +112,7 @@ def parse_job(name: str, entry: Mapping[str, Any], registry: Mapping[str, type[H
         spec = JobSpec.model_validate(dict(entry))
     except ValidationError as exc:
         err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"]) or _entry_rule_key(entry)
+        key = ".".join(str(p) for p in err["loc"]) if err["loc"] else _entry_rule_key(entry)
         reason = "unknown key" if err["type"] == "extra_forbidden" else _reason(err["msg"])
         raise ConfigError(reason, file=file, job=name, key=key) from None
     if spec.type not in registry:

@@ -168,6 +168,8 @@ def read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", file=str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text (byte {exc.start}): TOML files are UTF-8", file=str(path)) from None
     except OSError as exc:
         raise ConfigError(f"cannot read the file: {exc.strerror}", file=str(path)) from None
 
@@ -254,7 +256,7 @@ def _usage_env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         out["enabled"] = enabled.lower() in _TRUE
     interval = environ.get("USAGE_AGGREGATION_INTERVAL", "").strip()
     if interval:
-        if not interval.isdigit() or int(interval) < 1:
+        if not (interval.isascii() and interval.isdigit()) or int(interval) < 1:
             raise ConfigError(f"must be a positive number of milliseconds, got {interval!r}",
                               key="USAGE_AGGREGATION_INTERVAL")
         minutes = -(-int(interval) // 60_000)
@@ -280,7 +282,7 @@ def _config_error_from(exc: ValidationError, path: Path, env_data: Mapping[str, 
     if env_name is not None:
         return ConfigError(f"{err['msg']} (from the environment)", file=env_name, key=".".join(loc))
     job = loc[1] if len(loc) > 1 and loc[0] == "jobs" else None
-    key = ".".join(loc[2:] if job else loc) or None
+    key = ".".join(loc[2:] if job is not None else loc) or None
     if err["type"] == "extra_forbidden":
         return ConfigError("unknown key", file=str(path), job=job, key=key)
     return ConfigError(err["msg"], file=str(path), job=job, key=key)
