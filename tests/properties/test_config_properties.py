@@ -50,6 +50,7 @@ def _assert_names_the_job(exc: ConfigError, job: str) -> None:
 @example(name="j", entry={"type": "synthetic", "timezone": "\x00"})
 @example(name="j", entry={"type": "synthetic", "cron": "* * * * *", "interval_minutes": 5})
 @example(name="j", entry={"type": "datasync", "params": {"base_url": "http://x", "api_key": "literal"}})
+@example(name=" ", entry={"type": "synthetic", "\ud800": 1})  # found: a key not valid Unicode named no key
 @example(name=" ", entry={"type": "synthetic", "": 1})  # found: an empty key was "unknown key" naming no key
 def test_a_job_entry_is_valid_or_a_config_error_naming_job_and_key(name: str, entry: dict[str, Any]) -> None:
     """parse_job on any entry: a JobSpec, or a ConfigError naming the job and the offending key."""
