@@ -42,6 +42,7 @@ ENV_NAMES: dict[tuple[str, str], tuple[str, ...]] = {
     ("api", "host"): ("BATCHER_API_HOST",),
     ("api", "port"): ("BATCHER_API_PORT",),
     ("api", "token"): ("BATCHER_API_TOKEN",),
+    ("api", "max_body_bytes"): ("BATCHER_API_MAX_BODY_BYTES",),
     ("log", "format"): ("BATCHER_LOG_FORMAT",),
     ("log", "level"): ("BATCHER_LOG_LEVEL",),
 }
@@ -91,6 +92,7 @@ class ApiSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)  # 0: API off
     token: str | None = Field(None, repr=False)  # environment only; None: the API is read-only
+    max_body_bytes: int = Field(64 * 1024, ge=1024, le=64 * 1024 * 1024)  # larger request bodies: 413
 
 
 class LogSettings(_Section):
