@@ -83,8 +83,8 @@ async def envelope_errors(request: web.Request, handler: Callable[[web.Request],
         if exc.status < 400:
             raise
         code = _HTTP_CODES.get(exc.status, "http_error")
-        message = f"request body too large (over {request.app[BODY_LIMIT]} bytes)" if exc.status == 413 \
-            else exc.reason
+        message = f"request body too large (over {request.config_dict[BODY_LIMIT]} bytes)" \
+            if exc.status == 413 else exc.reason
         return error_response(exc.status, code, message, headers={k: v for k, v in exc.headers.items()
                                                                    if k == "Allow"})
     except DB_ERRORS as exc:
