@@ -21,7 +21,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, date, datetime
 from typing import Any, NoReturn
 
-from batcher import __version__
+from batcher.version import VersionAction
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 BIGINT_MAX = 2**63 - 1  # run ids are PostgreSQL bigints
@@ -153,7 +153,7 @@ def _add_param(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="batcher", description="Async scheduler daemon for data-ingestion jobs.")
-    parser.add_argument("--version", action="version", version=f"batcher {__version__}")
+    parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.add_parser("run", help="run the daemon: schedule and run jobs until SIGTERM")
     p = sub.add_parser("run-job", help="run one run of a job (or ad-hoc job type) in the foreground")
