@@ -25,6 +25,7 @@ from batcher.responses import (
     is_quota_exhausted,
     is_rate_limited,
     parse_retry_delay,
+    safe_url,
     validate_envelope,
     validate_records,
 )
@@ -77,6 +78,20 @@ def test_x_ratelimit_reset_epoch_seconds_milliseconds_and_delta_agree(delta: int
     forms = [str(int(NOW) + delta), str((int(NOW) + delta) * 1000), str(delta)]
     delays = [parse_retry_delay({"X-RateLimit-Reset": f}, NOW, max_s=10**7)[0] for f in forms]
     assert delays == [float(delta)] * 3
+
+
+@FAST
+@given(url=st.one_of(text, st.tuples(st.sampled_from(["http://", "https://", "", "ftp://"]),
+                                     st.sampled_from(["u:p@", "", "tok@"]), st.sampled_from(["h", "[::1]", "[::1", ""]),
+                                     st.sampled_from(["", ":80", ":99999", ":-1", ":x", ":"]), text)
+                     .map("".join)))
+@example(url="http://h:99999/events?api_key=s3cret")
+@example(url="http://u:s3cret@h:x/events")
+def test_safe_url_never_raises_and_drops_credentials(url: str) -> None:
+    """safe_url (used in every HTTP error message): a URL without query, fragment and user info, or
+    ``<invalid url>`` — found: a port out of range or not a number raised ValueError from the error path."""
+    shown = safe_url(url)
+    assert "s3cret" not in shown and "?" not in shown
 
 
 def _response(status: int, headers: dict[str, str], body: bytes) -> HttpResponse:
