@@ -91,6 +91,8 @@ def parse_param(text: str) -> tuple[str, Any]:
         value: Any = json.loads(raw)
     except ValueError:
         value = raw
+    except RecursionError:
+        raise argparse.ArgumentTypeError(f"{_shown(text)}: the JSON value is nested too deeply") from None
     try:
         raw.encode("utf-8")
     except UnicodeEncodeError:
@@ -140,8 +142,10 @@ def _before(text: str) -> datetime:
         if not 16 <= len(text) <= 40:
             raise ValueError(text)
         at = datetime.fromisoformat(text)
-        return at if at.tzinfo else at.replace(tzinfo=UTC)
-    except ValueError:
+        at = at if at.tzinfo else at.replace(tzinfo=UTC)
+        at.astimezone(UTC)  # OverflowError at the calendar's ends (0001-01-01T00:00+01:00)
+        return at
+    except (ValueError, OverflowError):
         raise argparse.ArgumentTypeError(f"expected a date like 2026-01-31 (or an ISO timestamp), got "
                                          f"{_shown(text)}") from None
 
