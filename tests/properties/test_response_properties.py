@@ -7,6 +7,7 @@ would fail a run with a traceback instead of retrying or dead-lettering.
 
 from __future__ import annotations
 
+import datetime as dt
 import email.utils
 import gzip
 import json
@@ -240,3 +241,36 @@ def test_an_event_nested_as_deep_as_orjson_allows_is_rejected_not_raised() -> No
     event = {"id": "1", "type": "t", "timestamp": "2025-01-01T00:00:00Z", "p": _nested(1020, "\x00")}
     records, rejected = validate_events([event])
     assert records == [] and rejected[0].reason == "invalid DataSync event: nested too deeply to check its text"
+
+
+def _gsc_params() -> Any:
+    from handlers.gsc import GscParams
+
+    return GscParams.model_validate({"client_id": "c", "client_secret": "s", "refresh_token": "r",
+                                     "sites": ["sc-domain:example.com"]})
+
+
+gsc_numbers = st.one_of(st.integers(), st.floats(), st.booleans(), st.none(), text,
+                        st.sampled_from([float("inf"), float("-inf"), float("nan"), 10**400]))
+
+
+@FAST
+@given(row=st.one_of(json_values, st.fixed_dictionaries(
+    {"keys": st.one_of(st.lists(st.one_of(text, st.just("2026-01-05")), min_size=5, max_size=5), json_values)},
+    optional={m: gsc_numbers for m in ("clicks", "impressions", "ctr", "position")})))
+@example(row={"keys": ["2026-01-05", "q", "p", "c", "d"], "clicks": float("inf"), "impressions": 1, "ctr": 0.1,
+              "position": 1.0})  # found: round(inf) raised OverflowError (stdlib JSON reads Infinity)
+@example(row={"keys": ["2026-01-05", "q", "p", "c", "d"], "clicks": 10**400, "impressions": 1, "ctr": 0.1,
+              "position": 1.0})
+@example(row={"keys": ["2026-01-05", "q", "p", "c", "d"], "clicks": float("nan"), "impressions": 1, "ctr": 0.1,
+              "position": 1.0})
+def test_a_search_console_row_is_a_record_or_a_value_error(row: Any) -> None:
+    """gsc.row_record on any row: a record with finite metrics, or ValueError (the row is rejected)."""
+    from handlers.gsc import row_record
+
+    try:
+        record = row_record("sc-domain:example.com", _gsc_params(), dt.date(2026, 1, 5), row)
+    except ValueError as exc:
+        assert str(exc)
+        return
+    assert all(math.isfinite(v) for v in record[-5:-1])
