@@ -39,9 +39,16 @@ def _job_entries() -> st.SearchStrategy[dict[str, Any]]:
         keyed_dicts(sorted(REGISTRY[t].Params.model_fields) if t in REGISTRY else ["x"])))
 
 
+def _printable(exc: ConfigError) -> None:
+    """The CLI prints the message as one line on stderr: it must be valid UTF-8 (a lone surrogate from
+    the input, unescaped, would make the print itself fail)."""
+    str(exc).encode("utf-8")
+
+
 def _assert_names_the_job(exc: ConfigError, job: str) -> None:
     assert exc.job == job, exc
     assert exc.reason and exc.key is not None, f"the error names no key: {exc}"
+    _printable(exc)
 
 
 @FAST
@@ -117,6 +124,7 @@ def test_a_toml_file_loads_or_is_a_config_error(toml_path: Path, document: dict[
     except ConfigError as exc:
         assert exc.file == str(toml_path), exc
         assert exc.reason
+        _printable(exc)
 
 
 ENV_VALUES = st.one_of(st.sampled_from(NASTY_TEXT), st.text(max_size=20), st.integers().map(str),
