@@ -6,7 +6,7 @@ through its response model. The work itself is :mod:`batcher.commands` (shared w
 
 - Errors are ``{"success": false, "error": {"code", "message", "field"?}}``: 400 (malformed JSON,
   validation, bad path or query values), 401 (missing or wrong bearer token), 403 (read-only: no
-  ``BATCHER_API_TOKEN``), 404, 405, 409, 413 (body over :data:`MAX_BODY`). Never a stack trace.
+  ``BATCHER_API_TOKEN``), 404, 405, 409, 413 (body over ``api.max_body_bytes``). Never a stack trace.
 - Mutating operations need ``Authorization: Bearer <BATCHER_API_TOKEN>`` (compared in constant time);
   reads are open. Binding a non-loopback address without a token refuses to start (:func:`check_bind`).
 - ``/`` is the dashboard (``static/index.html``) and ``/static/{name}`` its files: only names directly in
@@ -40,9 +40,9 @@ from batcher.settings import ApiSettings
 from batcher.store import DB_DATA_ERRORS, DB_ERRORS
 
 log = structlog.get_logger("batcher.api")
-MAX_BODY = 64 * 1024
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 CONTEXT = web.AppKey("batcher_api", ApiContext)
+BODY_LIMIT = web.AppKey("batcher_api_body_limit", int)
 
 
 Endpoint = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -84,7 +84,8 @@ async def envelope_errors(request: web.Request, handler: Callable[[web.Request],
         if exc.status < 400:
             raise
         code = _HTTP_CODES.get(exc.status, "http_error")
-        message = "request body too large" if exc.status == 413 else exc.reason
+        message = f"request body too large (over {request.config_dict[BODY_LIMIT]} bytes)" \
+            if exc.status == 413 else exc.reason
         return error_response(exc.status, code, message, headers={k: v for k, v in exc.headers.items()
                                                                    if k == "Allow"})
     except DB_DATA_ERRORS as exc:
@@ -226,8 +227,10 @@ def create_app(services: Services, scheduler: SchedulerView | None = None, *, to
     ctx = ApiContext(services, scheduler, token or None, metrics.DatabaseMetrics(commit_lag),
                      stall_after if stall_after is not None else max(30.0, 10 * tick),
                      json.dumps(build_document(handler_routes(services.registry))).encode())
-    app = web.Application(middlewares=[envelope_errors], client_max_size=MAX_BODY)
-    app[CONTEXT] = ctx
+    limit = services.settings.api.max_body_bytes
+    # aiohttp refuses a body of client_max_size bytes or more: + 1 lets exactly max_body_bytes through.
+    app = web.Application(middlewares=[envelope_errors], client_max_size=limit + 1)
+    app[CONTEXT], app[BODY_LIMIT] = ctx, limit
     app.router.add_get("/", dashboard)
     app.router.add_get("/static/{name}", static_file)
     # Routes are added in OPERATIONS order: the fixed /runs/latest before /runs/{id}. GET routes answer

@@ -20,7 +20,6 @@ from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, date, datetime
 from typing import Any, NoReturn
 
-from batcher import __version__
 from batcher.cliutil import (
     EXIT_FAILED,
     EXIT_OK,
@@ -36,6 +35,7 @@ from batcher.extension import shown as _shown
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "MAX_NAME", "MAX_NEXT", "UsageError", "_params", "_print_json",
            "build_parser", "check_args", "json_default", "main", "name_arg", "parse_param"]
+from batcher.version import VersionAction
 
 BIGINT_MAX = 2**63 - 1  # run ids are PostgreSQL bigints
 MAX_LIMIT = 500  # as the admin API's ``limit``
@@ -73,6 +73,8 @@ def parse_param(text: str) -> tuple[str, Any]:
         value: Any = json.loads(raw)
     except ValueError:
         value = raw
+    except RecursionError:
+        raise argparse.ArgumentTypeError(f"{_shown(text)}: the JSON value is nested too deeply") from None
     try:
         raw.encode("utf-8")
     except UnicodeEncodeError:
@@ -118,8 +120,10 @@ def _before(text: str) -> datetime:
         if not 16 <= len(text) <= 40:
             raise ValueError(text)
         at = datetime.fromisoformat(text)
-        return at if at.tzinfo else at.replace(tzinfo=UTC)
-    except ValueError:
+        at = at if at.tzinfo else at.replace(tzinfo=UTC)
+        at.astimezone(UTC)  # OverflowError at the calendar's ends (0001-01-01T00:00+01:00)
+        return at
+    except (ValueError, OverflowError):
         raise argparse.ArgumentTypeError(f"expected a date like 2026-01-31 (or an ISO timestamp), got "
                                          f"{_shown(text)}") from None
 
@@ -131,7 +135,7 @@ def _add_param(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="batcher", description="Async scheduler daemon for data-ingestion jobs.")
-    parser.add_argument("--version", action="version", version=f"batcher {__version__}")
+    parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.add_parser("run", help="run the daemon: schedule and run jobs until SIGTERM")
     p = sub.add_parser("run-job", help="run one run of a job (or ad-hoc job type) in the foreground")

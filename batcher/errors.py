@@ -26,7 +26,8 @@ class ConfigError(PermanentError):
 
     def __init__(self, message: str, *, file: str | None = None, job: str | None = None,
                  key: str | None = None) -> None:
-        parts = [p for p in (file, f"job {job!r}" if job else None, f"key {key!r}" if key else None) if p]
+        parts = [p for p in (file, f"job {job!r}" if job is not None else None,
+                             f"key {key!r}" if key is not None else None) if p]
         prefix = ": ".join(parts)
         super().__init__(f"{prefix}: {message}" if prefix else message)
         self.file = file

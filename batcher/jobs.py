@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from batcher.environ import params_for_validation
 from batcher.errors import ConfigError
 from batcher.handler import Handler
+from batcher.jsoncodec import storable_text
 from batcher.schedule import Schedule, check_cron, parse_timezone
 from batcher.store import Q
 
@@ -113,8 +114,10 @@ def parse_job(name: str, entry: Mapping[str, Any], registry: Mapping[str, type[H
         spec = JobSpec.model_validate(dict(entry))
     except ValidationError as exc:
         err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"]) or _entry_rule_key(entry)
+        key = ".".join(str(p) for p in err["loc"]) if err["loc"] else _entry_rule_key(entry)
         reason = "unknown key" if err["type"] == "extra_forbidden" else _reason(err["msg"])
+        if not err["loc"] and err["type"] == "string_unicode":  # a key that is not text (a lone surrogate)
+            key, reason = storable_text(str(err["input"])), "the key is not valid Unicode text"
         raise ConfigError(reason, file=file, job=name, key=key) from None
     if spec.type not in registry:
         known = ", ".join(sorted(registry))

@@ -45,11 +45,15 @@ def storable(value: Any) -> Any:
 
 
 def loads(data: bytes | bytearray | memoryview | str) -> Any:
-    """Parse JSON text; ValueError (json.JSONDecodeError) when it is not JSON."""
+    """Parse JSON text; ValueError (json.JSONDecodeError) when it is not JSON or nested too deeply for
+    either parser (orjson stops at 1024 levels, the standard library at the recursion limit)."""
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
-        return json.loads(bytes(data) if isinstance(data, memoryview) else data)
+        try:
+            return json.loads(bytes(data) if isinstance(data, memoryview) else data)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
 
 
 def dumps(value: Any) -> bytes:

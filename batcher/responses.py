@@ -60,10 +60,11 @@ def safe_url(url: str) -> str:
     """``url`` without its query string, fragment and user info: fit for logs and errors."""
     try:
         parts = urlsplit(url)
+        port = parts.port  # ValueError for a port that is not a number or out of range
     except ValueError:
         return "<invalid url>"
     host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
+    netloc = f"{host}:{port}" if port else host
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 

@@ -7,6 +7,8 @@ Owns APScheduler's trigger side (the loop itself lives in :mod:`batcher.schedule
   ``sun``…``sat``; ranges and steps are expanded to an explicit list of days.
 - day of month *and* day of week both restricted (neither starts with ``*``) means OR, as in Vixie cron:
   an ``OrTrigger`` of the two.
+- a step wider than its field's range (``*/60`` minutes, ``*/24`` hours) selects the range's first value,
+  as in Vixie cron (APScheduler refuses it).
 - macros ``@yearly @annually @monthly @weekly @daily @midnight @hourly``.
 
 DST rule (DESIGN §5): a cron job whose hour field is fixed (not ``*``, no step) runs once per wall-clock
@@ -58,6 +60,12 @@ def _dow_value(token: str) -> int:
     raise ValueError(f"bad day of week {token!r} (0-7 or sun-sat)")
 
 
+def _dow_bound(token: str) -> int:
+    """A range bound: 0-6 as :func:`_dow_value`, but 7 stays 7 (the field's end), so ``7-7`` and ``7/1``
+    are Sunday only and ``5-7`` is Friday to Sunday."""
+    return 7 if token.strip() == "7" else _dow_value(token)
+
+
 def _expand_dow(field: str) -> list[int]:
     days: set[int] = set()
     for part in field.split(","):
@@ -69,14 +77,13 @@ def _expand_dow(field: str) -> list[int]:
             lo, hi = 0, 6
         elif "-" in rng:
             a, b = rng.split("-", 1)
-            lo, hi = _dow_value(a), _dow_value(b)
-            hi = 7 if b.strip() == "7" else hi
+            lo, hi = _dow_bound(a), _dow_bound(b)
             if hi < lo:
                 raise ValueError(f"bad day-of-week range {part!r}")
         else:
-            lo = hi = _dow_value(rng)
+            lo = hi = _dow_bound(rng)
             if step_s:
-                hi = 6
+                hi = 7  # "a/n" runs to the field's end, 7 (Sunday again) as in Vixie cron: 1/3 is Mon, Thu, Sun
         days.update(d % 7 for d in range(lo, hi + 1, step))
     return sorted(days)
 
@@ -103,10 +110,35 @@ def parse_crontab(expr: str) -> CronSpec:
     return CronSpec(*fields)
 
 
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+def _clamp_step(part: str, low: int, high: int) -> str:
+    """A step wider than its range selects only the range's start (``*/60`` minutes: minute 0), as in
+    Vixie cron; APScheduler refuses such a step, so the part becomes that one value."""
+    rng, sep, step = part.partition("/")
+    if not sep or not _digits(step):
+        return part
+    first, dash, last = rng.partition("-")
+    if rng == "*":
+        lo, hi = low, high
+    elif _digits(first) and (not dash or _digits(last)):
+        lo, hi = int(first), int(last) if dash else high
+    else:
+        return part
+    return str(lo) if lo <= hi < lo + int(step) else part
+
+
+def _clamped(field: str, low: int, high: int) -> str:
+    return ",".join(_clamp_step(part, low, high) for part in field.split(","))
+
+
 def _cron_trigger(spec: CronSpec, tz: ZoneInfo, day: str, dow: str) -> CronTrigger:
     aps_dow = "*" if dow.startswith("*") and dow in ("*", "*/1") else ",".join(
         _APS_DOW[d] for d in _expand_dow(dow))
-    return CronTrigger(minute=spec.minute, hour=spec.hour, day=day, month=spec.month,
+    return CronTrigger(minute=_clamped(spec.minute, 0, 59), hour=_clamped(spec.hour, 0, 23),
+                       day=_clamped(day, 1, 31), month=_clamped(spec.month, 1, 12),
                        day_of_week=aps_dow, timezone=tz)
 
 

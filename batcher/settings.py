@@ -44,6 +44,7 @@ ENV_NAMES: dict[tuple[str, str], tuple[str, ...]] = {
     ("api", "host"): ("BATCHER_API_HOST",),
     ("api", "port"): ("BATCHER_API_PORT",),
     ("api", "token"): ("BATCHER_API_TOKEN",),
+    ("api", "max_body_bytes"): ("BATCHER_API_MAX_BODY_BYTES",),
     ("log", "format"): ("BATCHER_LOG_FORMAT",),
     ("log", "level"): ("BATCHER_LOG_LEVEL",),
 }
@@ -95,6 +96,7 @@ class ApiSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)  # 0: API off
     token: str | None = Field(None, repr=False)  # environment only; None: the API is read-only
+    max_body_bytes: int = Field(64 * 1024, ge=1024, le=64 * 1024 * 1024)  # larger request bodies: 413
 
 
 class LogSettings(_Section):
@@ -172,6 +174,8 @@ def read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", file=str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text (byte {exc.start}): TOML files are UTF-8", file=str(path)) from None
     except OSError as exc:
         raise ConfigError(f"cannot read the file: {exc.strerror}", file=str(path)) from None
 
@@ -265,7 +269,7 @@ def _config_error_from(exc: ValidationError, path: Path, env_data: Mapping[str, 
     if env_name is not None:
         return ConfigError(f"{err['msg']} (from the environment)", file=env_name, key=".".join(loc))
     job = loc[1] if len(loc) > 1 and loc[0] == "jobs" else None
-    key = ".".join(loc[2:] if job else loc) or None
+    key = ".".join(loc[2:] if job is not None else loc) or None
     if err["type"] == "extra_forbidden":
         return ConfigError("unknown key", file=str(path), job=job, key=key)
     return ConfigError(err["msg"], file=str(path), job=job, key=key)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -229,7 +228,11 @@ def event_record(raw: Any, deep: bool = True) -> tuple[str, str, datetime, Any]:
         occurred_at = parse_timestamp(stamp)
     except ValueError:
         raise ValueError(f"timestamp is not ISO-8601: {stamp[:40]!r}") from None
-    if deep and (problem := _text_problem(raw, "")):
+    try:
+        problem = _text_problem(raw, "") if deep else None
+    except RecursionError:  # orjson parses up to 1024 levels, deeper than this walk may recurse
+        problem = "nested too deeply to check its text"
+    if problem:
         raise ValueError(problem)
     return event_id, event_type, occurred_at, raw
 
@@ -248,7 +251,7 @@ def validate_events(events: list[Any], deep: bool = True) -> tuple[list[tuple[An
 
 def parse_raw_event(text: str) -> tuple[Any, ...]:
     """A dead letter's payload back into a record (``dead-letters replay``)."""
-    return event_record(json.loads(text))
+    return event_record(json_loads(text))
 
 
 # ------------------------------------------------------------------------------------------ handler

@@ -29,6 +29,7 @@ import collections
 import datetime as dt
 import hashlib
 import json
+import math
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -156,7 +157,12 @@ def row_record(site: str, params: GscParams, day: dt.date, row: Any) -> tuple[An
     raw = [row.get(name) for name in ("clicks", "impressions", "ctr", "position")]
     if not all(isinstance(m, int | float) and not isinstance(m, bool) for m in raw):
         raise ValueError("clicks, impressions, ctr and position must be numbers")
-    metrics: list[float] = [float(m) for m in raw if isinstance(m, int | float)]
+    try:
+        metrics: list[float] = [float(m) for m in raw if isinstance(m, int | float)]
+    except OverflowError:  # an integer beyond a float (JSON has no size limit)
+        metrics = [math.inf]
+    if not all(math.isfinite(m) for m in metrics):  # Infinity/NaN: the standard library's JSON reads them
+        raise ValueError("clicks, impressions, ctr and position must be finite numbers")
     digest = hashlib.sha256(json.dumps(keys, ensure_ascii=False).encode()).hexdigest()[:32]
     dims = tuple(values.get(api) for api in DIMENSION_COLUMNS)
     return (site, params.search_type, ",".join(params.dimensions), day, digest, *dims,

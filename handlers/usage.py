@@ -64,7 +64,7 @@ class UsageAggregationHandler(Handler):
             out["enabled"] = enabled.lower() in _TRUE
         interval = environ.get("USAGE_AGGREGATION_INTERVAL", "").strip()
         if interval:
-            if not interval.isdigit() or int(interval) < 1:
+            if not (interval.isascii() and interval.isdigit()) or int(interval) < 1:
                 raise ConfigError(f"must be a positive number of milliseconds, got {interval!r}",
                                   key="USAGE_AGGREGATION_INTERVAL")
             minutes = -(-int(interval) // 60_000)

@@ -132,8 +132,9 @@ def _wait_ready(port: int, daemon: subprocess.Popen[bytes], timeout: float) -> N
 def test_plain_pip_install_runs_without_a_checkout(tmp_path: Path, scratch_db: str, redis_url: str) -> None:
     """Defect 15: the wheel ships all SQL (schema, migrations, queries), the handlers package and the
     dashboard's static files; installed into a fresh venv (imports resolve there, not to the checkout),
-    ``batcher migrate``, ``batcher run-job synthetic --param records=5`` and ``batcher run`` (up to
-    /readyz and the dashboard, then SIGTERM: exit 0) all work from a directory outside the checkout."""
+    ``batcher --version`` (the wheel's version), ``batcher migrate``, ``batcher run-job synthetic --param
+    records=5`` and ``batcher run`` (up to /readyz and the dashboard, then SIGTERM: exit 0) all work from a
+    directory outside the checkout."""
     wheel = _build_wheel(tmp_path)
     names = set(zipfile.ZipFile(wheel).namelist())
     for wanted in SHIPPED:
@@ -152,6 +153,7 @@ def test_plain_pip_install_runs_without_a_checkout(tmp_path: Path, scratch_db: s
     others = [p for p in path if p and not Path(p).is_relative_to(venv)]
     assert not [p for p in others if (Path(p) / "batcher").exists() or (Path(p) / "handlers").exists()], path
 
+    assert _run(venv, ["--version"], env, work).stdout == f"batcher {wheel.name.split('-')[1]}\n"  # the wheel's
     _run(venv, ["migrate"], env, work)
     assert _count(scratch_db, "SELECT count(*) FROM schema_migrations") >= 5
     _run(venv, ["run-job", "synthetic", "--param", "records=5"], env, work)

@@ -61,6 +61,7 @@ ROWS = [
         (str(128 * MIB),), (128 * MIB,)),
     Row("api.host", ("BATCHER_API_HOST",), "127.0.0.1", "0.0.0.0", "0.0.0.0", ("::1",), ("::1",)),
     Row("api.port", ("BATCHER_API_PORT",), 8080, 9090, 9090, ("0",), (0,)),
+    Row("api.max_body_bytes", ("BATCHER_API_MAX_BODY_BYTES",), 65536, 1048576, 1048576, ("4096",), (4096,)),
     Row("log.format", ("BATCHER_LOG_FORMAT",), None, "console", "console", ("json",), ("json",)),
     Row("log.level", ("BATCHER_LOG_LEVEL",), "info", "warning", "warning", ("DEBUG",), ("debug",)),
 ]
