@@ -62,8 +62,37 @@ def dumps(value: Any) -> bytes:
     try:
         return orjson.dumps(value)
     except (orjson.JSONEncodeError, TypeError):
-        text = _std_dumps(value)
+        try:
+            text = _std_dumps(value)
+        except RecursionError:  # orjson stops at 255 levels, the standard library at the recursion limit
+            raise ValueError("value nested too deeply to encode as JSON") from None
     try:
         return text.encode()
     except UnicodeEncodeError:
         return _std_ascii_dumps(value).encode()
+
+
+MAX_PAYLOAD_DEPTH = 200
+TRUNCATED = "…(truncated: nested too deeply)"
+
+
+def truncated(value: Any, max_depth: int = MAX_PAYLOAD_DEPTH) -> Any:
+    """A copy of ``value`` whose lists and dicts deeper than ``max_depth`` are replaced by :data:`TRUNCATED`,
+    built without recursion (for a value too deep for any JSON encoder: its dead letter can still be kept)."""
+    root: list[Any] = [None]
+    stack: list[tuple[Any, Any, Any, int]] = [(value, root, 0, 0)]
+    while stack:
+        item, parent, slot, depth = stack.pop()
+        if isinstance(item, dict | list | tuple) and depth >= max_depth:
+            parent[slot] = TRUNCATED
+        elif isinstance(item, dict):
+            copy: dict[Any, Any] = dict.fromkeys(item)
+            parent[slot] = copy
+            stack.extend((v, copy, k, depth + 1) for k, v in item.items())
+        elif isinstance(item, list | tuple):
+            items: list[Any] = [None] * len(item)
+            parent[slot] = items
+            stack.extend((v, items, i, depth + 1) for i, v in enumerate(item))
+        else:
+            parent[slot] = item
+    return root[0]

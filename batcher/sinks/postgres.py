@@ -40,6 +40,7 @@ import asyncpg
 
 from batcher.errors import PermanentError
 from batcher.handler import Batch, Rejected, Stream
+from batcher.jsoncodec import truncated
 from batcher.store import Q
 
 if TYPE_CHECKING:
@@ -358,6 +359,13 @@ def encode_payload(raw: Any) -> tuple[str, str]:
 
 
 def _dumps(value: Any, *, sort_keys: bool = False) -> str:
+    try:
+        return _dumps_once(value, sort_keys=sort_keys)
+    except RecursionError:  # a record too deep for JSON: keep it truncated, past 200 levels
+        return _dumps_once(truncated(value), sort_keys=sort_keys)
+
+
+def _dumps_once(value: Any, *, sort_keys: bool = False) -> str:
     if isinstance(value, bytes | bytearray | memoryview):
         value = _json_default(value)
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=sort_keys,

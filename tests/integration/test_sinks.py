@@ -294,3 +294,19 @@ async def test_replace_scope_replaces_exactly_one_slice(db: asyncpg.Pool) -> Non
     with pytest.raises(PermanentError, match="non-key"):
         await write(db, stream, Batch(stream="slices", records=[], replace_scope={"part": "b", "v": "x"}))
     assert await db.fetchval("SELECT count(*) FROM sink_slices") == 4
+
+
+async def test_a_record_nested_too_deeply_is_a_dead_letter(items: asyncpg.Pool) -> None:
+    """A record whose jsonb value is nested ~1,000 levels deep (orjson and the standard encoder both give
+    up) is dead-lettered with a reason — its payload truncated past 200 levels — and the rest commits."""
+    deep: Any = "leaf"
+    for _ in range(1_000):
+        deep = [deep]
+    stream = item_stream("ignore")
+    batch = rows(0, 10)
+    batch[3] = (3, "deep", 1, None, {"d": deep})
+    result = await write(items, stream, Batch(stream=stream.name, records=batch))
+    assert (result.written, result.dead_lettered) == (9, 1)
+    letters = await dead_letters(items)
+    assert len(letters) == 1 and "nested too deeply" in letters[0]["reason"]
+    assert "truncated" in letters[0]["payload"] and json.loads(letters[0]["payload"])["k"] == 3
