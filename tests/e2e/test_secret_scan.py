@@ -15,11 +15,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import inspect
 import io
 import json
 import logging
 import re
 import socket
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -43,7 +45,7 @@ from batcher.jobhistory import history_document
 from batcher.logs import configure_logging
 from batcher.registry import load_registry
 from batcher.testing import run_job_once, test_settings
-from tests.e2e.procs import Proc, batcher_env, write_config
+from tests.e2e.procs import REPO, Proc, batcher_env, write_config
 
 
 def secret(name: str) -> str:
@@ -269,7 +271,9 @@ def _env_name(job_type: str, field_name: str) -> str:
 async def wait_until(check: Callable[[], Any], timeout: float, what: str, proc: Proc) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        result = await check() if asyncio.iscoroutinefunction(check) else check()
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
         if result:
             return result
         assert proc.popen.poll() is None, f"daemon died:\n{proc.tail()}"
@@ -339,6 +343,13 @@ async def run_daemon(tmp_path: Path, pool: Any, database_url: str, redis_url: st
         for name in jobs:
             async with http.post(base + "/api/batch/trigger", json={"jobName": name}) as resp:
                 assert resp.status == 200, await resp.text()
+        # a literal secret in a trigger's params is refused, and the refusal does not echo it
+        literal = secret("literal-in-api")
+        secrets.add(literal)
+        async with http.post(base + "/api/batch/trigger",
+                             json={"jobName": "daemon-datasync", "params": {"api_key": literal}}) as resp:
+            assert 400 <= resp.status < 500, resp.status
+            texts["POST /api/batch/trigger with a literal secret"] = await resp.text()
         await wait_until(lambda: pool.fetchval("SELECT count(*) > 0 FROM batch_runs WHERE status = 'running' "
                                                "AND job_name = 'daemon-synthetic'"), 30, "synthetic running", daemon)
         texts.update({f"{k} [while running]": v for k, v in (await api_texts(http, base, pool)).items()})
@@ -362,6 +373,26 @@ async def run_daemon(tmp_path: Path, pool: Any, database_url: str, redis_url: st
     return texts
 
 
+async def run_cli(tmp_path: Path, database_url: str, redis_url: str, secrets: set[str]) -> dict[str, str]:
+    """``batcher run-job datasync --param api_key=…`` as a process (debug logs, BATCHER_DEBUG) against a
+    fake answering 500s that echo the key: its stdout and stderr."""
+    key = secret("cli-datasync")
+    secrets.add(key)
+    config = tmp_path / "cli.toml"
+    config.write_text('[rate_limits."datasync:"]\ninterval_ms = 1\nmax_in_interval = 100000\nburst = 100000\n'
+                      'max_attempts = 2\n')
+    env = batcher_env(database_url, redis_url, config, tmp_path / "cli-data", BATCHER_LOG_LEVEL="debug",
+                      BATCHER_DEBUG="1")
+    async with FakeDataSync(DataSyncOptions(api_key=key, echo_auth_next=100)) as fake:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "batcher", "run-job", "datasync", "--param", f"base_url={fake.url}",
+            "--param", f"api_key={key}", env=env, cwd=REPO, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1 and b'"failed"' in out, (out, err[-2000:])
+    return {"run-job stdout": out.decode(errors="replace"), "run-job stderr": err.decode(errors="replace")}
+
+
 @pytest.fixture
 async def scan_db(db: Any, redis_db: Any) -> Any:
     await db.execute("TRUNCATE tracked_apps")
@@ -380,12 +411,15 @@ async def test_no_secret_in_anything_written_or_served(scan_db: Any, database_ur
     issued: list[Callable[[], list[str]]] = []
     stream = io.StringIO()
     await run_in_process(scan_db, database_url, redis_url, stream, secrets)
-    texts = {"in-process logs": stream.getvalue()}
+    texts = {"in-process logs": stream.getvalue(), **await run_cli(tmp_path, database_url, redis_url, secrets)}
     async with contextlib.AsyncExitStack() as stack:
         texts.update(await run_daemon(tmp_path, scan_db, database_url, redis_url, stack, procs, secrets, issued))
         for tokens in issued:
             secrets |= set(tokens())
     texts.update(await stored_texts(scan_db))
+    served = [k for k in texts if k.startswith("GET ")]
+    for page in ("/api/apps", "/api/handlers", "/metrics", "/api/batch/runs/", "/api/batch/dead-letters"):
+        assert any(page in k and "(200)" in k for k in served), (page, served)
     assert "scan_probe" in texts["in-process logs"] and "run_finished" in texts["daemon stderr"]
     found = leaks(secrets, texts)
     assert not found, f"{len(found)} leaks:\n" + "\n".join(found[:20])
