@@ -65,7 +65,8 @@ class FakeOptions:
     rate_limit_headers: RateLimitHeaders = "reset"  # Retry-After has whole seconds only
     error_every: int = 0
     bad_envelope_every: int = 0  # 1: every page (the run must fail)
-    echo_auth_next: int = 0  # the next N requests answer 500 echoing the Authorization header (a leak test)
+    echo_auth_next: int = 0  # the next N requests answer echo_auth_status, echoing the Authorization header
+    echo_auth_status: int = 500  # (a leak test: the body holds the credential, with and without "Bearer")
 
 
 def make_event(index: int, *, seed: int = 0, invalid_every: int = 0) -> Any:
@@ -237,8 +238,8 @@ class FakeDataSync:
         if o.echo_auth_next > 0:
             self.options = replace(o, echo_auth_next=o.echo_auth_next - 1)
             sent = request.headers.get("Authorization", "")
-            return web.Response(status=500, text=f"internal error handling request with Authorization: {sent} "
-                                                 f"(key {sent.removeprefix('Bearer ')})")
+            text = f"error handling request with Authorization: {sent} (key {sent.removeprefix('Bearer ')})"
+            return web.Response(status=o.echo_auth_status, text=text)
         if request.headers.get("Authorization") != f"Bearer {o.api_key}":
             return web.json_response({"error": "invalid api key"}, status=o.auth_status)
         if o.rate_limit_every and n % o.rate_limit_every == 0:

@@ -159,7 +159,8 @@ async def usage_ok(db: Any) -> AsyncIterator[Prepared]:
 SCENARIOS: dict[str, list[tuple[str, Case]]] = {
     "synthetic": [("ok", synthetic_ok), ("permanent failure", synthetic_fails)],
     "datasync": [("ok", _datasync("succeeded")), ("401 invalid key", _datasync("failed", accept=False)),
-                 ("500 echoing the Authorization header", _datasync("failed", echo_auth_next=100))],
+                 ("500 echoing the Authorization header", _datasync("failed", echo_auth_next=100)),
+                 ("400 echoing the key", _datasync("failed", echo_auth_next=1, echo_auth_status=400))],
     "usage_aggregation": [("ok", usage_ok)],
     "gsc": [("ok", _gsc("succeeded", token_ttl_requests=3)), ("invalid_grant", _gsc("failed", revoked=True))],
     "hubspot": [("access token", _hubspot("succeeded", oauth=False)),
