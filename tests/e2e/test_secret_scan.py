@@ -323,9 +323,10 @@ async def run_daemon(tmp_path: Path, pool: Any, database_url: str, redis_url: st
         jobs[f"daemon-{job_type}"] = {"type": job_type, "enabled": False, "max_retries": 0, "params": params}
         secrets |= set(prepared.secrets.values())
         issued.append(prepared.issued)
-    jobs["daemon-datasync-echo"] = {"type": "datasync", "enabled": False, "max_retries": 0, "params": {
-        **jobs["daemon-datasync"]["params"],
-        "base_url": (await stack.enter_async_context(FakeDataSync(DataSyncOptions(echo_auth_next=100)))).url}}
+    # the env-resolved key echoed in a 400's body (the excerpt goes into the run's errors)
+    echo = await stack.enter_async_context(FakeDataSync(DataSyncOptions(echo_auth_next=100, echo_auth_status=400)))
+    jobs["daemon-datasync-echo"] = {"type": "datasync", "enabled": False, "max_retries": 0,
+                                    "params": {**jobs["daemon-datasync"]["params"], "base_url": echo.url}}
     config = write_config(tmp_path / "batcher.toml", jobs)
     with config.open("a") as f:
         f.write('[rate_limits."datasync:"]\ninterval_ms = 1\nmax_in_interval = 100000\nburst = 100000\n'
