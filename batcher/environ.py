@@ -3,7 +3,8 @@
 Persisted params hold a secret ``foo`` only as ``foo_env = "VARIABLE"``. At load time
 :func:`params_for_validation` checks that shape (a literal secret is rejected unless allowed, as for a
 foreground ``run-job``) and substitutes a placeholder so the handler's model can validate the rest. When
-a run starts, :func:`resolve_params` reads the variables and yields the handler's real params.
+a run starts, :func:`resolve_params` reads the variables and yields the handler's real params, every
+secret value registered for redaction (:func:`batcher.logs.register_secret`).
 Error messages name variables, never values.
 """
 
@@ -17,6 +18,7 @@ from pydantic import BaseModel, SecretStr, ValidationError
 
 from batcher.errors import ConfigError, PermanentError
 from batcher.handler import SECRET_MARKER
+from batcher.logs import register_secret
 
 _PLACEHOLDER = "__batcher_secret_placeholder__"
 
@@ -54,6 +56,13 @@ def params_for_validation(model: type[BaseModel], params: Mapping[str, Any], *,
     return out
 
 
+def _registered(value: str) -> SecretStr:
+    """``value`` as a secret param, registered for redaction first: whatever text it later reaches (an
+    upstream's error body, an exception message, a traceback) is masked in logs, run logs and run errors."""
+    register_secret(value)
+    return SecretStr(value)
+
+
 def resolve_params(model: type[BaseModel], params: Mapping[str, Any],
                    literal_secrets: Mapping[str, str] | None = None,
                    environ: Mapping[str, str] | None = None) -> BaseModel:
@@ -64,12 +73,12 @@ def resolve_params(model: type[BaseModel], params: Mapping[str, Any],
         ref = f"{field}_env"
         if literal_secrets and field in literal_secrets:
             values.pop(ref, None)
-            values[field] = SecretStr(literal_secrets[field])
+            values[field] = _registered(literal_secrets[field])
         elif ref in values:
             var = values.pop(ref)
             if not env.get(var):
                 raise PermanentError(f"environment variable {var} (for param {field!r}) is not set")
-            values[field] = SecretStr(env[var])
+            values[field] = _registered(env[var])
     try:
         return model.model_validate(values)
     except ValidationError as exc:

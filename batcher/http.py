@@ -39,7 +39,7 @@ from batcher import metrics
 from batcher.connections import redis_client
 from batcher.errors import PermanentError, RunCancelledError, TransientError
 from batcher.handler import HttpClient
-from batcher.logs import get_logger
+from batcher.logs import get_logger, register_credentials
 from batcher.oauth import OAuth2Credentials, OAuth2TokenProvider, TokenProvider, safe_excerpt
 from batcher.ratelimit import RateLimiter, effective_rate_limits, limit_for, wait_or_cancel
 from batcher.responses import (
@@ -201,6 +201,7 @@ class NamespaceClient:
 
     async def _headers(self, extra: Mapping[str, str] | None) -> tuple[dict[str, str], str | None]:
         sent = dict(extra or {})
+        register_credentials(sent)
         if self._oauth is None:
             return sent, None
         token = await self._until_cancelled(self._oauth.token())

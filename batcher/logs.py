@@ -78,9 +78,12 @@ class _Secrets:
 
     def add(self, value: str) -> None:
         with self._lock:
+            known = value in self._values
             for form in (value, quote(value, safe=""), quote_plus(value)):
                 self._values.pop(form, None)
-                self._values[form] = None
+                self._values[form] = None  # (re)inserted last: the most recently used is forgotten last
+            if known:  # the same set of forms: the regex stays valid (a value registered per request)
+                return
             while len(self._values) > self.MAX_SECRETS:
                 del self._values[next(iter(self._values))]
             self._stale = True
@@ -109,6 +112,21 @@ def register_secret(value: str) -> None:
     """Never let ``value`` (nor its URL-encoded forms) reach a log line, run log or stored error."""
     if value and value.strip():
         _SECRETS.add(value)
+
+
+_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie"})
+
+
+def register_credentials(headers: Mapping[str, str]) -> None:
+    """Register the credentials a handler sends in its own headers (a token it obtained itself, such as
+    Docker Hub's bearer token, or an API key) for redaction: the value and, after an auth scheme
+    (``Bearer``, ``token``, ``Basic``), the credential alone. Registering a known value is cheap."""
+    for name, value in headers.items():
+        if name.lower() in _CREDENTIAL_HEADERS and value:
+            register_secret(value)
+            scheme, _, credential = value.partition(" ")
+            if credential.strip() and scheme.isalpha():
+                register_secret(credential.strip())
 
 
 def forget_secrets() -> None:

@@ -3,7 +3,7 @@
 This module owns the fake: a deterministic event stream (:func:`make_event`, unicode and invalid events
 included), the ``GET /events`` endpoint with opaque cursors, both envelope shapes, overlapping pages,
 gzip, latency and injected faults (429 with ``Retry-After`` and/or ``X-RateLimit-Reset``, 502/503, invalid
-envelopes), a request log with timestamps, and a control API for other processes:
+envelopes, 500s echoing the Authorization header), a request log with timestamps, and a control API for other processes:
 
 - ``GET /_control/log`` — the request log (JSON list); ``POST /_control/append?n=N`` — N more events;
   ``POST /_control/options`` — a JSON object of :class:`FakeOptions` fields to change.
@@ -65,6 +65,8 @@ class FakeOptions:
     rate_limit_headers: RateLimitHeaders = "reset"  # Retry-After has whole seconds only
     error_every: int = 0
     bad_envelope_every: int = 0  # 1: every page (the run must fail)
+    echo_auth_next: int = 0  # the next N requests answer echo_auth_status, echoing the Authorization header
+    echo_auth_status: int = 500  # (a leak test: the body holds the credential, with and without "Bearer")
 
 
 def make_event(index: int, *, seed: int = 0, invalid_every: int = 0) -> Any:
@@ -233,6 +235,11 @@ class FakeDataSync:
 
     def _answer(self, request: web.Request, entry: dict[str, Any]) -> web.Response:
         o, n = self.options, self._requests
+        if o.echo_auth_next > 0:
+            self.options = replace(o, echo_auth_next=o.echo_auth_next - 1)
+            sent = request.headers.get("Authorization", "")
+            text = f"error handling request with Authorization: {sent} (key {sent.removeprefix('Bearer ')})"
+            return web.Response(status=o.echo_auth_status, text=text)
         if request.headers.get("Authorization") != f"Bearer {o.api_key}":
             return web.json_response({"error": "invalid api key"}, status=o.auth_status)
         if o.rate_limit_every and n % o.rate_limit_every == 0:

@@ -37,7 +37,9 @@ class FakeGitHub:
     a repository to tag names served by ``/tags`` (default: the releases' tags, newest first)."""
 
     def __init__(self, releases: Mapping[str, Sequence[tuple[str, bool]]] | None = None, *,
-                 tags: Mapping[str, Sequence[str]] | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+                 tags: Mapping[str, Sequence[str]] | None = None, token: str = TOKEN, host: str = "127.0.0.1",
+                 port: int = 0) -> None:
+        self.token = token  # the token that authenticates (any other is anonymous)
         self.releases = {r: list(v) for r, v in (releases or {}).items()}
         self.tags = {r: list(v) for r, v in (tags or {}).items()}
         self.throttle_next = 0
@@ -96,7 +98,7 @@ class FakeGitHub:
 
     def _answer(self, request: web.Request, make: Any) -> web.Response:
         repository = f"{request.match_info['owner']}/{request.match_info['repo']}"
-        authorized = request.headers.get("Authorization", "") in (f"Bearer {TOKEN}", f"token {TOKEN}")
+        authorized = request.headers.get("Authorization", "") in (f"Bearer {self.token}", f"token {self.token}")
         entry: dict[str, Any] = {"path": request.path, "authorized": authorized,
                                  "if_none_match": request.headers.get("If-None-Match")}
         self.log.append(entry)

@@ -257,3 +257,31 @@ def test_entries_stay_storable_in_jsonb(stream: io.StringIO) -> None:
     assert fields["ratio"] == "nan"
     text = json.dumps(fields, allow_nan=False)
     assert "\\u0000" not in text
+
+
+def test_reregistering_a_known_secret_keeps_the_pattern_and_its_place() -> None:
+    """Registering a value already known (as the HTTP client does for every request's credential) does
+    not invalidate the compiled redaction pattern, and keeps that value among the newest (not evicted)."""
+    try:
+        logs.register_secret("per-request-token")
+        assert logs._SECRETS.pattern is not None and not logs._SECRETS._stale
+        logs.register_secret("per-request-token")
+        assert not logs._SECRETS._stale  # no rebuild of the pattern at the next log line
+        for n in range(logs._Secrets.MAX_SECRETS // 3 - 1):
+            logs.register_secret(f"other-token-{n:05d}")
+            logs.register_secret("per-request-token")
+        assert logs.redact("x per-request-token y") == "x *** y"
+    finally:
+        logs.forget_secrets()
+
+
+def test_register_credentials_masks_header_credentials_with_and_without_scheme() -> None:
+    """The credential of an Authorization-type header a handler sends (a token it obtained itself) is
+    registered: masked alone, URL-encoded, and with its scheme; other headers are not registered."""
+    try:
+        logs.register_credentials({"Authorization": "Bearer hub-issued-token/1", "X-Api-Key": "k3y-value-42",
+                                   "Accept": "application/json"})
+        text = f"echo hub-issued-token/1 {quote('hub-issued-token/1', safe='')} k3y-value-42 application/json"
+        assert logs.redact(text) == "echo *** *** *** application/json"
+    finally:
+        logs.forget_secrets()
