@@ -34,6 +34,7 @@ import aiohttp
 import pytest
 
 from batcher.environ import secret_fields
+from batcher.fakes.agent import AgentOptions, FakeAgent
 from batcher.fakes.datasync import FakeDataSync
 from batcher.fakes.datasync import FakeOptions as DataSyncOptions
 from batcher.fakes.dockerhub import TOKEN_PREFIX, FakeDockerHub
@@ -155,6 +156,19 @@ async def usage_ok(db: Any) -> AsyncIterator[Prepared]:
     yield Prepared({"date": "2025-11-01"}, {}, "succeeded")  # no secret param: its run must be clean too
 
 
+def _agent(status: str, *, accept: bool = True) -> Case:
+    @contextlib.asynccontextmanager
+    async def case(db: Any) -> AsyncIterator[Prepared]:
+        key = secret("agent")
+        await db.execute("INSERT INTO system_users (user_id, tenant_id, active) VALUES ('scan-u1', 'scan-t', true) "
+                         "ON CONFLICT DO NOTHING")
+        async with FakeAgent(AgentOptions(api_key=key if accept else secret("agent-other"))) as fake:
+            yield Prepared({"base_url": fake.url, "batch_type": "INDIVIDUAL_USERS", "tenant_id": "scan-t",
+                            "retry_base_seconds": 0.0}, {"api_key": key}, status)
+
+    return case
+
+
 #: job type → cases; the first case of each type also runs in the daemon. A new handler needs an entry.
 SCENARIOS: dict[str, list[tuple[str, Case]]] = {
     "synthetic": [("ok", synthetic_ok), ("permanent failure", synthetic_fails)],
@@ -169,6 +183,7 @@ SCENARIOS: dict[str, list[tuple[str, Case]]] = {
                 ("oauth invalid_grant", _hubspot("failed", oauth=True, accept=False))],
     "docker-hub-pull": [("ok", _dockerhub("succeeded")), ("401 bad credentials", _dockerhub("failed", accept=False))],
     "tracked-apps-check": [("ok", tracked_apps_ok)],
+    "agent_batch": [("ok", _agent("succeeded")), ("401 invalid key", _agent("failed", accept=False))],
 }
 
 
