@@ -5,7 +5,7 @@
 #   make demo    a daemon on embedded servers with demo jobs and a fake DataSync; prints the dashboard URL
 #   make deps-browser  Debian's chromium (apt-get) and Playwright, for the browser test
 #   make lint    ruff, mypy --strict on batcher/, import-linter contracts
-#   make bench   every bench/*.py script in turn
+#   make bench   every bench/*.py script in turn; writes bench/RESULTS.md
 #   make clean   remove .venv, caches and the .batcher data dir
 #
 # The install is skipped while pyproject.toml is older than $(STAMP).
@@ -79,14 +79,20 @@ lint: venv
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
+# Each script prints its headline figures as `RESULT {json}` lines (bench/common.py emit_result), also
+# appended to bench/results/results.jsonl; bench/report.py then writes bench/RESULTS.md from them (also
+# when a script failed: the report names it and make still fails).
+BENCH_RESULTS := bench/results/results.jsonl
 bench: venv
-	@set -- $(filter-out bench/common.py,$(wildcard bench/*.py)); \
+	@set -- $(filter-out bench/common.py bench/report.py,$(wildcard bench/*.py)); \
 	if [ -z "$$1" ]; then echo "bench/ has no benchmark scripts yet"; exit 0; fi; \
+	mkdir -p bench/results; rm -f $(BENCH_RESULTS); \
 	failed=""; \
 	for script in "$$@"; do \
 		echo "== $$script"; \
-		$(PY) "$$script" || failed="$$failed $$script"; \
+		BENCH_RESULTS_FILE=$(BENCH_RESULTS) $(PY) "$$script" || failed="$$failed $$script"; \
 	done; \
+	$(PY) bench/report.py $(BENCH_RESULTS) --failed "$$failed" --out bench/RESULTS.md; \
 	if [ -n "$$failed" ]; then echo "failed:$$failed" >&2; exit 1; fi
 
 # Refuses while an embedded PostgreSQL still runs from .batcher or .batcher-demo (deleting its data dir
