@@ -23,7 +23,7 @@ Printed: (d)/(c) (goals ≥ 2 at 50 ms, ≥ 4 at 5 ms). For example::
     python3 -m venv /tmp/dlt-venv && /tmp/dlt-venv/bin/pip install "dlt[postgres]"
     .venv/bin/python bench/datasync.py --dlt-python /tmp/dlt-venv/bin/python
 
-    .venv/bin/python bench/datasync.py [--events 20000] [--batch 500] [--latency 50,5] [--repeat 3]
+    .venv/bin/python bench/datasync.py [--events 20000] [--batch 500] [--latency 50,5] [--repeat 5]
 
 Creates and drops its own PostgreSQL database on ``BENCH_DATABASE_URL`` (default
 ``postgresql://postgres@127.0.0.1:5432/postgres``) and claims a Redis db among 1–9 on ``BENCH_REDIS_URL``
@@ -264,7 +264,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--latency", type=lambda s: [float(x) for x in s.split(",")], default=[50.0, 5.0])
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--dlt-python", default=os.environ.get("BENCH_DLT_PYTHON"),
                         help="the Python of an environment with dlt[postgres] installed: also run dlt")
     parser.add_argument("--dlt-format", default="csv", choices=["csv", "insert_values", "parquet"])
