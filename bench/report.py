@@ -66,6 +66,8 @@ def machine() -> dict[str, str]:
 def _num(value: Any, unit: str = "") -> str:
     if value is None:
         return "—"
+    if value == float("inf"):
+        return "∞ (due runs not started)"
     number = f"{value:,.3g}" if abs(value) < 1000 else f"{value:,.0f}"
     return f"{number} {unit}".strip()
 
@@ -95,7 +97,8 @@ def render(results: list[dict[str, Any]], failed: list[str], info: dict[str, str
         if r.get("baseline_label") and r.get("baseline") is not None:
             baseline += f" ({r['baseline_label']})"
         name = r["name"] + (f" — {r['note']}" if r.get("note") else "")
-        ratio = _num(r.get("ratio")) + ("×" if r.get("ratio") is not None else "")
+        ratio = r.get("ratio")
+        ratio = "—" if ratio is None else "—" if ratio == float("inf") else f"{_num(ratio)}×"
         lines.append(f"| {name} | {_num(r.get('figure'), r.get('unit', ''))} | {baseline} | {ratio} | "
                      f"{r.get('goal') or '—'} | {_met(r.get('met'))} | `{r.get('script', '?')}` |")
     lines += ["", "Each script's full output (and its JSON under `bench/results/`) has the details; the README's "

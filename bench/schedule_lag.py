@@ -401,12 +401,12 @@ def summarise(results: dict[str, Any], goal_s: float = 1.0) -> None:
     def secs(v: Any) -> str:
         return "n/a" if v is None else "not started" if v == float("inf") else f"{float(v):.3f} s"
 
-    print(f"\n{'jobs × daemons':>16} {'due/s':>7} {'p50':>12} {'p99':>12} {'runs/s':>8} {'not started':>12}  "
+    print(f"\n{'jobs × daemons':>16} {'queued/s':>8} {'p50':>12} {'p99':>12} {'runs/s':>8} {'not started':>12}  "
           "daemon CPU")
     base: float | None = None
     for r in results.values():
-        due_rate = r["runs"] / r["window_seconds"] if r["window_seconds"] else 0.0
-        print(f"{r['jobs']:>9,} × {r['daemons']:<4} {due_rate:>7.1f} {secs(r['p50']):>12} {secs(r['p99']):>12} "
+        due_rate = r["runs"] / r["window_seconds"] if r["window_seconds"] else 0.0  # occurrences materialized
+        print(f"{r['jobs']:>9,} × {r['daemons']:<4} {due_rate:>8.1f} {secs(r['p50']):>12} {secs(r['p99']):>12} "
               f"{r['runs_per_second']:>8.1f} {int(r['not_started'] or 0):>12}  "
               f"{', '.join(f'{c:.2f}' for c in r['daemon_cpu'][:-1])}")
         p99 = r["p99"]
@@ -414,7 +414,8 @@ def summarise(results: dict[str, Any], goal_s: float = 1.0) -> None:
                     "× concurrency 8, due → start p99", p99, "s", baseline=base,
                     baseline_label="the first size" if base is not None else "", goal=f"p99 ≤ {goal_s:g} s",
                     met=p99 is not None and p99 <= goal_s,
-                    note=f"{due_rate:.0f} due/s, {r['runs_per_second']:.0f} runs/s, p50 {secs(r['p50'])}, "
+                    note=f"due {r['jobs'] / (60 * r['interval_minutes']):.0f}/s, queued {due_rate:.0f}/s, "
+                         f"finished {r['runs_per_second']:.0f}/s, p50 {secs(r['p50'])}, "
                          f"{int(r['not_started'] or 0)} not started")
         if base is None and p99 is not None and p99 != float("inf"):
             base = p99
