@@ -5,7 +5,7 @@
 #   make demo    a daemon on embedded servers with demo jobs and a fake DataSync; prints the dashboard URL
 #   make deps-browser  Debian's chromium (apt-get) and Playwright, for the browser test
 #   make lint    ruff, mypy --strict on batcher/, import-linter contracts
-#   make bench   every bench/*.py script in turn
+#   make bench   every bench/*.py script in turn; writes bench/RESULTS.md
 #   make chaos   3 daemons, 50 random SIGKILLs, exact data checks, failover p50/p99/max (CHAOS_KILLS=N)
 #   make clean   remove .venv, caches and the .batcher data dir
 #
@@ -85,14 +85,20 @@ CHAOS_KILLS ?= 50
 chaos: venv
 	CHAOS_KILLS=$(CHAOS_KILLS) $(PY) -m pytest -q -s -p no:cacheprovider tests/e2e/test_chaos.py $(PYTEST_ARGS)
 
+# Each script prints its headline figures as `RESULT {json}` lines (bench/common.py emit_result), also
+# appended to bench/results/results.jsonl; bench/report.py then writes bench/RESULTS.md from them (also
+# when a script failed: the report names it and make still fails).
+BENCH_RESULTS := bench/results/results.jsonl
 bench: venv
-	@set -- $(filter-out bench/common.py,$(wildcard bench/*.py)); \
+	@set -- $(filter-out bench/common.py bench/report.py,$(wildcard bench/*.py)); \
 	if [ -z "$$1" ]; then echo "bench/ has no benchmark scripts yet"; exit 0; fi; \
+	mkdir -p bench/results; rm -f $(BENCH_RESULTS); \
 	failed=""; \
 	for script in "$$@"; do \
 		echo "== $$script"; \
-		$(PY) "$$script" || failed="$$failed $$script"; \
+		BENCH_RESULTS_FILE=$(BENCH_RESULTS) $(PY) "$$script" || failed="$$failed $$script"; \
 	done; \
+	$(PY) bench/report.py $(BENCH_RESULTS) --failed "$$failed" --out bench/RESULTS.md; \
 	if [ -n "$$failed" ]; then echo "failed:$$failed" >&2; exit 1; fi
 
 # Refuses while an embedded PostgreSQL still runs from .batcher or .batcher-demo (deleting its data dir

@@ -21,6 +21,7 @@ import structlog
 
 from batcher import embedded, store
 from batcher.errors import BatcherError, ConfigError, SchemaTooNewError, ServiceUnavailableError
+from batcher.gcpolicy import freeze_startup_objects
 from batcher.handler import Handler
 from batcher.jobs import JobSpec, check_job_sinks, parse_jobs, sync_jobs
 from batcher.logs import configure_logging
@@ -144,6 +145,7 @@ async def open_services(config: Config, *, start_embedded: bool,
             await services.http.start()
             stack.push_async_callback(services.http.close)
         stack.push_async_callback(_close_redis, services)
+        freeze_startup_objects()
         yield services
 
 

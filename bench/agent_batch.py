@@ -26,7 +26,7 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
-from common import claimed_redis_db, temporary_database
+from common import claimed_redis_db, emit_result, temporary_database
 
 from batcher.testing import run_job_once, test_settings
 
@@ -102,6 +102,11 @@ def main() -> None:
         fake.terminate()
         fake.wait(10)
     print(json.dumps(result))
+    emit_result(f"agent batch: {args.items:,} individual items at {args.latency_ms:g} ms, concurrency "
+                f"{args.concurrency}", result["wall_s"], "s", baseline=result["ideal_s"],
+                baseline_label="items × latency ÷ concurrency", goal="≤ 1.2×", met=result["goal_met"],
+                note=f"plain aiohttp in the same run {result['baseline_ratio']}× ideal; CPU "
+                     f"{result['cpu_ms_per_item']} ms per item")
     if result["status"] != "succeeded":
         raise SystemExit(1)
 

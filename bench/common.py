@@ -1,4 +1,5 @@
-"""What every benchmark needs: a throw-away migrated PostgreSQL database and a Redis db of its own.
+"""What every benchmark needs: a throw-away migrated PostgreSQL database, a Redis db of its own, and
+:func:`emit_result`, the machine-readable line ``make bench`` collects into ``bench/RESULTS.md``.
 
 Benchmarks never touch data they did not create: the database is created and dropped here (on
 ``BENCH_DATABASE_URL``, default the local server's ``postgres``), and the Redis db number (1–9 on
@@ -9,12 +10,14 @@ lock, renewed from a thread, released (flushed again) at the end; never FLUSHALL
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -25,6 +28,8 @@ from batcher import store
 
 BASE_DB = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 BASE_REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
+#: Where ``make bench`` wants the RESULT lines too (one JSON object a line); unset: stdout only.
+RESULTS_FILE = os.environ.get("BENCH_RESULTS_FILE")
 LOCK_KEY = "batcher:test-session-lock"
 LOCK_MS = 60_000
 _RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
@@ -102,3 +107,29 @@ async def temporary_database(prefix: str, base: str = BASE_DB) -> AsyncIterator[
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+def emit_result(name: str, figure: float | None, unit: str, *, goal: str, met: bool | None,
+                baseline: float | None = None, baseline_label: str = "", ratio: float | None = None,
+                note: str = "") -> dict[str, Any]:
+    """Print one benchmark figure as ``RESULT {json}`` (and append it to ``BENCH_RESULTS_FILE``).
+
+    ``figure`` and ``baseline`` are in ``unit``; ``ratio`` defaults to figure / baseline; ``goal`` is the
+    goal in words (``"≤ 1.1× fetch-only"``) and ``met`` whether this run met it (None: no goal). Every
+    bench script calls this for each headline figure; ``bench/report.py`` turns the lines into a table.
+    """
+    if ratio is None and figure is not None and baseline:
+        ratio = figure / baseline
+    result = {"script": Path(sys.argv[0]).name, "name": name, "figure": _rounded(figure), "unit": unit,
+              "baseline": _rounded(baseline), "baseline_label": baseline_label, "ratio": _rounded(ratio),
+              "goal": goal, "met": met, "note": note}
+    line = json.dumps(result, ensure_ascii=False)
+    print(f"RESULT {line}", flush=True)
+    if RESULTS_FILE:
+        with open(RESULTS_FILE, "a", encoding="utf-8") as out:
+            out.write(line + "\n")
+    return result
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else float(f"{value:.4g}")

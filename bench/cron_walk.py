@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import emit_result
+
 from batcher.schedule import CRON_WALK_CAP, Occurrences, Schedule, _wall, parse_timezone
 
 _ONE_US = timedelta(microseconds=1)
@@ -97,6 +99,9 @@ def main() -> None:
         year, occ = materialize_cpu(Schedule, expr, tz, 365)
         count = f"≥ {occ.count}" if occ.capped else str(occ.count)
         print(f"{expr:<17} {tz:<17} {old:>9.3f} {new:>9.3f} {old / max(new, 1e-6):>7.0f}x {year:>10.3f}  {count}")
+        emit_result(f"cron walk: CPU to count `{expr}` {tz} missed over {args.old_days:g} d", new, "s CPU",
+                    baseline=old, baseline_label="old walk", goal="bounded, ≪ 1 s (a year behind too)",
+                    met=new < 1.0 and year < 1.0, note=f"a year behind: {year:.3f} s, count {count}")
 
 
 if __name__ == "__main__":

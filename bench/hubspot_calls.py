@@ -24,7 +24,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from batcher.fakes.hubspot import FakeHubSpot, FakeOptions
 from batcher.testing import run_job_once, test_settings
-from bench.common import claimed_redis_db, temporary_database
+from bench.common import claimed_redis_db, emit_result, temporary_database
 
 FAST = {"interval_ms": 1000, "max_in_interval": 1_000_000}  # benchmarks run without limits
 
@@ -44,6 +44,9 @@ def line(name: str, records: int, calls: int, page: int) -> dict[str, Any]:
     minimum = 1000 / page
     print(f"  {name:<22} {records:>7} records {calls:>6} calls  {per:7.2f} calls/1,000  "
           f"minimum {minimum:5.2f} (records ÷ {page})  ratio {per / minimum:5.3f}", flush=True)
+    emit_result(f"hubspot: API calls per 1,000 records, {name}", per, "calls / 1,000 records", baseline=minimum,
+                baseline_label=f"the API's minimum (records ÷ {page})", goal="near the minimum (≤ 1.15×)",
+                met=per / minimum <= 1.15, note=f"{records} records, {calls} calls")
     return {"name": name, "records": records, "calls": calls, "per_1000": per, "minimum_per_1000": minimum}
 
 

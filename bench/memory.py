@@ -16,7 +16,7 @@ import os
 import resource
 from typing import Any
 
-from common import temporary_database
+from common import emit_result, temporary_database
 from sink import CHECKPOINT_SQL, synthetic_batches, synthetic_stream
 
 from batcher import sinks, store
@@ -59,6 +59,9 @@ async def main(records: int, every: int, batch_size: int) -> dict[str, Any]:
     first, last = samples[0]["peak_rss_mib"], samples[-1]["peak_rss_mib"]
     print(f"peak RSS after {samples[0]['records']:,.0f}: {first} MiB; after {samples[-1]['records']:,.0f}: "
           f"{last} MiB (growth {last - first:+.1f} MiB)")
+    emit_result(f"memory: peak RSS streaming {samples[-1]['records']:,} records through the pipeline", last, "MiB",
+                baseline=first, baseline_label=f"after {samples[0]['records']:,}",
+                goal="flat (≤ 1.1× the first peak)", met=last <= first * 1.1)
     return {"records": records, "samples": samples, "peak_growth_mib": round(last - first, 1)}
 
 

@@ -1,4 +1,8 @@
-"""Schedule lag (issue 6): 10,000 one-minute interval jobs, 2 daemons with concurrency 8 each.
+"""Schedule lag (issues 6 and 20): 10,000 one-minute jobs on 2 daemons, then 100,000 on 4 (concurrency 8 each).
+
+Each size (``--sizes``, default ``10000x2,100000x4,100000x4@10``: jobs × daemons @ interval minutes) runs on
+its own fresh database, one after the other, and the figures are printed side by side at the end so the
+growth is visible.
 
 The jobs (synthetic, ``records = 0``: no-op runs) are inserted straight into ``batch_config`` with
 ``source = 'api'`` (the daemons' job file is empty, and its sync only orphans ``source = 'file'`` jobs).
@@ -20,9 +24,15 @@ run`` processes (concurrency 8, default tick, lease and log settings) run them f
 Goal: p99 ≤ 1 s. Creates and drops its own PostgreSQL database on ``BENCH_DATABASE_URL`` (default
 ``postgresql://postgres@127.0.0.1:5432/postgres``); uses ``BATCHER_REDIS_URL`` if set, else claims a
 Redis db among 1–9 on ``BENCH_REDIS_URL`` (default ``redis://127.0.0.1:6379``) with the tests' lock
-scheme. Bounded: about ``--seconds`` + 70 s (start-up, stop, analysis).
+scheme. Bounded: about ``--seconds`` + 70 s per size (start-up, stop, analysis).
 
-    .venv/bin/python bench/schedule_lag.py [--jobs 10000] [--seconds 150] [--daemons 2] [--concurrency 8]
+With ``--interval-minutes M`` the jobs run every M minutes, their anchors spread over M minutes (the due
+rate is jobs / (60 M) per second): 100,000 one-minute jobs are ~1,667 runs/s, beyond what 4 daemons on a
+2-core machine shared with other work can start — ``--interval-minutes 10`` keeps the table at 100,000 jobs
+at the 10,000-job rate.
+
+    .venv/bin/python bench/schedule_lag.py [--sizes 10000x2,100000x4] [--seconds 150] [--concurrency 8]
+        [--interval-minutes 1]        (or --jobs N --daemons D for one size)
 """
 
 from __future__ import annotations
@@ -42,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from common import BASE_REDIS, RedisDbLock, temporary_database
+from common import BASE_REDIS, RedisDbLock, emit_result, temporary_database
 
 from batcher import store
 from batcher.materialize import materialize_due
@@ -50,24 +60,27 @@ from batcher.store import Q
 
 REPO = Path(__file__).resolve().parents[1]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+#: The issue's figures (10,000 jobs on 2 daemons, 100,000 on 4; one-minute jobs), and 100,000 jobs due at the
+#: 10,000-job rate (every 10 minutes): the table's size alone.
+DEFAULT_SIZES = "10000x2,100000x4,100000x4@10"
 
 
-async def insert_jobs(conn: Any, n: int) -> None:
-    """n one-minute synthetic no-op jobs, disabled until :func:`arm` spreads their phases."""
+async def insert_jobs(conn: Any, n: int, minutes: int = 1) -> None:
+    """n synthetic no-op jobs every ``minutes``, disabled until :func:`arm` spreads their phases."""
     await conn.execute(
         "INSERT INTO batch_config (job_name, job_type, enabled, interval_minutes, params, source, next_run_at) "
-        "SELECT format('lag-%s', lpad(g::text, 5, '0')), 'synthetic', false, 1, '{\"records\": 0}'::jsonb, "
-        "'api', NULL FROM generate_series(0, $1 - 1) AS g", n)
+        "SELECT format('lag-%s', lpad(g::text, 6, '0')), 'synthetic', false, $2, '{\"records\": 0}'::jsonb, "
+        "'api', NULL FROM generate_series(0, $1 - 1) AS g", n, minutes)
     await conn.execute("ANALYZE batch_config")
 
 
-async def arm(conn: Any, n: int, lead: float) -> float:
-    """Enable the jobs with anchors ``lead`` s from now, one every 60/n s; returns the epoch of the first."""
+async def arm(conn: Any, n: int, lead: float, minutes: int = 1) -> float:
+    """Enable the jobs with anchors ``lead`` s from now, one every 60·minutes/n s; returns the first's epoch."""
     t0: float = await conn.fetchval("SELECT extract(epoch FROM now())::float8 + $1", lead)
+    spread = "make_interval(secs => 60.0 * $3 * substr(job_name, 5)::int / $1)"
     await conn.execute(
-        "UPDATE batch_config SET enabled = true, "
-        "  schedule_anchor = to_timestamp($2) + make_interval(secs => 60.0 * substr(job_name, 5)::int / $1), "
-        "  next_run_at = to_timestamp($2) + make_interval(secs => 60.0 * substr(job_name, 5)::int / $1)", n, t0)
+        f"UPDATE batch_config SET enabled = true, schedule_anchor = to_timestamp($2) + {spread}, "
+        f"  next_run_at = to_timestamp($2) + {spread}", n, t0, minutes)
     return t0
 
 
@@ -244,7 +257,7 @@ EXPLAINED = {  # statement → arguments (worker, slots, lease, queues, aging �
     "claim_runs": ("bench-explain", 8, 60.0, None, 1.0),
     "abandoned_runs": (0x42415443,),
     "seconds_until_next_due": (),
-    "job_busy": ("lag-05000",),
+    "job_busy": ("lag-005000",),
     "page_runs": (None, None, None, 21, None),
 }
 
@@ -313,14 +326,26 @@ def _frame_name(frame: str) -> str:
 
 
 async def bench(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
+    """Every size in turn, each on a fresh database (and Redis flushed between them)."""
+    results: dict[str, Any] = {}
+    for jobs, daemons, minutes in args.sizes:
+        minutes = minutes or args.interval_minutes
+        print(f"\n=== {jobs:,} jobs every {minutes} min, {daemons} daemons", flush=True)
+        one = argparse.Namespace(**{**vars(args), "jobs": jobs, "daemons": daemons, "interval_minutes": minutes})
+        results[f"{jobs}x{daemons}@{minutes}"] = await bench_size(one, redis_url)
+    return results
+
+
+async def bench_size(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
     async with temporary_database("bench_schedule_lag") as db_url:
         pool = await store.create_pool(db_url, size=4)
         try:
             async with pool.acquire() as conn:
-                await insert_jobs(conn, args.jobs)
+                await insert_jobs(conn, args.jobs, args.interval_minutes)
             if args.keep_logs:
-                Path(args.keep_logs).mkdir(parents=True, exist_ok=True)
-                return await measure(args, pool, db_url, redis_url, Path(args.keep_logs))
+                workdir = Path(args.keep_logs) / f"{args.jobs}x{args.daemons}"
+                workdir.mkdir(parents=True, exist_ok=True)
+                return await measure(args, pool, db_url, redis_url, workdir)
             with tempfile.TemporaryDirectory(prefix="bench-lag-") as tmp:
                 return await measure(args, pool, db_url, redis_url, Path(tmp))
         finally:
@@ -334,7 +359,7 @@ async def measure(args: argparse.Namespace, pool: asyncpg.Pool, db_url: str, red
     try:
         await wait_ready(daemons)
         async with pool.acquire() as conn:
-            t0 = await arm(conn, args.jobs, lead=2.0)
+            t0 = await arm(conn, args.jobs, lead=2.0, minutes=args.interval_minutes)
             print(f"{args.jobs} jobs armed; {args.daemons} daemons × concurrency {args.concurrency}; "
                   f"running {args.seconds:.0f} s", flush=True)
             cpu = await observe(conn, db_url, daemons, args.seconds, args.py_spy, workdir)
@@ -344,11 +369,13 @@ async def measure(args: argparse.Namespace, pool: asyncpg.Pool, db_url: str, red
     warnings = sum((d.warnings() for d in daemons), Counter())
     stats = await lag_stats(pool, t0 + args.warmup, t_end - 2.0)
     report(stats, cpu, codes, warnings)
-    await where_time_goes(pool, args.jobs)
+    await where_time_goes(pool, args.jobs // args.interval_minutes)
     if args.py_spy:
         print_spy(workdir)
     return {**{k: (float(v) if v is not None else None) for k, v in stats.items()}, "daemon_cpu": cpu,
-            "args": vars(args)}
+            "jobs": args.jobs, "daemons": args.daemons, "interval_minutes": args.interval_minutes,
+            "concurrency": args.concurrency,
+            "exit_codes": codes}
 
 
 def report(stats: dict[str, Any], cpu: list[float], codes: list[int], warnings: Counter[str]) -> None:
@@ -369,16 +396,57 @@ def report(stats: dict[str, Any], cpu: list[float], codes: list[int], warnings: 
         print(f"daemon warnings/errors: {dict(warnings.most_common(8))}")
 
 
+def summarise(results: dict[str, Any], goal_s: float = 1.0) -> None:
+    """The sizes side by side (the first is the baseline of the others), and a RESULT line for each."""
+    def secs(v: Any) -> str:
+        return "n/a" if v is None else "not started" if v == float("inf") else f"{float(v):.3f} s"
+
+    print(f"\n{'jobs × daemons':>16} {'queued/s':>8} {'p50':>12} {'p99':>12} {'runs/s':>8} {'not started':>12}  "
+          "daemon CPU")
+    base: float | None = None
+    for r in results.values():
+        due_rate = r["runs"] / r["window_seconds"] if r["window_seconds"] else 0.0  # occurrences materialized
+        print(f"{r['jobs']:>9,} × {r['daemons']:<4} {due_rate:>8.1f} {secs(r['p50']):>12} {secs(r['p99']):>12} "
+              f"{r['runs_per_second']:>8.1f} {int(r['not_started'] or 0):>12}  "
+              f"{', '.join(f'{c:.2f}' for c in r['daemon_cpu'][:-1])}")
+        p99 = r["p99"]
+        emit_result(f"schedule lag: {r['jobs']:,} jobs every {r['interval_minutes']} min, {r['daemons']} daemons "
+                    "× concurrency 8, due → start p99", p99, "s", baseline=base,
+                    baseline_label="the first size" if base is not None else "", goal=f"p99 ≤ {goal_s:g} s",
+                    met=p99 is not None and p99 <= goal_s,
+                    note=f"due {r['jobs'] / (60 * r['interval_minutes']):.0f}/s, queued {due_rate:.0f}/s, "
+                         f"finished {r['runs_per_second']:.0f}/s, p50 {secs(r['p50'])}, "
+                         f"{int(r['not_started'] or 0)} not started")
+        if base is None and p99 is not None and p99 != float("inf"):
+            base = p99
+
+
+def parse_sizes(text: str) -> list[tuple[int, int, int | None]]:
+    """``10000x2,100000x4@10`` → [(10000, 2, None), (100000, 4, 10)]: jobs × daemons, @ interval minutes
+    (None: ``--interval-minutes``)."""
+    sizes: list[tuple[int, int, int | None]] = []
+    for part in text.split(","):
+        size, _, minutes = part.strip().lower().partition("@")
+        jobs, _, daemons = size.partition("x")
+        sizes.append((int(jobs), int(daemons or 2), int(minutes) if minutes else None))
+    return sizes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--sizes", type=parse_sizes, default=parse_sizes(DEFAULT_SIZES),
+                        help=f"JOBSxDAEMONS[@MINUTES], comma-separated (default {DEFAULT_SIZES})")
+    parser.add_argument("--jobs", type=int, help="one size only: this many jobs (with --daemons, default 2)")
+    parser.add_argument("--daemons", type=int, help="one size only: this many daemons")
+    parser.add_argument("--interval-minutes", type=int, default=1, help="the jobs' interval (default 1)")
     parser.add_argument("--seconds", type=float, default=150.0)
     parser.add_argument("--warmup", type=float, default=20.0)
-    parser.add_argument("--daemons", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--keep-logs", metavar="DIR", help="keep the daemons' logs (and profiles) in DIR")
     parser.add_argument("--py-spy", default=os.environ.get("BENCH_PY_SPY"), help="a py-spy binary: profile the daemons")
     args = parser.parse_args()
+    if args.jobs or args.daemons:
+        args.sizes = [(args.jobs or 10_000, args.daemons or 2, None)]
     lock: RedisDbLock | None = None
     redis_url = os.environ.get("BATCHER_REDIS_URL")
     if not redis_url:
@@ -392,6 +460,7 @@ def main() -> None:
     out = REPO / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "schedule_lag.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    summarise(results)
 
 
 if __name__ == "__main__":

@@ -221,7 +221,9 @@ def event_record(raw: Any, deep: bool = True) -> tuple[str, str, datetime, Any]:
     """
     if not isinstance(raw, dict):
         raise ValueError(f"the event is {_kind(raw)}, not an object")
-    event_id, event_type, stamp = _field(raw, "id"), _field(raw, "type"), _field(raw, "timestamp")
+    event_id, event_type, stamp = raw.get("id"), raw.get("type"), raw.get("timestamp")
+    if not (isinstance(event_id, str) and isinstance(event_type, str) and isinstance(stamp, str)):
+        event_id, event_type, stamp = _field(raw, "id"), _field(raw, "type"), _field(raw, "timestamp")
     if not event_id.strip():
         raise ValueError("id is empty")
     try:

@@ -104,6 +104,35 @@ async def test_claim_runs_reads_the_best_run_per_job_and_priority_not_the_whole_
     assert max(reads.values()) <= 20 * JOBS, f"claim read {reads} rows of batch_runs (by aging) for {JOBS} jobs"
 
 
+async def test_claim_runs_reads_only_the_jobs_with_queued_runs(db: Any) -> None:
+    """With 5,000 configured jobs of which 3 have a queued run, a claim reads a few rows of batch_config and
+    batch_runs, not a row per configured job (issue 20: at 100,000 jobs every claim took ~600 ms and the
+    daemons started 8 runs/s of the 167 due), and still claims those 3 runs, with aging or without."""
+    async with db.acquire() as conn:
+        await add_jobs(conn, 5000)
+        await conn.execute("""
+            INSERT INTO batch_runs (job_name, job_type, trigger, root_trigger)
+            SELECT job_name, 'synthetic', 'manual', 'manual' FROM unnest($1::text[]) AS job_name""",
+                           ["job_10", "job_2000", "job_4999"])
+        await conn.execute("ANALYZE batch_config, batch_runs")
+        reads: dict[tuple[float, str], int] = {}
+        claimed: dict[float, list[str]] = {}
+        for aging in (0.0, 1.0):
+            args = ("w1", 8, 60.0, None, aging)
+            for table in ("batch_config", "batch_runs", ""):
+                tr = conn.transaction()
+                await tr.start()
+                try:
+                    if table:
+                        reads[(aging, table)] = await rows_read(conn, Q["claim_runs"], args, table)
+                    else:
+                        claimed[aging] = sorted(r["job_name"] for r in await conn.fetch(Q["claim_runs"], *args))
+                finally:
+                    await tr.rollback()
+    assert claimed == {0.0: ["job_10", "job_2000", "job_4999"], 1.0: ["job_10", "job_2000", "job_4999"]}
+    assert max(reads.values()) <= 100, f"claim read {reads} rows (aging, table) with 3 queued jobs of 5,000"
+
+
 async def test_runs_page_reads_one_page_under_a_generic_plan(db: Any) -> None:
     """10,000 runs of 1,000 jobs: a page of one job's runs (with or without a status or a cursor), or of a rare
     status, reads about one page of rows under a generic plan, where `$1 IS NULL OR job_name = $1` walked the
