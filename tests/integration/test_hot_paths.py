@@ -186,6 +186,24 @@ async def test_dependencies_satisfied_reads_one_run_of_the_dependent(db: Any) ->
     assert satisfied is True and stale is False
 
 
+async def test_derived_parents_reads_only_jobs_of_the_deriving_types(db: Any) -> None:
+    """The derived-jobs pass of every tick looks up the parents of the deriving handler types through an
+    index: among 5,000 jobs of other types it reads none of them (it scanned them all before). Custom plan:
+    a generic one cannot know how rare the wanted types are, and PostgreSQL keeps the custom plan here
+    because it is far cheaper."""
+    async with db.acquire() as conn:
+        await add_jobs(conn, 5000)
+        await conn.execute("INSERT INTO batch_config (job_name, job_type, enabled) VALUES ('parent', 'agent_batch', "
+                           "true)")
+        await conn.execute("ANALYZE batch_config")
+        plan = await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + Q["derived_parents"], ["agent_batch"])
+        read = sum(round((n["Actual Rows"] + n.get("Rows Removed by Filter", 0)) * n["Actual Loops"])
+                   for n in _nodes(plan[0]["Plan"]) if n.get("Relation Name") == "batch_config")
+        parents = await conn.fetch(Q["derived_parents"], ["agent_batch"])
+    assert read <= 5, f"derived_parents read {read} rows of batch_config"
+    assert [p["job_name"] for p in parents] == ["parent"]
+
+
 # The claim as it was before issue 14: rank every claimable queued run, then take each locked job's best.
 FULL_SCAN_BEST = """
 WITH ranked AS (
