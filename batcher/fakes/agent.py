@@ -25,6 +25,8 @@ from typing import Any
 
 from aiohttp import web
 
+from batcher.fakes.server import FakeServer
+
 
 @dataclass(frozen=True)
 class AgentOptions:
@@ -47,7 +49,7 @@ def expected_output(template: str, item_input: Any, user_id: str | None = None) 
     return out
 
 
-class FakeAgent:
+class FakeAgent(FakeServer):
     """The fake server; ``log`` lists every request body with its answer status."""
 
     def __init__(self, options: AgentOptions | None = None, *, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -68,35 +70,14 @@ class FakeAgent:
         self.log.clear()
         self._requests = 0
 
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
-    async def start(self) -> None:
-        app = web.Application()
+    backlog = 1024
+
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/requests", self._request)
         app.router.add_get("/_control/counts", self._get_counts)
         app.router.add_post("/_control/options", self._post_options)
         app.router.add_post("/_control/reset", self._post_reset)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True, backlog=1024)
-        await site.start()
-        server = getattr(site, "_server", None)
-        if self.port == 0 and server is not None and server.sockets:
-            self.port = int(server.sockets[0].getsockname()[1])
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeAgent:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     async def _request(self, request: web.Request) -> web.Response:
         o = self.options

@@ -36,6 +36,8 @@ from typing import Any, Literal, TextIO, get_args
 
 from aiohttp import web
 
+from batcher.fakes.server import FakeServer
+
 Shape = Literal["nested", "flat", "both"]
 RateLimitHeaders = Literal["retry-after", "reset", "both"]
 _BASE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
@@ -144,7 +146,7 @@ def decode_cursor(cursor: str, seed: int) -> int | None:
     return None
 
 
-class FakeDataSync:
+class FakeDataSync(FakeServer):
     """The fake server. ``log`` lists every request: ``t`` (epoch s), ``n``, ``cursor``, ``offset``,
     ``limit``, ``status``, ``first``/``served`` (event indexes), ``has_more``, ``reset_at`` (429s)."""
 
@@ -184,35 +186,12 @@ class FakeDataSync:
         self.options = replace(self.options, **changes)
 
     # -- server ----------------------------------------------------------------------------------
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
-    async def start(self) -> None:
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/events", self._events)
         app.router.add_get("/_control/log", self._get_log)
         app.router.add_post("/_control/append", self._post_append)
         app.router.add_post("/_control/options", self._post_options)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
-        await site.start()
-        server = getattr(site, "_server", None)
-        if self.port == 0 and server is not None and server.sockets:
-            self.port = int(server.sockets[0].getsockname()[1])
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeDataSync:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     # -- handlers --------------------------------------------------------------------------------
     async def _events(self, request: web.Request) -> web.StreamResponse:

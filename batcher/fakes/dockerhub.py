@@ -29,6 +29,8 @@ from typing import Any
 
 from aiohttp import web
 
+from batcher.fakes.server import FakeServer
+
 MAX_PAGE_SIZE = 100
 TOKEN_PREFIX = "fake-dockerhub-token-"
 
@@ -43,7 +45,7 @@ def _tag(repository: str, name: str, digest: str, index: int) -> dict[str, Any]:
             "content_type": "image"}
 
 
-class FakeDockerHub:
+class FakeDockerHub(FakeServer):
     """The fake server; ``repositories`` maps ``namespace/repo`` to ``{tag: digest}``."""
 
     def __init__(self, repositories: Mapping[str, Mapping[str, str]] | None = None, *, username: str = "alice",
@@ -57,36 +59,16 @@ class FakeDockerHub:
         self.rate_limit_seconds = 1
         self.log: list[dict[str, Any]] = []
         self.tokens_issued = 0
-        self._host, self._port = host, port
+        self.host, self.port = host, port
         self._runner: web.AppRunner | None = None
 
     def set_digest(self, repository: str, tag: str, digest: str) -> None:
         self.repositories[repository][tag] = digest
 
-    @property
-    def url(self) -> str:
-        return f"http://{self._host}:{self._port}"
 
-    async def start(self) -> None:
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/v2/repositories/{namespace}/{repo}/tags", self._tags)
         app.router.add_post("/v2/auth/token", self._token)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
-        await site.start()
-        self._port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    async def __aenter__(self) -> FakeDockerHub:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     async def _token(self, request: web.Request) -> web.Response:
         body = await request.json()

@@ -29,10 +29,12 @@ from typing import Any
 
 from aiohttp import web
 
+from batcher.fakes.server import FakeServer
+
 TOKEN = "ghp_fake_token"
 
 
-class FakeGitHub:
+class FakeGitHub(FakeServer):
     """``releases`` maps ``owner/repo`` to ``[(tag, prerelease)]`` oldest first; ``tags`` (optional) maps
     a repository to tag names served by ``/tags`` (default: the releases' tags, newest first)."""
 
@@ -46,36 +48,16 @@ class FakeGitHub:
         self.throttle_status = 403
         self.remaining = {"anonymous": 60, "token": 5000}
         self.log: list[dict[str, Any]] = []
-        self._host, self._port = host, port
+        self.host, self.port = host, port
         self._runner: web.AppRunner | None = None
 
     def publish(self, repository: str, tag: str, prerelease: bool = False) -> None:
         self.releases.setdefault(repository, []).append((tag, prerelease))
 
-    @property
-    def url(self) -> str:
-        return f"http://{self._host}:{self._port}"
 
-    async def start(self) -> None:
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/repos/{owner}/{repo}/releases/latest", self._latest)
         app.router.add_get("/repos/{owner}/{repo}/tags", self._tags)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
-        await site.start()
-        self._port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    async def __aenter__(self) -> FakeGitHub:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     async def _latest(self, request: web.Request) -> web.Response:
         def body(repository: str) -> Any:

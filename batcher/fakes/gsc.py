@@ -34,6 +34,8 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
+from batcher.fakes.server import FakeServer
+
 _FACETS = (("café crème", "https://a.example/menu"), ("日本語 検索", "https://a.example/jp"),
            ("emoji 🎉", "https://a.example/party"), ("plain query", "https://a.example/"))
 _COUNTRIES = ("usa", "deu", "jpn", "fra")
@@ -79,7 +81,7 @@ def make_row(site: str, day: dt.date, index: int, version: int = 0) -> dict[str,
             "position": 1.0 + (seed % 300) / 10}
 
 
-class FakeGsc:
+class FakeGsc(FakeServer):
     """The fake server. ``log`` lists API requests (``kind``, ``site``, ``body``, ``status``);
     ``token_requests`` counts token grants (``issued`` every access token handed out)."""
 
@@ -117,40 +119,17 @@ class FakeGsc:
         self.options = replace(self.options, **changes)
 
     # -- server ------------------------------------------------------------------------------------
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
     @property
     def token_url(self) -> str:
         return self.url + "/token"
 
-    async def start(self) -> None:
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/token", self._token)
         app.router.add_get("/webmasters/v3/sites", self._sites)
         app.router.add_post("/webmasters/v3/sites/{site}/searchAnalytics/query", self._query)
         app.router.add_get("/_control/log", self._get_log)
         app.router.add_post("/_control/options", self._post_options)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
-        await site.start()
-        server = getattr(site, "_server", None)
-        if self.port == 0 and server is not None and server.sockets:
-            self.port = int(server.sockets[0].getsockname()[1])
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeGsc:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     # -- endpoints ---------------------------------------------------------------------------------
     async def _token(self, request: web.Request) -> web.Response:

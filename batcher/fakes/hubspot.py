@@ -40,6 +40,8 @@ from typing import Any
 
 from aiohttp import web
 
+from batcher.fakes.server import FakeServer
+
 BASE_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 SEARCH_CAP = 10_000
 STANDARD = ("contacts", "companies", "deals", "tickets")
@@ -79,7 +81,7 @@ class FakeOptions:
     latency_ms: float = 0.0
 
 
-class FakeHubSpot:
+class FakeHubSpot(FakeServer):
     """The fake server; ``log`` lists every request (``t``, ``n``, ``kind``, ``type``, ``status``,
     ``served``, ``offset``)."""
 
@@ -177,12 +179,8 @@ class FakeHubSpot:
         return out
 
     # -- server ----------------------------------------------------------------------------------
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
-    async def start(self) -> None:
-        app = web.Application(middlewares=[self._gate])
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/crm/v3/objects/{type}", self._list)
         app.router.add_post("/crm/v3/objects/{type}/search", self._search)
         app.router.add_post("/crm/v3/objects/{type}/batch/read", self._batch_read)
@@ -190,25 +188,9 @@ class FakeHubSpot:
         app.router.add_get("/crm/v3/schemas", self._schemas)
         app.router.add_get("/events/v3/events", self._events)
         app.router.add_post(TOKEN_PATH, self._token)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
-        await site.start()
-        server = getattr(site, "_server", None)
-        if self.port == 0 and server is not None and server.sockets:
-            self.port = int(server.sockets[0].getsockname()[1])
 
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeHubSpot:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+    def middlewares(self) -> list[Any]:
+        return [self._gate]
 
     async def _token(self, request: web.Request) -> web.Response:
         """HubSpot's OAuth token endpoint (refresh_token grant, form-encoded)."""
