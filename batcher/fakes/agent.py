@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -128,13 +127,7 @@ class FakeAgent(FakeServer):
 
 async def serve(options: AgentOptions, host: str, port: int) -> None:
     """Serve until SIGTERM/SIGINT; the first stdout line is ``{"url": …}``."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with FakeAgent(options, host=host, port=port) as fake:
-        print(json.dumps({"url": fake.url}), flush=True)
-        await stop.wait()
+    await FakeAgent(options, host=host, port=port).serve_until_signal()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,7 +26,6 @@ import base64
 import gzip
 import json
 import math
-import signal
 import sys
 import time
 from collections.abc import Mapping
@@ -187,6 +186,9 @@ class FakeDataSync(FakeServer):
 
     # -- server ----------------------------------------------------------------------------------
 
+    def announcement(self) -> dict[str, Any]:
+        return {"url": self.url, "events": len(self.events)}
+
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/events", self._events)
         app.router.add_get("/_control/log", self._get_log)
@@ -319,13 +321,7 @@ def _parse_args(argv: list[str] | None) -> tuple[FakeOptions, str, int]:
 async def serve(options: FakeOptions, host: str, port: int) -> None:
     """Serve until SIGTERM/SIGINT; the first stdout line is ``{"url": …, "events": …}``; each ``/events``
     request is logged on stderr as a JSON line (the demo's ``datasync.log``)."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with FakeDataSync(options, host=host, port=port, echo=sys.stderr) as fake:
-        print(json.dumps({"url": fake.url, "events": len(fake.events)}), flush=True)
-        await stop.wait()
+    await FakeDataSync(options, host=host, port=port, echo=sys.stderr).serve_until_signal()
 
 
 def main(argv: list[str] | None = None) -> None:

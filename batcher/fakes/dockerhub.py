@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import signal
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -124,13 +122,7 @@ class FakeDockerHub(FakeServer):
 
 async def serve(repositories: Mapping[str, Mapping[str, str]], host: str, port: int) -> None:
     """Serve until SIGTERM/SIGINT; prints the URL as one JSON line."""
-    async with FakeDockerHub(repositories, host=host, port=port) as hub:
-        print(json.dumps({"url": hub.url}), flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+    await FakeDockerHub(repositories, host=host, port=port).serve_until_signal()
 
 
 def main(argv: list[str] | None = None) -> None:

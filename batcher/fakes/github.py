@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import hashlib
 import json
-import signal
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -127,13 +126,7 @@ class FakeGitHub(FakeServer):
 
 async def serve(releases: Mapping[str, Sequence[tuple[str, bool]]], host: str, port: int) -> None:
     """Serve until SIGTERM/SIGINT; prints the URL as one JSON line."""
-    async with FakeGitHub(releases, host=host, port=port) as gh:
-        print(json.dumps({"url": gh.url}), flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+    await FakeGitHub(releases, host=host, port=port).serve_until_signal()
 
 
 def main(argv: list[str] | None = None) -> None:

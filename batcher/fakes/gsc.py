@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import datetime as dt
 import json
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -123,6 +122,9 @@ class FakeGsc(FakeServer):
     @property
     def token_url(self) -> str:
         return self.url + "/token"
+
+    def announcement(self) -> dict[str, Any]:
+        return {"url": self.url, "token_url": self.token_url}
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/token", self._token)
@@ -245,13 +247,7 @@ class FakeGsc(FakeServer):
 
 async def serve(options: GscOptions, host: str, port: int) -> None:
     """Serve until SIGTERM/SIGINT; the first stdout line is ``{"url": …, "token_url": …}``."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with FakeGsc(options, host=host, port=port) as fake:
-        print(json.dumps({"url": fake.url, "token_url": fake.token_url}), flush=True)
-        await stop.wait()
+    await FakeGsc(options, host=host, port=port).serve_until_signal()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -28,8 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import json
-import signal
 import sys
 import time
 from bisect import bisect_left
@@ -179,6 +177,9 @@ class FakeHubSpot(FakeServer):
         return out
 
     # -- server ----------------------------------------------------------------------------------
+
+    def announcement(self) -> dict[str, Any]:
+        return {"url": self.url, "access_token": self.options.access_token}
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/crm/v3/objects/{type}", self._list)
@@ -424,13 +425,7 @@ def _rate_limited(policy: str, message: str) -> web.Response:
 
 async def serve(options: FakeOptions, host: str, port: int) -> None:
     """Serve until SIGTERM/SIGINT; the first stdout line is ``{"url": …, "access_token": …}``."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with FakeHubSpot(options, host=host, port=port) as fake:
-        print(json.dumps({"url": fake.url, "access_token": options.access_token}), flush=True)
-        await stop.wait()
+    await FakeHubSpot(options, host=host, port=port).serve_until_signal()
 
 
 def main(argv: list[str] | None = None) -> None:

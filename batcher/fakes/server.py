@@ -3,6 +3,9 @@ free one, read back after start), usable as an async context manager."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import signal
 from typing import Any, ClassVar, Self
 
 from aiohttp import web
@@ -21,6 +24,10 @@ class FakeServer:
 
     def middlewares(self) -> list[Any]:
         return []
+
+    def announcement(self) -> dict[str, Any]:
+        """The first stdout line of :meth:`serve_until_signal` (subclasses add what their users need)."""
+        return {"url": self.url}
 
     @property
     def url(self) -> str:
@@ -48,3 +55,14 @@ class FakeServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    async def serve_until_signal(self) -> None:
+        """Serve as its own process until SIGTERM/SIGINT; the first stdout line is :meth:`announcement` as
+        JSON."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with self:
+            print(json.dumps(self.announcement()), flush=True)
+            await stop.wait()
