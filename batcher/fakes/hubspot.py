@@ -31,24 +31,19 @@ import hashlib
 import sys
 import time
 from bisect import bisect_left
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
+from batcher.fakes.hubspot_search import compile_filter, lower_bound, search_problem, stamp_property
 from batcher.fakes.server import FakeServer
 
 BASE_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 SEARCH_CAP = 10_000
 STANDARD = ("contacts", "companies", "deals", "tickets")
 _BASE_PROPS = ("hs_object_id", "createdate", "name", "email", "phone", "city", "lifecyclestage")
-Filter = Callable[[dict[str, Any]], bool]
-
-
-def stamp_property(object_type: str) -> str:
-    return "lastmodifieddate" if object_type == "contacts" else "hs_lastmodifieddate"
 
 
 def iso(ms: int) -> str:
@@ -270,7 +265,7 @@ class FakeHubSpot(FakeServer):
         object_type = self._type(request)
         body = await request.json()
         problem = None if object_type else "Unable to infer object type"
-        problem = problem or _search_problem(body)
+        problem = problem or search_problem(body)
         if problem:
             return _error(400, problem, category="VALIDATION_ERROR")
         assert object_type is not None
@@ -288,7 +283,7 @@ class FakeHubSpot(FakeServer):
         return web.json_response(out)
 
     def _matching(self, object_type: str, body: dict[str, Any]) -> list[int]:
-        groups = [[_compile(f, object_type) for f in g.get("filters", [])] for g in body.get("filterGroups", [])]
+        groups = [[compile_filter(f, object_type) for f in g.get("filters", [])] for g in body.get("filterGroups", [])]
         records = self.objects[object_type]
         sorts = body.get("sorts") or []
         key = sorts[0].get("propertyName") if sorts else None
@@ -296,7 +291,7 @@ class FakeHubSpot(FakeServer):
             order = sorted(i for i, r in records.items() if not r["archived"])
         else:
             rows = self._by_time(object_type)
-            lower = _lower_bound(groups_raw=body.get("filterGroups", []), object_type=object_type)
+            lower = lower_bound(groups_raw=body.get("filterGroups", []), object_type=object_type)
             order = [i for _, _, i in rows[bisect_left(rows, (lower, "", 0)):]]
         if sorts and sorts[0].get("direction") == "DESCENDING":
             order.reverse()
@@ -353,60 +348,6 @@ class FakeHubSpot(FakeServer):
 
 def _parse_time(text: str) -> int:
     return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
-
-
-def _search_problem(body: Any) -> str | None:
-    if not isinstance(body, dict):
-        return "Invalid input JSON"
-    groups = body.get("filterGroups", [])
-    if len(groups) > 5 or any(len(g.get("filters", [])) > 6 for g in groups):
-        return "too many filter groups or filters (at most 5 groups of 6 filters)"
-    if len(body.get("sorts") or []) > 1:
-        return "only one sort is allowed"
-    if not 1 <= int(body.get("limit", 10)) <= 200:
-        return "limit must be between 1 and 200"
-    return None
-
-
-def _number(record: dict[str, Any], prop: str, object_type: str) -> int | None:
-    if prop == stamp_property(object_type):
-        return int(record["ms"])
-    if prop == "hs_object_id":
-        return int(record["id"])
-    return None
-
-
-def _compile(spec: dict[str, Any], object_type: str) -> Filter:
-    """One filter as a predicate on a stored record (numbers for dates and ids, else strings)."""
-    prop, op = spec["propertyName"], spec["operator"]
-    numeric = prop in ("hs_object_id", stamp_property(object_type))
-
-    def value_of(record: dict[str, Any]) -> Any:
-        return _number(record, prop, object_type) if numeric else record["props"].get(prop)
-
-    cast: Callable[[Any], Any] = int if numeric else str
-    if op == "HAS_PROPERTY":
-        return lambda r: value_of(r) is not None
-    if op in ("IN", "NOT_IN"):
-        values = {cast(v) for v in spec.get("values", [])}
-        return (lambda r: value_of(r) in values) if op == "IN" else (lambda r: value_of(r) not in values)
-    target = cast(spec["value"])
-    compare: dict[str, Callable[[Any], bool]] = {
-        "EQ": lambda v: v == target, "NEQ": lambda v: v != target, "GT": lambda v: v > target,
-        "GTE": lambda v: v >= target, "LT": lambda v: v < target, "LTE": lambda v: v <= target}
-    test = compare[op]
-    return lambda r: (v := value_of(r)) is not None and test(v)
-
-
-def _lower_bound(*, groups_raw: list[dict[str, Any]], object_type: str) -> int:
-    """The smallest modification time any filter group can match (a bisect start, not a filter)."""
-    stamp = stamp_property(object_type)
-    bounds = []
-    for group in groups_raw:
-        lows = [int(f["value"]) for f in group.get("filters", [])
-                if f.get("propertyName") == stamp and f.get("operator") in ("EQ", "GT", "GTE")]
-        bounds.append(max(lows) if lows else 0)
-    return min(bounds) if bounds else 0
 
 
 TOKEN_PATH = "/oauth/v1/token"
