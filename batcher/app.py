@@ -29,6 +29,7 @@ from batcher.models import Services
 from batcher.recovery import count_live_workers
 from batcher.registry import load_registry
 from batcher.settings import Settings, load_settings, systemd_environment
+from batcher.shutdown import ShutdownMonitor
 from batcher.systemd import Notifier
 
 log = structlog.get_logger("batcher.app")
@@ -121,7 +122,7 @@ async def open_services(config: Config, *, start_embedded: bool,
         urls = await stack.enter_async_context(
             embedded.services(s.database.url, s.redis.url, s.daemon.data_dir, start=start_embedded))
         pool = await _create_pool(urls.database_url, s.database.pool_size, wait)
-        stack.push_async_callback(pool.close)
+        stack.push_async_callback(store.close_pool, pool)
         if schema == "migrate":
             async with pool.acquire() as conn:
                 applied = await store.migrate(conn)
@@ -202,7 +203,9 @@ async def run_daemon(config: Config) -> int:
     stop = asyncio.Event()
     _install_signals(stop)
     notifier = Notifier(*systemd_environment())
+    monitor = ShutdownMonitor()
     async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(monitor.stop)  # the last callback: it reports on every step before it
         try:
             services = await stack.enter_async_context(open_services(
                 config, start_embedded=True, sync=True, http=True, wait=DatabaseWait(stop, notifier)))
@@ -224,9 +227,11 @@ async def run_daemon(config: Config) -> int:
         await stop.wait()
         notifier.stopping()
         log.info("daemon_stopping", grace_seconds=s.daemon.shutdown_grace_seconds)
+        monitor.start("draining")
         await scheduler.drain(s.daemon.shutdown_grace_seconds)
         if watchdog is not None:
             watchdog.cancel()
+        monitor.step = "closing"
     log.info("daemon_stopped")
     return 0
 

@@ -9,6 +9,7 @@ through :mod:`importlib.resources`, so a plain (non-editable) install finds it.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,10 +18,13 @@ from importlib.resources.abc import Traversable
 from typing import Any
 
 import asyncpg
+import structlog
 from asyncpg.pool import PoolConnectionProxy
 
 from batcher import jsoncodec
 from batcher.errors import SchemaTooNewError, ServiceUnavailableError
+
+log = structlog.get_logger("batcher.store")
 
 SQL_DIR: Traversable = files("batcher") / "sql"
 SCHEMA_FILE: Traversable = SQL_DIR / "schema.sql"
@@ -87,6 +91,17 @@ async def create_pool(url: str, *, size: int = 10, min_size: int = 1) -> asyncpg
         raise ServiceUnavailableError(f"PostgreSQL is unreachable: {type(exc).__name__}: {exc}") from None
     assert pool is not None
     return pool
+
+
+async def close_pool(pool: asyncpg.Pool, timeout: float = 10.0) -> None:
+    """Close the pool gracefully, waiting at most ``timeout`` s for connections still in use (asyncpg
+    waits forever for them); then terminate it, so a connection that is never released cannot hold up
+    the process's exit."""
+    try:
+        await asyncio.wait_for(pool.close(), timeout)
+    except TimeoutError:
+        log.warning("pool_close_timeout", seconds=timeout)
+        pool.terminate()
 
 
 async def connect(url: str, *, timeout: float = 10.0) -> asyncpg.Connection:

@@ -113,9 +113,10 @@ class Worker:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         try:
-            await self._pool.execute(Q["delete_worker"], self.worker_id)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            pass
+            async with asyncio.timeout(self._timeout):
+                await self._pool.execute(Q["delete_worker"], self.worker_id)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            pass  # the row is pruned with the dead workers once our lock is gone
         if self._conn is not None:
             await self._conn.close(timeout=5)
             self._conn = None

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -71,7 +70,6 @@ async def test_daemon_survives_a_database_restart(redis_url: str, tmp_path: Path
                                          "FROM batch_runs WHERE status <> 'skipped'")
                 assert rows == 3000, chain
                 assert chain[-1] == "succeeded/" and len(chain) >= 2, chain
-                daemon.signal(signal.SIGTERM)
-                assert daemon.wait(20) == 0
+                assert daemon.terminate_and_wait(20) == 0, daemon.tail()
         finally:
             daemon.close()

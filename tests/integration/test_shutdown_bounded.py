@@ -1,0 +1,80 @@
+"""A daemon's stop can neither hang on a connection nobody releases nor hang silently."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+from structlog.testing import capture_logs
+
+from batcher import store
+from batcher.shutdown import ShutdownMonitor
+
+
+async def _blocked_forever(release: asyncio.Event) -> None:
+    await release.wait()
+
+
+async def test_close_pool_terminates_a_pool_whose_connection_is_never_released(database_url: str) -> None:
+    """asyncpg's ``Pool.close`` waits forever for an acquired connection; ``store.close_pool`` gives up
+    after its timeout, terminates the pool (the held connection is closed too) and says so in the log."""
+    pool = await store.create_pool(database_url, size=2)
+    held = await pool.acquire()  # leaked on purpose: never released
+    backend = held.get_server_pid()
+    began = time.monotonic()
+    with capture_logs() as logs:
+        await asyncio.wait_for(store.close_pool(pool, timeout=0.5), 10)
+    assert time.monotonic() - began < 5
+    assert any(e["event"] == "pool_close_timeout" for e in logs), logs
+    conn = await store.connect(database_url)
+    try:
+        deadline = time.monotonic() + 10
+        while await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", backend):
+            assert time.monotonic() < deadline, "the held connection's backend is still there"
+            await asyncio.sleep(0.05)
+    finally:
+        await conn.close()
+
+
+async def test_close_pool_closes_an_idle_pool_gracefully(database_url: str) -> None:
+    """With every connection released, the pool closes without the fallback (no warning)."""
+    pool = await store.create_pool(database_url, size=2)
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT 1") == 1
+    with capture_logs() as logs:
+        await store.close_pool(pool, timeout=5)
+    assert not any(e["event"] == "pool_close_timeout" for e in logs)
+    try:
+        await pool.fetchval("SELECT 1")
+    except asyncpg.InterfaceError as exc:
+        assert "closed" in str(exc)
+    else:
+        raise AssertionError("the pool still answered after close")
+
+
+async def test_a_slow_shutdown_reports_its_step_and_what_each_task_awaits() -> None:
+    """While a stop lasts, ``shutdown_slow`` is logged with the current step and, for a stuck task,
+    the coroutine chain down to the await that does not return; nothing is logged once it is over."""
+    release = asyncio.Event()
+    stuck = asyncio.create_task(_blocked_forever(release), name="stuck-handler")
+    monitor = ShutdownMonitor(every=0.05)
+    with capture_logs() as logs:
+        monitor.start("closing")
+        deadline = time.monotonic() + 10
+        while not any(e["event"] == "shutdown_slow" for e in logs):
+            assert time.monotonic() < deadline, "no shutdown_slow report within 10 s"
+            await asyncio.sleep(0.01)
+        await monitor.stop()
+        reports = len(logs)
+    report = next(e for e in logs if e["event"] == "shutdown_slow")
+    assert report["step"] == "closing"
+    tasks = {t["task"]: t["awaiting"] for t in report["tasks"]}
+    assert "batcher-shutdown-monitor" not in tasks
+    chain = tasks["stuck-handler"]
+    assert chain[0].startswith("_blocked_forever (test_shutdown_bounded.py:")
+    assert any(frame.startswith("Event.wait (locks.py:") for frame in chain), chain
+    release.set()
+    await stuck
+    await asyncio.sleep(0.2)  # the behaviour under test: nothing more may be reported after stop()
+    assert len(logs) == reports
