@@ -30,7 +30,8 @@ from batcher.maintenance import run_maintenance
 from batcher.materialize import materialize_due, seconds_until_next_due
 from batcher.models import Services
 from batcher.recovery import prune_workers, reap_abandoned
-from batcher.runner import RunExecution
+from batcher.runner import SHIELD_FINISH_TIMEOUT, RunExecution
+from batcher.shutdown import cancel_and_wait
 from batcher.store import DB_ERRORS, Q, UniqueViolation
 from batcher.worker import Worker
 
@@ -212,9 +213,9 @@ class Scheduler:
         pending = [t for t, _ in self.running.values() if not t.done()]
         if pending:
             await asyncio.wait(pending, timeout=HARD_CANCEL_AFTER)
-        for task in [t for t, _ in self.running.values() if not t.done()]:
-            task.cancel()
-        await asyncio.gather(*[t for t, _ in list(self.running.values())], return_exceptions=True)
+        # a cancelled run still records its end (shielded, bounded by SHIELD_FINISH_TIMEOUT)
+        await asyncio.gather(*[cancel_and_wait(t, SHIELD_FINISH_TIMEOUT + 5, again_every=None)
+                               for t, _ in list(self.running.values()) if not t.done()])
         await self._stop_loop()
         self._aps.shutdown(wait=False)
         log.info("drain_finished")
@@ -235,5 +236,4 @@ class Scheduler:
             await asyncio.wait_for(self._stopped.wait(), self.tick_seconds + 5 if timeout is None else timeout)
         except TimeoutError:
             if self._supervisor is not None:
-                self._supervisor.cancel()
-                await asyncio.gather(self._supervisor, return_exceptions=True)
+                await cancel_and_wait(self._supervisor, HARD_CANCEL_AFTER)

@@ -80,3 +80,22 @@ class ShutdownMonitor:
             await asyncio.sleep(self.every)
             log.warning("shutdown_slow", step=self.step, seconds=round(time.monotonic() - self._began, 1),
                         tasks=pending_tasks(exclude=asyncio.current_task()))
+
+
+async def cancel_and_wait(task: asyncio.Task[Any], timeout: float, *, again_every: float | None = 1.0) -> bool:
+    """Cancel ``task`` and wait up to ``timeout`` s for it to end, cancelling it again every ``again_every``
+    s (None: once — for a task that finishes shielded work after a cancel, which a second cancel would
+    interrupt): on Python 3.11 a cancellation that arrives as an awaited ``wait_for`` completes can be
+    lost, and a task that lost it would otherwise be waited for forever. True when the task ended; else
+    ``task_did_not_stop`` is logged with what the task awaits."""
+    deadline = time.monotonic() + timeout
+    task.cancel()
+    while not task.done():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            log.error("task_did_not_stop", task=task.get_name(), awaiting=await_chain(task), seconds=timeout)
+            return False
+        await asyncio.wait({task}, timeout=left if again_every is None else min(again_every, left))
+        if again_every is not None and not task.done():
+            task.cancel()
+    return True

@@ -30,10 +30,12 @@ import asyncpg
 import structlog
 
 from batcher import __version__, store
+from batcher.shutdown import cancel_and_wait
 from batcher.store import Q
 
 LOCK_CLASS = 0x42415443  # "BATC": advisory-lock namespace of worker liveness locks
 WAKEUP_CHANNEL = "batcher_wakeup"
+STOP_TIMEOUT = 10.0  # stop(): how long the heartbeat task may take to end once cancelled
 log = structlog.get_logger("batcher.worker")
 
 
@@ -110,8 +112,7 @@ class Worker:
         """Stop the heartbeat, delete the worker row, release the lock (call after runs ended)."""
         self._stopping = True
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait(self._task, STOP_TIMEOUT)
         try:
             async with asyncio.timeout(self._timeout):
                 await self._pool.execute(Q["delete_worker"], self.worker_id)
@@ -150,7 +151,7 @@ class Worker:
         self._broken.set()
 
     async def _heartbeat_loop(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await asyncio.wait_for(self._broken.wait(), self._timeout)
             except TimeoutError:

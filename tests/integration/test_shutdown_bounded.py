@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import asyncpg
 from structlog.testing import capture_logs
 
 from batcher import store
-from batcher.shutdown import ShutdownMonitor
+from batcher.shutdown import ShutdownMonitor, cancel_and_wait
 
 
 async def _blocked_forever(release: asyncio.Event) -> None:
@@ -78,3 +79,60 @@ async def test_a_slow_shutdown_reports_its_step_and_what_each_task_awaits() -> N
     await stuck
     await asyncio.sleep(0.2)  # the behaviour under test: nothing more may be reported after stop()
     assert len(logs) == reports
+
+
+async def test_cancel_and_wait_ends_a_task_that_lost_its_first_cancellation() -> None:
+    """A task that swallows one cancellation (as a 3.11 ``wait_for`` racing its inner future can) is
+    cancelled again and ends; the wait is bounded and reports a task that never ends."""
+    swallowed = asyncio.Event()
+
+    async def swallows_once() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            swallowed.set()
+        await asyncio.Event().wait()  # the second cancel ends it
+
+    task = asyncio.create_task(swallows_once())
+    await asyncio.sleep(0)
+    assert await cancel_and_wait(task, 10, again_every=0.05)
+    assert swallowed.is_set() and task.cancelled()
+
+    give_up = False
+
+    async def never_ends() -> None:
+        while not give_up:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.Event().wait()
+
+    stubborn = asyncio.create_task(never_ends(), name="stubborn")
+    await asyncio.sleep(0)
+    with capture_logs() as logs:
+        assert not await cancel_and_wait(stubborn, 0.2, again_every=0.05)
+    assert [e["task"] for e in logs if e["event"] == "task_did_not_stop"] == ["stubborn"]
+    give_up = True
+    stubborn.cancel()
+    await asyncio.wait({stubborn}, timeout=10)
+    assert stubborn.done()
+
+
+async def test_cancel_once_lets_shielded_work_finish() -> None:
+    """With ``again_every=None`` the task is cancelled once: shielded work it waits for after that
+    cancel (a run recording its end) is not interrupted by further cancels."""
+    finished = asyncio.Event()
+
+    async def records_its_end() -> None:
+        async def finish() -> None:
+            await asyncio.sleep(0.3)  # the behaviour under test: work that outlasts several re-cancel periods
+            finished.set()
+
+        work = asyncio.ensure_future(finish())
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await work
+
+    task = asyncio.create_task(records_its_end())
+    await asyncio.sleep(0)
+    assert await cancel_and_wait(task, 10, again_every=None)
+    assert finished.is_set()
