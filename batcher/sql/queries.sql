@@ -164,10 +164,11 @@ ORDER BY id LIMIT 1;
 -- its best run there behind >= $2 found jobs that each rank above it, so it is not among the $2 best, and
 -- each of the $2 best has its best run among the runs found. A claim costs `want` probes per level (plus the
 -- unclaimable groups stepped over), not a probe per job with a queued run (issue 20: 300 ms at 17,000 such
--- jobs, and the backlog grew with it). A level cut at `cap` with fewer than $2 jobs found (a few jobs each
--- with many runs queued at different times, or many unclaimable ones) is `short`: then the best run of every
--- job with a queued run is probed instead, per job and level (`queued_jobs`, `job_levels`) — the claim of
--- before 0015, and exact too.
+-- jobs, and the backlog grew with it; now ~2 ms at 100,000 jobs). A level cut at `cap` with fewer than $2
+-- jobs found (a few jobs each with many runs queued at different times, or many unclaimable ones) is
+-- `short`: then the best run of every job with a queued run is probed instead, per job and level
+-- (`queued_jobs`, `job_levels`: the claim of before 0015, exact too, and as costly). Without aging the walk
+-- has no cap: stepping over an unclaimable job costs what probing it would.
 -- $1 worker, $2 free slots, $3 lease seconds, $4 queues (NULL = all), $5 aging points per minute (>= 0)
 WITH RECURSIVE levels AS (
     (SELECT r.priority FROM batch_runs r WHERE r.status = 'queued' ORDER BY r.priority DESC LIMIT 1)
