@@ -133,3 +133,17 @@ def emit_result(name: str, figure: float | None, unit: str, *, goal: str, met: b
 
 def _rounded(value: float | None) -> float | None:
     return None if value is None else float(f"{value:.4g}")
+
+
+def plan_digest(lines: list[str]) -> list[str]:
+    """A long EXPLAIN ANALYZE (the claim's is ~150 lines) cut to its CTEs, each with its top node, and the
+    scans that ran: which index each probe used, how many times (loops), rows and time."""
+    kept = []
+    for i, line in enumerate(lines):
+        text = line.strip()
+        if text.startswith("CTE ") and i + 1 < len(lines):
+            kept.append(f"{text}: {lines[i + 1].strip().removeprefix('->').strip()}")
+        elif (" Scan " in text and "actual" in text and "never executed" not in text
+              and "CTE Scan" not in text and "WorkTable" not in text):
+            kept.append("  " + text.removeprefix("->").strip())
+    return kept

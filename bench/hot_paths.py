@@ -10,10 +10,10 @@ costs a scan of that queue.)
 
 Each statement is timed (p50 / p99 over up to ``--iterations`` executions, at most ``--budget`` seconds
 each) twice: the baseline — the statements as they were before issue 14, kept here as text, on the schema
-without migration 0007's indexes — then the current code (store.Q and the query the code picks) after
-0007's indexes are built. Both under PostgreSQL's default plan choice (``auto``: asyncpg prepares the
-statements, so after 5 executions a generic plan may be chosen) and with ``plan_cache_mode =
-force_generic_plan`` (the worst case). Claims run inside a transaction that is rolled back, so every
+without migration 0007's (and 0015's) indexes — then the current code (store.Q and the query the code
+picks) after 0007's and 0015's indexes are built. Both under PostgreSQL's default plan choice (``auto``:
+asyncpg prepares the statements, so after 5 executions a generic plan may be chosen) and with
+``plan_cache_mode = force_generic_plan`` (the worst case). Claims run inside a transaction that is rolled back, so every
 iteration sees the same state. Goal: every current p99 under 50 ms.
 
     .venv/bin/python bench/hot_paths.py [--runs 1000000] [--iterations 100] [--budget 2.5]
@@ -91,10 +91,10 @@ SELECT coalesce(bool_and(d.last_success_at IS NOT NULL AND d.last_success_at > c
            '-infinity'::timestamptz)), false)
 FROM batch_config d WHERE d.job_name = ANY($2::text[])""",
 }
-# The schema before 0007: its indexes dropped, the one it replaces restored.
+# The schema before 0007: its indexes (and 0015's) dropped, the one it replaces restored.
 BASELINE_SCHEMA = """
 DROP INDEX IF EXISTS batch_runs_claimable, batch_runs_claimable_by_id, batch_runs_status_recent,
-    batch_runs_dependency_mark, dead_letters_unresolved;
+    batch_runs_dependency_mark, dead_letters_unresolved, batch_runs_claim_order, batch_runs_claim_order_by_name;
 CREATE INDEX IF NOT EXISTS batch_runs_queued ON batch_runs (job_name, priority DESC, queued_at)
     WHERE status = 'queued';
 """
@@ -258,16 +258,18 @@ async def load(conn: asyncpg.Connection, runs: int, queued: int, dead: int) -> N
 
 
 async def main(runs: int, queued: int, dead: int, iterations: int, budget: float) -> dict[str, Any]:
-    migration = next(store.MIGRATIONS_DIR.glob("0007_*.sql"))
+    migrations = [next(store.MIGRATIONS_DIR.glob(f"{n:04d}_*.sql")) for n in (7, 15)]
     async with temporary_database("batcher_bench_hot") as url:
         conn = await store.connect(url)
         try:
             await load(conn, runs, queued, dead)
             before = await measure(url, baseline=True, iterations=iterations, budget=budget)
             started = time.perf_counter()
-            await conn.execute(migration.read_text())
+            for migration in migrations:
+                await conn.execute(migration.read_text())
             await conn.execute("VACUUM ANALYZE batch_runs, dead_letters")
-            print(f"{migration.name} applied in {time.perf_counter() - started:.1f} s", flush=True)
+            print(f"{', '.join(m.name for m in migrations)} applied in {time.perf_counter() - started:.1f} s",
+                  flush=True)
             after = await measure(url, baseline=False, iterations=iterations, budget=budget)
         finally:
             await conn.close()

@@ -16,10 +16,11 @@ run`` processes (concurrency 8, default tick, lease and log settings) run them f
 - runs per second (scheduled runs finished per second of the window), the count of ``skipped``/``overlap``
   and ``skipped``/``missed`` rows, failed runs;
 - each daemon's CPU use (share of one core), sampled from ``/proc`` while it ran;
-- where the time goes: EXPLAIN ANALYZE of the per-tick statements on the 10,000-job table and the runs
-  table the benchmark left behind, and the wall time of one ``materialize_due`` of a minute's 6th (167
-  due jobs). With ``--py-spy PATH`` (or ``BENCH_PY_SPY``) a py-spy binary also records each daemon for
-  20 s (``--format raw``) and the top frames are printed.
+- where the time goes: EXPLAIN ANALYZE of the per-tick statements on the job table and the runs table the
+  benchmark left behind (the claim's plan cut to its CTEs and the index scans that ran: bench/common.py
+  ``plan_digest``), and the wall time of one ``materialize_due`` of a minute's 6th (167 due jobs). With
+  ``--py-spy PATH`` (or ``BENCH_PY_SPY``) a py-spy binary also records each daemon for 20 s (``--format
+  raw``) and the top frames are printed.
 
 Goal: p99 ≤ 1 s. Creates and drops its own PostgreSQL database on ``BENCH_DATABASE_URL`` (default
 ``postgresql://postgres@127.0.0.1:5432/postgres``); uses ``BATCHER_REDIS_URL`` if set, else claims a
@@ -52,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from common import BASE_REDIS, RedisDbLock, emit_result, temporary_database
+from common import BASE_REDIS, RedisDbLock, emit_result, plan_digest, temporary_database
 
 from batcher import store
 from batcher.materialize import materialize_due
@@ -283,7 +284,7 @@ async def where_time_goes(pool: asyncpg.Pool, n: int) -> None:
             lines = [r[0] for r in plan]
             total = next((ln for ln in lines if ln.startswith("Execution Time")), "?")
             print(f"  {name:24} {total}")
-            for ln in lines if name == "claim_runs" else lines[:4] if name == "due_jobs" else []:
+            for ln in plan_digest(lines) if name == "claim_runs" else lines[:4] if name == "due_jobs" else []:
                 print(f"      {ln[:150]}")
     await pool.execute("UPDATE batch_config SET next_run_at = now() - interval '1 second' "
                        "WHERE job_name IN (SELECT job_name FROM batch_config ORDER BY job_name LIMIT $1)", due)

@@ -1,5 +1,6 @@
-"""Hot paths that grow with history (issue 14): claim, the runs page, the metrics scrape and the dependency
-check read a bounded number of rows however long the history or the queue is.
+"""Hot paths that grow with history (issue 14) or with the number of jobs (issue 20): claim, the runs page, the
+metrics scrape, the dependency check, the loop's sleep query and the dependents lookup read a bounded number
+of rows however long the history or the queue is.
 
 Each test fills the tables with a few thousand rows (``generate_series``), ANALYZEs them, and counts the rows
 a statement reads from a table with ``EXPLAIN (ANALYZE, FORMAT JSON)`` of a prepared statement under
@@ -202,6 +203,39 @@ async def test_derived_parents_reads_only_jobs_of_the_deriving_types(db: Any) ->
         parents = await conn.fetch(Q["derived_parents"], ["agent_batch"])
     assert read <= 5, f"derived_parents read {read} rows of batch_config"
     assert [p["job_name"] for p in parents] == ["parent"]
+
+
+async def test_seconds_until_next_due_reads_one_entry_on_stale_statistics(db: Any) -> None:
+    """5,000 jobs analyzed while disabled, then enabled (statistics that see no enabled job, as after a bulk
+    import): the loop's sleep query reads the first entry of the due index, not all 5,000 (as min() it
+    aggregated the whole index: 110 ms at 100,000 jobs, issue 20), and returns the seconds to the first."""
+    async with db.acquire() as conn:
+        await conn.execute("""
+            INSERT INTO batch_config (job_name, job_type, enabled, interval_minutes)
+            SELECT format('job_%s', j), 'synthetic', false, 10 FROM generate_series(0, 4999) j""")
+        await conn.execute("ANALYZE batch_config")
+        await conn.execute("UPDATE batch_config SET enabled = true, "
+                           "next_run_at = now() + make_interval(secs => 60 + substr(job_name, 5)::int)")
+        read = await rows_read(conn, Q["seconds_until_next_due"], (), "batch_config")
+        seconds = await conn.fetchval(Q["seconds_until_next_due"])
+    assert read <= 5, f"seconds_until_next_due read {read} rows of batch_config"
+    assert 55 < seconds <= 60
+
+
+async def test_dependents_lookup_reads_a_few_pages_after_many_job_updates(db: Any) -> None:
+    """Every occurrence updates its job's row (next_run_at); after 5,000 such updates, finding a job's
+    dependents (every finished run does, twice) still reads a few index pages — the GIN index on depends_on
+    no longer collects updates in a pending list that each lookup reads whole — and finds them."""
+    async with db.acquire() as conn:
+        await add_jobs(conn, 1000)
+        for _ in range(5):
+            await conn.execute("UPDATE batch_config SET next_run_at = coalesce(next_run_at, now()) + interval '1 min'")
+        plans = [await conn.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {Q[name]}", "job_0")
+                 for name in ("dependents_of", "lock_job_family")]
+        dependents = [r["job_name"] for r in await conn.fetch(Q["dependents_of"], "job_0")]
+    pages = [p[0]["Plan"]["Shared Hit Blocks"] + p[0]["Plan"]["Shared Read Blocks"] for p in plans]
+    assert max(pages) <= 12, f"dependents_of / lock_job_family read {pages} pages"
+    assert dependents == ["job_1"]
 
 
 # The claim as it was before issue 14: rank every claimable queued run, then take each locked job's best.
