@@ -13,25 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from batcher.store import Q
-from tests.integration.test_hot_paths import rows_read
-
-# Every claimable queued run ranked (its job's best score first), then each of the first $1 locked jobs' best
-# run — the claim as it was before issue 14, with the queue filter ($3) and aging ($2).
-FULL_SCAN = """
-WITH ranked AS (
-    SELECT r.job_name, max(r.priority + $2::float8 * extract(epoch FROM now() - r.queued_at) / 60) AS score
-    FROM batch_runs r WHERE r.status = 'queued' AND r.not_before <= now() AND r.root_trigger <> 'cli'
-    GROUP BY r.job_name
-), jobs AS (
-    SELECT c.job_name, ranked.score FROM batch_config c JOIN ranked USING (job_name)
-    WHERE NOT c.paused AND ($3::text[] IS NULL OR c.queue = ANY($3::text[]))
-      AND NOT EXISTS (SELECT 1 FROM batch_runs x WHERE x.job_name = c.job_name AND x.status = 'running')
-    ORDER BY ranked.score DESC, c.job_name LIMIT $1
-)
-SELECT DISTINCT ON (r.job_name) r.id
-FROM batch_runs r JOIN jobs USING (job_name)
-WHERE r.status = 'queued' AND r.not_before <= now() AND r.root_trigger <> 'cli'
-ORDER BY r.job_name, r.priority + $2::float8 * extract(epoch FROM now() - r.queued_at) / 60 DESC, r.id"""
+from tests.integration.test_hot_paths import FULL_SCAN_BEST, rows_read
 
 
 async def claim(conn: Any, slots: int, aging: float, queues: list[str] | None = None) -> set[int]:
@@ -84,7 +66,7 @@ async def test_claim_runs_picks_what_a_full_scan_picks_on_random_queues(db: Any)
             for aging in (0.0, 0.25, 1.0, 40.0):
                 for slots in (1, 3, 8, 40):
                     queues = rng.choice((None, None, ["a"], ["b", "c"]))
-                    expected = {r["id"] for r in await conn.fetch(FULL_SCAN, slots, aging, queues)}
+                    expected = {r["id"] for r in await conn.fetch(FULL_SCAN_BEST, slots, aging, queues)}
                     assert await claim(conn, slots, aging, queues) == expected, (seed, aging, slots, queues)
 
 

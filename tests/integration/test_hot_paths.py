@@ -238,7 +238,8 @@ async def test_dependents_lookup_reads_a_few_pages_after_many_job_updates(db: An
     assert dependents == ["job_1"]
 
 
-# The claim as it was before issue 14: rank every claimable queued run, then take each locked job's best.
+# Every claimable queued run ranked (its job's best score first), then each of the first $1 locked jobs' best
+# run — the claim as it was before issue 14, with the queue filter ($3) and aging ($2).
 FULL_SCAN_BEST = """
 WITH ranked AS (
     SELECT r.job_name, max(r.priority + $2::float8 * extract(epoch FROM now() - r.queued_at) / 60) AS score
@@ -246,7 +247,7 @@ WITH ranked AS (
     GROUP BY r.job_name
 ), jobs AS (
     SELECT c.job_name, ranked.score FROM batch_config c JOIN ranked USING (job_name)
-    WHERE NOT c.paused
+    WHERE NOT c.paused AND ($3::text[] IS NULL OR c.queue = ANY($3::text[]))
       AND NOT EXISTS (SELECT 1 FROM batch_runs x WHERE x.job_name = c.job_name AND x.status = 'running')
     ORDER BY ranked.score DESC, c.job_name LIMIT $1
 )
@@ -275,7 +276,7 @@ async def test_claim_runs_picks_what_a_full_scan_of_the_queue_picks(db: Any) -> 
         await conn.execute("ANALYZE batch_runs")
         for aging in (0.0, 1.0, 0.25):
             for slots in (1, 5, 40):
-                expected = {r["id"] for r in await conn.fetch(FULL_SCAN_BEST, slots, aging)}
+                expected = {r["id"] for r in await conn.fetch(FULL_SCAN_BEST, slots, aging, None)}
                 tr = conn.transaction()
                 await tr.start()
                 try:
