@@ -11,6 +11,7 @@ from structlog.testing import capture_logs
 
 from batcher import store
 from batcher.shutdown import ShutdownMonitor, cancel_and_wait
+from tests.polling import wait_for
 
 
 async def _blocked_forever(release: asyncio.Event) -> None:
@@ -30,10 +31,10 @@ async def test_close_pool_terminates_a_pool_whose_connection_is_never_released(d
     assert any(e["event"] == "pool_close_timeout" for e in logs), logs
     conn = await store.connect(database_url)
     try:
-        deadline = time.monotonic() + 10
-        while await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", backend):
-            assert time.monotonic() < deadline, "the held connection's backend is still there"
-            await asyncio.sleep(0.05)
+        async def backend_gone() -> bool:
+            return not await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", backend)
+
+        await wait_for(backend_gone, 10, what="the held connection's backend to end")
     finally:
         await conn.close()
 
@@ -62,10 +63,10 @@ async def test_a_slow_shutdown_reports_its_step_and_what_each_task_awaits() -> N
     monitor = ShutdownMonitor(every=0.05)
     with capture_logs() as logs:
         monitor.start("closing")
-        deadline = time.monotonic() + 10
-        while not any(e["event"] == "shutdown_slow" for e in logs):
-            assert time.monotonic() < deadline, "no shutdown_slow report within 10 s"
-            await asyncio.sleep(0.01)
+        async def reported() -> bool:
+            return any(e["event"] == "shutdown_slow" for e in logs)
+
+        await wait_for(reported, 10, what="a shutdown_slow report")
         await monitor.stop()
         reports = len(logs)
     report = next(e for e in logs if e["event"] == "shutdown_slow")
