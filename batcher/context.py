@@ -29,6 +29,9 @@ class RunState:
         self.cancelled = asyncio.Event()
         self.cancel_reason: str | None = None
         self.started = time.monotonic()
+        # The final status is committed: the run is over in the database although its task may still be
+        # returning a connection to the pool; its lease is no longer renewed, nor its loss reported.
+        self.final_committed = False
 
     def add_api_call(self, n: int = 1) -> None:
         self.api_calls += n

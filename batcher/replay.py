@@ -49,7 +49,7 @@ class _ReplayOwner:
         self.state.request_cancel("lease_lost")
 
     def active_runs(self) -> list[int]:
-        return [self.run_id]
+        return [] if self.state.final_committed else [self.run_id]
 
 
 async def replay_as_run(services: Services, job_name: str, streams: Mapping[str, Stream], *,

@@ -177,7 +177,7 @@ class _ForegroundOwner:
         self.execution.request_cancel("lease_lost")
 
     def active_runs(self) -> list[int]:
-        return [int(self.execution.run["id"])]
+        return [] if self.execution.state.final_committed else [int(self.execution.run["id"])]
 
 
 def _cancel_on_signals(task: asyncio.Task[Any], execution: RunExecution) -> None:

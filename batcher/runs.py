@@ -205,11 +205,13 @@ class RunWriter:
             return dict(await self._pool.fetchrow(Q["get_run"], self._id) or self._run)
         logs_before = len(self._state.logs) + self._logs_consumed  # the fence may settle a batch in doubt
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                await conn.execute(Q["lock_job_family"], self._run["job_name"])  # job rows before the run row
-                await self._fence(conn, final=True)
-                await self._honour_cancel_request(conn, outcome)
-                row, errors, pending = await self._record_final(conn, outcome)
+            async with self._pool.acquire() as conn:
+                async with conn.transaction():
+                    await conn.execute(Q["lock_job_family"], self._run["job_name"])  # job rows first
+                    await self._fence(conn, final=True)
+                    await self._honour_cancel_request(conn, outcome)
+                    row, errors, pending = await self._record_final(conn, outcome)
+                self._state.final_committed = True  # before the connection's release (another round trip)
         except LeaseLostError:
             del self._state.logs[logs_before - self._logs_consumed:]
             outcome.status, outcome.reason = "lost", "lease_lost"

@@ -69,7 +69,7 @@ class Scheduler:
         worker.owner = self
 
     def active_runs(self) -> list[int]:
-        return list(self.running)
+        return [run_id for run_id, (_, execution) in self.running.items() if not execution.state.final_committed]
 
     def wakeup(self) -> None:
         self._wake.set()

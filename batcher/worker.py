@@ -52,7 +52,8 @@ class WorkerOwner(Protocol):
         """Leases could not be renewed for a whole lease: stop every handler."""
 
     def active_runs(self) -> list[int]:
-        """Ids of the runs this process is executing (only their leases are renewed)."""
+        """Ids of the runs this process is executing whose final status is not committed yet (only their
+        leases are renewed, and only their loss is reported)."""
 
 
 class _NoOwner:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from structlog.testing import capture_logs
 
 from batcher.api import create_app
 from batcher.models import Services
@@ -259,3 +260,35 @@ async def test_healthz_and_watchdog_see_a_dead_or_stuck_loop(db: Any, database_u
             await sched.drain(0.2)
             await worker.stop()
             sock.close()
+
+
+async def test_run_whose_final_status_committed_is_not_reported_lost(db: Any, database_url: str, redis_url: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run whose final status is committed but whose task has not returned yet (here: held after its
+    finish; in production, returning its connection to the pool) is over, not lost: heartbeats in that
+    window neither cancel it with lease_lost nor log run_lease_lost (they did: its row was no longer
+    ``running`` while the scheduler still listed it)."""
+    from batcher.runner import RunExecution
+
+    held = asyncio.Event()
+    release = asyncio.Event()
+    original = RunExecution._finish
+
+    async def finish_then_hold(self: RunExecution, outcome: Any) -> dict[str, Any]:
+        summary = await original(self, outcome)
+        held.set()
+        await release.wait()
+        return summary
+
+    monkeypatch.setattr(RunExecution, "_finish", finish_then_hold)
+    async with services_for(database_url, redis_url, {"quick": QUICK}) as svc, daemon(svc) as sched:
+        with capture_logs() as logs:
+            await svc.pool.execute("UPDATE batch_config SET next_run_at = now()")
+            await asyncio.wait_for(held.wait(), 10)
+            run_id = next(iter(sched.running))
+            await _heartbeats(svc.pool, sched.worker, 2)
+            execution = sched.running[run_id][1]
+            release.set()
+        assert execution.state.cancel_reason is None
+        assert not [e for e in logs if e.get("event") == "run_lease_lost"]
+        assert await svc.pool.fetchval("SELECT status FROM batch_runs WHERE id = $1", run_id) == "succeeded"
