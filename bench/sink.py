@@ -6,7 +6,8 @@ with each upsert strategy (session temp table, the default, and ``unnest``).
 
     .venv/bin/python bench/sink.py [--records 1000000] [--batch 5000] [--rounds 3]
 
-Rounds interleave the raw and pipeline runs and the median ratio is reported, since a shared machine's
+Rounds interleave the raw and pipeline runs (in an order rotated per round, each from empty tables after
+a CHECKPOINT, autovacuum off on both tables) and the median ratio is reported, since a shared machine's
 load moves single runs by ±30 %.
 
 Creates and drops its own database on ``BENCH_DATABASE_URL`` (default
@@ -74,8 +75,7 @@ async def raw_copy(conn: Any, records: int, batch_size: int, *, prefetched: bool
     ``prefetched`` generates them through the same prefetch as the pipeline, so both overlap generation
     with the database's work and the ratio isolates the sink's own cost.
     """
-    await conn.execute("TRUNCATE raw_records")
-    await conn.execute("CHECKPOINT")
+    await fresh_tables(conn)
     started = time.perf_counter()
     source = synthetic_batches(records, batch_size)
     if prefetched:
@@ -84,6 +84,12 @@ async def raw_copy(conn: Any, records: int, batch_size: int, *, prefetched: bool
     else:
         await copy_all(conn, source)
     return time.perf_counter() - started, records
+
+
+async def fresh_tables(conn: Any) -> None:
+    """Every timed new-rows run starts from the same state: empty tables, no dirty buffers."""
+    await conn.execute("TRUNCATE synthetic_records, raw_records, checkpoints")
+    await conn.execute("CHECKPOINT")
 
 
 async def copy_all(conn: Any, batches: AsyncIterator[Batch]) -> None:
@@ -98,17 +104,22 @@ async def timed(label: str, records: int, run: Callable[[], Awaitable[tuple[floa
     return rate
 
 
-async def new_rows_round(conn: Any, records: int, batch_size: int) -> dict[str, float]:
-    """One round of the new-rows comparison, on empty tables: raw, raw prefetched, pipeline."""
-    await conn.execute("TRUNCATE synthetic_records, checkpoints")
-    plain = await timed("raw COPY (baseline)", records, partial(raw_copy, conn, records, batch_size))
-    raw = await timed("raw COPY, prefetched source (baseline)", records,
-                      partial(raw_copy, conn, records, batch_size, prefetched=True))
-    await conn.execute("CHECKPOINT")
-    fresh = partial(through_pipeline, conn, synthetic_stream("ignore"), records, batch_size)
-    new = await timed("pipeline, new rows", records, fresh)
-    return {"raw": plain, "raw_prefetched": raw, "pipeline": new, "ratio": new / plain,
-            "ratio_prefetched": new / raw}
+async def pipeline_new_rows(conn: Any, records: int, batch_size: int) -> tuple[float, int]:
+    await fresh_tables(conn)
+    return await through_pipeline(conn, synthetic_stream("ignore"), records, batch_size)
+
+
+async def new_rows_round(conn: Any, records: int, batch_size: int, round_no: int) -> dict[str, float]:
+    """One round of the new-rows comparison: raw, raw prefetched and pipeline, each on empty tables, in an
+    order rotated from round to round (whatever the previous run left behind lands on each in turn)."""
+    runs = [("raw", "raw COPY (baseline)", partial(raw_copy, conn, records, batch_size)),
+            ("raw_prefetched", "raw COPY, prefetched source (baseline)",
+             partial(raw_copy, conn, records, batch_size, prefetched=True)),
+            ("pipeline", "pipeline, new rows", partial(pipeline_new_rows, conn, records, batch_size))]
+    shift = round_no % len(runs)
+    rates = {key: await timed(label, records, run) for key, label, run in runs[shift:] + runs[:shift]}
+    return {**rates, "ratio": rates["pipeline"] / rates["raw"],
+            "ratio_prefetched": rates["pipeline"] / rates["raw_prefetched"]}
 
 
 async def replay_rates(conn: Any, records: int, batch_size: int, raw: float) -> dict[str, float]:
@@ -131,7 +142,11 @@ async def main(records: int, batch_size: int, rounds: int) -> dict[str, Any]:
         conn = await store.connect(url)
         try:
             await conn.execute("CREATE TABLE raw_records (LIKE synthetic_records INCLUDING ALL)")
-            runs = [await new_rows_round(conn, records, batch_size) for _ in range(rounds)]
+            # No autovacuum on the two tables: a million rows inserted start one, which would run (and
+            # be timed) during the next run, whichever that is.
+            for table in ("raw_records", "synthetic_records"):
+                await conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+            runs = [await new_rows_round(conn, records, batch_size, n) for n in range(rounds)]
             raw = statistics.median(r["raw"] for r in runs)
             replay = await replay_rates(conn, records, batch_size, raw)
         finally:
