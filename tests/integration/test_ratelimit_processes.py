@@ -15,6 +15,8 @@ import pytest
 import redis
 from aiohttp import web
 
+from tests.polling import wait_for
+
 
 @pytest.fixture(autouse=True)
 def _session_loop_is_current(_session_event_loop: asyncio.AbstractEventLoop) -> None:
@@ -36,11 +38,14 @@ def spawn(tmp_path: Path, name: str, *args: str) -> tuple[subprocess.Popen[bytes
 
 async def start_together(tmp_path: Path, spawned: list[tuple[subprocess.Popen[bytes], Path]]) -> float:
     """Wait (polling, with a deadline) until every worker is ready, then give them one start time."""
-    deadline = time.monotonic() + 30
-    while not all(Path(f"{out}.ready").exists() for _, out in spawned):
-        if time.monotonic() > deadline or any(p.poll() is not None for p, _ in spawned):
-            pytest.fail("a worker did not get ready")
-        await asyncio.sleep(0.05)
+    def all_ready() -> bool:
+        if all(Path(f"{out}.ready").exists() for _, out in spawned):
+            return True
+        if any(p.poll() is not None for p, _ in spawned):
+            pytest.fail("a worker exited before it got ready")
+        return False
+
+    await wait_for(all_ready, 30, 0.05, what="every worker ready")
     start = time.time() + 0.3
     (tmp_path / "go.tmp").write_text(repr(start))
     (tmp_path / "go.tmp").rename(tmp_path / "go")
@@ -48,14 +53,14 @@ async def start_together(tmp_path: Path, spawned: list[tuple[subprocess.Popen[by
 
 
 async def wait_all(procs: list[subprocess.Popen[bytes]], deadline_s: float) -> None:
-    """Poll the processes until all have exited (fail after ``deadline_s``)."""
-    deadline = time.monotonic() + deadline_s
-    while any(p.poll() is None for p in procs):
-        if time.monotonic() > deadline:
-            for p in procs:
-                p.kill()
-            pytest.fail("worker processes did not finish in time")
-        await asyncio.sleep(0.1)
+    """Poll the processes until all have exited (fail after ``deadline_s``, killing them)."""
+    try:
+        await wait_for(lambda: all(p.poll() is not None for p in procs), deadline_s, 0.1,
+                       what="every worker process finished")
+    except AssertionError:
+        for p in procs:
+            p.kill()
+        raise
     for p in procs:
         assert p.returncode == 0, p.stderr.read().decode() if p.stderr else p.returncode
 

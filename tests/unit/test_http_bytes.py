@@ -46,11 +46,11 @@ def make_app(state: dict[str, int]) -> web.Application:
         if state["reset"] == 1:
             assert request.transport is not None
             request.transport.close()  # the connection dies before any response
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # the fake's behaviour: answer nothing on the dead connection
         return web.json_response({"ok": True})
 
     async def slow(request: web.Request) -> web.Response:
-        await asyncio.sleep(30)
+        await asyncio.sleep(30)  # the fake's behaviour: an answer slower than the client's timeout
         return web.json_response({})
 
     app = web.Application()
