@@ -14,7 +14,7 @@ import pytest
 from batcher import store
 from batcher.models import Services
 from batcher.scheduler import Scheduler
-from batcher.worker import Worker
+from tests import inprocess
 from tests.api.conftest import Client, MakeClient, error, ok
 from tests.polling import wait_for
 
@@ -37,13 +37,8 @@ async def poll_json(client: Client, path: str, predicate: Any, timeout: float = 
 @pytest.fixture
 async def daemon(services: Services) -> AsyncIterator[Scheduler]:
     """The daemon's scheduler and worker on the test services (alpha is due at once and runs)."""
-    worker = Worker(services.database_url, services.pool, lease_seconds=10, queues=None)
-    scheduler = Scheduler(services, worker)
-    await worker.start()
-    await scheduler.start()
-    yield scheduler
-    await scheduler.drain(1.0)
-    await worker.stop()
+    async with inprocess.daemon(services, lease_seconds=10, drain_seconds=1.0) as scheduler:
+        yield scheduler
 
 
 async def test_status_of_a_running_daemon(make_client: MakeClient, daemon: Scheduler) -> None:

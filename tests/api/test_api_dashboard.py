@@ -9,9 +9,8 @@ from typing import Any
 from batcher.jobs import parse_jobs, sync_jobs
 from batcher.models import Services
 from batcher.openapi import OPERATIONS
-from batcher.scheduler import Scheduler
 from batcher.store import Q
-from batcher.worker import Worker
+from tests import inprocess
 from tests.api.conftest import AUTH, JOBS, Client, MakeClient, error, ok
 from tests.polling import wait_for
 
@@ -113,11 +112,7 @@ async def test_cancelled_upstream_skips_dependents_as_upstream_cancelled(make_cl
     """A running alpha cancelled by hand through the API ends cancelled, and its dependent after-alpha is
     recorded skipped with reason upstream_cancelled (a cancel is not a failure), naming the run."""
     await services.pool.execute("UPDATE batch_config SET next_run_at = NULL WHERE job_name = 'alpha'")
-    worker = Worker(services.database_url, services.pool, lease_seconds=10, queues=None)
-    scheduler = Scheduler(services, worker)
-    await worker.start()
-    await scheduler.start()
-    try:
+    async with inprocess.daemon(services, lease_seconds=10, drain_seconds=1.0) as scheduler:
         client = await make_client(scheduler=scheduler)
         body = await ok(await client.post("/api/batch/trigger", headers=AUTH, json={
             "jobName": "alpha", "params": {"records": 2000, "batch_size": 5, "delay_ms": 50}}))
@@ -134,8 +129,5 @@ async def test_cancelled_upstream_skips_dependents_as_upstream_cancelled(make_cl
                 "SELECT * FROM batch_runs WHERE job_name = 'after-alpha' AND status = 'skipped'")
 
         skip = await wait_for(skipped, interval=0.05, what="after-alpha skipped")
-    finally:
-        await scheduler.drain(1.0)
-        await worker.stop()
     assert await services.pool.fetchval("SELECT status FROM batch_runs WHERE id = $1", run_id) == "cancelled"
     assert skip["reason"] == "upstream_cancelled" and skip["result"]["upstream_run_id"] == run_id

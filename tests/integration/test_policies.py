@@ -23,10 +23,9 @@ from batcher.materialize import materialize_due
 from batcher.models import Services
 from batcher.recovery import reap_abandoned
 from batcher.runner import retry_delay
-from batcher.scheduler import Scheduler
 from batcher.store import Q
 from batcher.testing import test_services, test_settings
-from batcher.worker import Worker
+from tests.inprocess import daemon
 from tests.polling import wait_for
 
 SYNTH = "synthetic"
@@ -47,21 +46,6 @@ async def services_for(database_url: str, redis_url: str, jobs: dict[str, Any],
         update={"tick_seconds": 0.1, **daemon})})
     async with test_services(settings, http=False) as svc:
         yield svc
-
-
-@contextlib.asynccontextmanager
-async def daemon(services: Services) -> AsyncIterator[Scheduler]:
-    """An in-process daemon (worker liveness + scheduler loop), drained at exit."""
-    d = services.settings.daemon
-    worker = Worker(services.database_url, services.pool, lease_seconds=d.lease_seconds, queues=d.queues)
-    await worker.start()
-    scheduler = Scheduler(services, worker)
-    await scheduler.start()
-    try:
-        yield scheduler
-    finally:
-        await scheduler.drain(2)
-        await worker.stop()
 
 
 async def runs_of(pool: Any, job: str) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ import redis
 from aiohttp import web
 
 from tests.polling import wait_for
+from tests.serving import serve
 
 
 @pytest.fixture(autouse=True)
@@ -112,13 +113,8 @@ async def fake_api() -> AsyncIterator[tuple[FakeApi, str]]:
     api = FakeApi()
     app = web.Application()
     app.router.add_get("/items", api.handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    yield api, f"http://{host}:{port}/items"
-    await runner.cleanup()
+    async with serve(app) as url:
+        yield api, f"{url}/items"
 
 
 async def test_a_429_in_one_process_pauses_all_three(redis_url: str, redis_db: redis.Redis,

@@ -16,6 +16,7 @@ from aiohttp import web
 from batcher.context import RunState as Counters  # the runner's own RunAccounting
 from batcher.errors import RunCancelledError
 from batcher.http import HttpRuntime
+from tests.serving import serve
 
 
 @pytest.fixture(autouse=True)
@@ -68,21 +69,8 @@ def state() -> dict[str, int]:
 
 @pytest.fixture
 async def server(state: dict[str, int]) -> AsyncIterator[str]:
-    runner = web.AppRunner(make_app(state), handler_cancellation=True, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    yield f"http://{host}:{port}"
-    await runner.cleanup()
-
-
-@pytest.fixture
-async def runtime() -> AsyncIterator[HttpRuntime]:
-    rt = HttpRuntime({}, None, backoff_base_s=0.001, backoff_max_s=0.002)
-    await rt.start()
-    yield rt
-    await rt.close()
+    async with serve(make_app(state), handler_cancellation=True) as url:
+        yield url
 
 
 @pytest.mark.parametrize(("path", "wire"), [("/gzip", len(GZIPPED)), ("/deflate", len(DEFLATED))])

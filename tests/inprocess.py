@@ -1,0 +1,43 @@
+"""An in-process daemon for tests: a worker (liveness lock, heartbeat) and the scheduler loop on the test's
+services, started in order and stopped in reverse (the scheduler drained first) when the block exits."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+from batcher.models import Services
+from batcher.scheduler import Scheduler
+from batcher.worker import Worker
+
+
+@contextlib.asynccontextmanager
+async def running_worker(services: Services, *, lease_seconds: float | None = None,
+                         kind: str = "daemon") -> AsyncIterator[Worker]:
+    """A started worker on ``services`` serving the settings' queues (and, by default, lease), stopped at
+    exit."""
+    d = services.settings.daemon
+    lease = d.lease_seconds if lease_seconds is None else lease_seconds
+    worker = Worker(services.database_url, services.pool, lease_seconds=lease, queues=d.queues, kind=kind)
+    await worker.start()
+    try:
+        yield worker
+    finally:
+        await worker.stop()
+
+
+@contextlib.asynccontextmanager
+async def daemon(services: Services, *, lease_seconds: float | None = None, drain_seconds: float = 2.0,
+                 prepare: Callable[[Scheduler], None] | None = None) -> AsyncIterator[Scheduler]:
+    """An in-process daemon: a started worker and scheduler, drained (``drain_seconds`` of grace) and
+    stopped at exit. The lease defaults to the settings' (``daemon.lease_seconds``); ``prepare`` is given
+    the scheduler before it starts (to wrap one of its methods)."""
+    async with running_worker(services, lease_seconds=lease_seconds) as worker:
+        scheduler = Scheduler(services, worker)
+        if prepare is not None:
+            prepare(scheduler)
+        await scheduler.start()
+        try:
+            yield scheduler
+        finally:
+            await scheduler.drain(drain_seconds)
