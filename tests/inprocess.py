@@ -1,11 +1,15 @@
 """An in-process daemon for tests: a worker (liveness lock, heartbeat) and the scheduler loop on the test's
-services, started in order and stopped in reverse (the scheduler drained first) when the block exits."""
+services, started in order and stopped in reverse (the scheduler drained first) when the block exits; and
+the daemon's start-up sync of the config file, for tests of commands that read the synced jobs."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 
+from batcher import app, store
+from batcher.jobs import sync_jobs
 from batcher.models import Services
 from batcher.scheduler import Scheduler
 from batcher.worker import Worker
@@ -41,3 +45,19 @@ async def daemon(services: Services, *, lease_seconds: float | None = None, drai
             yield scheduler
         finally:
             await scheduler.drain(drain_seconds)
+
+
+def sync_config_file(database_url: str | None = None) -> None:
+    """What ``batcher run`` does at start-up, in a fresh event loop: load the config (environment and
+    ``BATCHER_CONFIG``) and sync its jobs into an emptied ``batch_config`` (``database_url``: default, the
+    config's)."""
+    async def sync() -> None:
+        config = app.load_config()
+        pool = await store.create_pool(database_url or config.settings.database.url or "", size=2)
+        try:
+            await pool.execute("TRUNCATE batch_config")
+            await sync_jobs(pool, config.jobs, config.settings.jobs, config.registry)
+        finally:
+            await pool.close()
+
+    asyncio.run(sync())

@@ -1,12 +1,20 @@
-"""Serving a test's own aiohttp application (a fake upstream) on 127.0.0.1 for the length of a block."""
+"""Fake upstream servers for tests, for the length of a block: the test's own aiohttp application served
+in-process on 127.0.0.1 (:func:`serve`), or one of ``batcher.fakes`` as its own process
+(:func:`fake_process`), for tests that block on batcher processes and so cannot serve in-process."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @contextlib.asynccontextmanager
@@ -22,3 +30,17 @@ async def serve(app: web.Application, **runner_options: Any) -> AsyncIterator[st
         yield f"http://{host}:{port}"
     finally:
         await runner.cleanup()
+
+
+@contextlib.contextmanager
+def fake_process(module: str, options: Mapping[str, Any]) -> Iterator[str]:
+    """``python -m batcher.fakes.<module> --options JSON`` in its own session; yields the URL it announces
+    on its first stdout line, and kills it at exit."""
+    proc = subprocess.Popen([sys.executable, "-m", f"batcher.fakes.{module}", "--options", json.dumps(options)],
+                            cwd=REPO, stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        yield json.loads(proc.stdout.readline())["url"]
+    finally:
+        proc.kill()
+        proc.wait(10)

