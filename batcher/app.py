@@ -27,7 +27,7 @@ from batcher.jobs import JobSpec, check_job_sinks, parse_jobs, sync_jobs
 from batcher.logs import configure_logging
 from batcher.models import Services
 from batcher.recovery import count_live_workers
-from batcher.registry import load_registry
+from batcher.registry import handler_rate_limits, load_registry
 from batcher.settings import Settings, load_settings, systemd_environment
 from batcher.shutdown import ShutdownMonitor
 from batcher.systemd import Notifier
@@ -142,7 +142,8 @@ async def open_services(config: Config, *, start_embedded: bool,
             from batcher.http import HttpRuntime
 
             services.http = HttpRuntime(s.rate_limits, urls.redis_url,
-                                        live_workers=functools.partial(count_live_workers, pool))
+                                        live_workers=functools.partial(count_live_workers, pool),
+                                        default_rate_limits=handler_rate_limits(config.registry))
             await services.http.start()
             stack.push_async_callback(services.http.close)
         stack.push_async_callback(_close_redis, services)

@@ -1,4 +1,4 @@
-"""The handler-author contract (DESIGN §6): Handler, Stream, Batch, Rejected, RunContext, Secret.
+"""The handler-author contract (DESIGN §6): Handler, Stream, Batch, Rejected, RunContext, Secret, RateLimit.
 
 A handler is a class that turns an upstream system into a stream of :class:`Batch` objects. It never
 writes to storage, never commits cursors and never sleeps for rate limits: the runtime does that.
@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 if TYPE_CHECKING:
     import structlog
@@ -123,6 +123,36 @@ class Batch:
     @property
     def moves_checkpoint(self) -> bool:
         return self.checkpoint is not NO_CHECKPOINT
+
+
+class RateLimit(BaseModel):
+    """How fast one rate-limit namespace may send (DESIGN §8): a handler's default
+    (:attr:`Handler.default_rate_limits`) or a ``[rate_limits."ns:"]`` entry of the TOML (the same keys),
+    which replaces the default for that namespace whole.
+
+    Requests are spaced by the emission interval ``max(interval_ms / max_in_interval, min_spacing_ms)``
+    across every process sharing a Redis; with ``burst = 1`` no window of ``interval_ms`` ever holds more
+    than ``max_in_interval`` requests, a larger ``burst`` lets that many go back to back after a quiet
+    spell. A namespace (``"provider:endpoint:"``) covers every namespace it is a prefix of, so
+    ``"crm:api:account-42"`` (a credential discriminator) is paced by a ``"crm:api:"`` entry but keeps
+    its own state; the longest matching prefix wins, and a namespace nothing matches is unlimited.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: The window, in milliseconds.
+    interval_ms: int = Field(1000, ge=1)
+    #: Requests allowed in one window.
+    max_in_interval: int = Field(1, ge=1)
+    #: Requests that may go back to back (1: evenly spaced).
+    burst: int = Field(1, ge=1)
+    #: A floor under the spacing of two requests, in milliseconds.
+    min_spacing_ms: int = Field(0, ge=0)
+    #: HTTP attempts per request for 5xx answers, timeouts and resets.
+    max_attempts: int = Field(5, ge=1, le=50)
+    #: Pause after a quota-exhausted answer (Google's 403 ``quotaExceeded``) naming no retry time; 0: the
+    #: runtime's default pause (1 s), as for any other rate-limit answer.
+    quota_pause_ms: int = Field(0, ge=0)
 
 
 class HttpReply(Protocol):
@@ -245,6 +275,10 @@ class Handler(ABC):
     #: ``batcher`` subcommands and admin-API routes this handler contributes (:mod:`batcher.extension`).
     cli_commands: ClassVar[Sequence[CliCommand]] = ()
     api_routes: ClassVar[Sequence[ApiRoute]] = ()
+    #: Namespace prefix → :class:`RateLimit` for the upstreams this handler calls, each number with its
+    #: public source in a comment. The registry collects them from every registered handler (two handlers
+    #: may declare one namespace only with equal limits); a TOML ``[rate_limits."ns:"]`` entry overrides one.
+    default_rate_limits: ClassVar[Mapping[str, RateLimit]] = {}
 
     @classmethod
     def job_env_overrides(cls, environ: Mapping[str, str]) -> dict[str, Any]:

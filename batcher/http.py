@@ -305,9 +305,11 @@ class HttpRuntime:
                  backoff_base_s: float = 0.5, backoff_max_s: float = 30.0, max_429_retries: int = 10,
                  default_retry_after_s: float = 1.0, max_pause_s: float = 3600.0,
                  probe_interval_s: float = 3.0, user_agent: str = "batcher",
-                 clock: Callable[[], float] | None = None) -> None:
-        """``rate_limits`` are the TOML entries: they override :data:`DEFAULT_RATE_LIMITS`."""
-        self.rate_limits = effective_rate_limits(rate_limits)
+                 clock: Callable[[], float] | None = None,
+                 default_rate_limits: Mapping[str, RateLimitSettings] | None = None) -> None:
+        """``rate_limits`` are the TOML entries: they override ``default_rate_limits``, the handlers'
+        (:func:`batcher.registry.handler_rate_limits`)."""
+        self.rate_limits = effective_rate_limits(default_rate_limits or {}, rate_limits)
         self.redis_url = redis_url
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s

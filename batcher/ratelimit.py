@@ -2,12 +2,13 @@
 
 This module owns *when* a request may leave, per rate-limit namespace:
 
-- :data:`DEFAULT_RATE_LIMITS` for the providers we ship (each number with its source); the TOML's
-  ``[rate_limits."ns:"]`` entries override them (:func:`effective_rate_limits`). A namespace is matched to
-  its settings by the longest configured prefix, so ``"hubspot:api:portal-42"`` (a namespace with a
-  credential discriminator) uses the ``"hubspot:api:"`` settings but has its own Redis state, since
-  upstream limits are per key. A namespace that matches nothing is unlimited: never paced, but one
-  round trip checks the shared pause, so a 429 seen by any process holds every process.
+- The limits: each handler's ``default_rate_limits`` (collected by the registry,
+  :func:`batcher.registry.handler_rate_limits`: this module names no provider), overridden by the TOML's
+  ``[rate_limits."ns:"]`` entries (:func:`effective_rate_limits`). A namespace is matched to its settings
+  by the longest configured prefix, so ``"crm:api:account-42"`` (a namespace with a credential
+  discriminator) uses the ``"crm:api:"`` settings but has its own Redis state, since upstream limits are
+  per key. A namespace that matches nothing is unlimited: never paced, but one round trip checks the
+  shared pause, so a 429 seen by any process holds every process.
 - Admission is a reservation: the script hands out the next slot (``max(tat - tolerance, now)``) when it
   lies at most one emission interval ahead (the horizon, 20 ms–1 s) and the caller sleeps until it; a
   later caller is told when to ask again. Since the slot, not the (slightly late) moment of asking,
@@ -45,33 +46,6 @@ from batcher.settings import RateLimitSettings
 
 if TYPE_CHECKING:
     import redis.asyncio
-
-def _limit(interval_ms: int, max_in_interval: int, quota_pause_ms: int = 0) -> RateLimitSettings:
-    return RateLimitSettings.model_validate({"interval_ms": interval_ms, "max_in_interval": max_in_interval,
-                                             "quota_pause_ms": quota_pause_ms})
-
-
-#: Shipped defaults; a TOML entry with the same key replaces one. Numbers from the providers' docs.
-DEFAULT_RATE_LIMITS: dict[str, RateLimitSettings] = {
-    # HubSpot private apps, Free/Starter: 100 requests per 10 s per app per account ("burst" limit;
-    # Professional/Enterprise 190/10 s). https://developers.hubspot.com/docs/api/usage-details
-    "hubspot:api:": _limit(10_000, 100),
-    # HubSpot CRM search endpoints: 5 requests per second per account (same page, "Search" section).
-    "hubspot:search:": _limit(1_000, 5),
-    # Google Search Console Search Analytics: 1,200 queries per minute per site (also per user);
-    # https://developers.google.com/webmaster-tools/limits ("QPS quota"). The same page, "Load quota":
-    # "If you exceed your quota, wait 15 minutes and try again" — the pause after a 403 quotaExceeded.
-    "gsc:searchanalytics:": _limit(60_000, 1_200, quota_pause_ms=15 * 60_000),
-    # Docker Hub API: no published number; the overall per-IP limit is "in the order of thousands of
-    # requests per minute" (https://docs.docker.com/docker-hub/usage/). Assumed: 3 requests/s.
-    "dockerhub:api:": _limit(1_000, 3),
-    # GitHub REST API, authenticated: 5,000 requests per hour per user/token (primary limit).
-    # https://docs.github.com/en/rest/using-the-rest-api/rate-limits-for-the-rest-api
-    "github:api:": _limit(3_600_000, 5_000),
-    # GitHub REST API, unauthenticated: 60 requests per hour per IP (same page). The tracked-apps handler
-    # uses this namespace without a token, "github:api:token:<hash>:" with one.
-    "github:api:anonymous:": _limit(3_600_000, 60),
-}
 
 #: KEYS: tat, paused_until.
 #: ARGV acquire: "acquire", T µs, tolerance µs, horizon µs[, floor µs] → {1, wait µs, slot µs} when a slot
@@ -130,9 +104,10 @@ return {1, slot - now, slot}
 LiveWorkers = Callable[[], Awaitable[int]]
 
 
-def effective_rate_limits(configured: Mapping[str, RateLimitSettings]) -> dict[str, RateLimitSettings]:
-    """The shipped defaults overlaid with the configured entries (a configured key wins whole)."""
-    return {**DEFAULT_RATE_LIMITS, **configured}
+def effective_rate_limits(defaults: Mapping[str, RateLimitSettings],
+                          configured: Mapping[str, RateLimitSettings]) -> dict[str, RateLimitSettings]:
+    """The handlers' defaults overlaid with the configured entries (a configured key wins whole)."""
+    return {**defaults, **configured}
 
 
 def limit_for(namespace: str, limits: Mapping[str, RateLimitSettings],

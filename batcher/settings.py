@@ -19,6 +19,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from batcher.errors import ConfigError
+from batcher.handler import RateLimit
 
 DEFAULT_CONFIG_PATH = "batcher.toml"
 
@@ -109,15 +110,9 @@ class LogSettings(_Section):
         return value.lower() if isinstance(value, str) else value
 
 
-class RateLimitSettings(_Section):
-    interval_ms: int = Field(1000, ge=1)
-    max_in_interval: int = Field(1, ge=1)
-    burst: int = Field(1, ge=1)
-    min_spacing_ms: int = Field(0, ge=0)
-    max_attempts: int = Field(5, ge=1, le=50)
-    #: Pause after a quota-exhausted answer (Google's 403 ``quotaExceeded``) naming no retry time; 0: the
-    #: runtime's default pause (1 s), as for any other rate-limit answer.
-    quota_pause_ms: int = Field(0, ge=0)
+#: A ``[rate_limits."ns:"]`` entry: the public :class:`batcher.RateLimit`, the type handlers declare their
+#: defaults with (``Handler.default_rate_limits``), so an entry replaces a default whole.
+RateLimitSettings = RateLimit
 
 
 class Settings(BaseSettings):

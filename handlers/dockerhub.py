@@ -11,7 +11,7 @@ A tag seen for the first time is checked, not updated.
   exchanged at ``POST {base_url}/v2/auth/token`` (``{identifier, secret}``) for a bearer token that Docker
   Hub keeps valid for 10 minutes; it is renewed after :data:`TOKEN_LIFETIME_S`. Anonymous access works.
 - Namespace ``dockerhub:api:`` (``dockerhub:api:anonymous:`` or ``dockerhub:api:user:{username}:``,
-  since Docker Hub limits per account or per IP).
+  since Docker Hub limits per account or per IP), paced by default by :data:`API_RATE_LIMIT` (3/s).
 - A repository that does not exist (404), or anonymous paging that Docker Hub refuses (403 "pagination
   offset too large for anonymous requests"), is an error of that item: recorded in the run's result, the
   other repositories go on, the run succeeds. Other failures fail the run as usual.
@@ -32,7 +32,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from batcher import Batch, Handler, HandlerParams, PermanentError, RunContext, Secret, Stream
+from batcher import Batch, Handler, HandlerParams, PermanentError, RateLimit, RunContext, Secret, Stream
 
 TYPE = "docker-hub-pull"
 TAGS, UPDATES = "docker_image_tags", "docker_image_updates"
@@ -40,6 +40,13 @@ PAGE_SIZE = 100  # Docker Hub's maximum
 TOKEN_LIFETIME_S = 8 * 60  # Docker Hub's tokens last 10 minutes: renew with 2 minutes to spare
 MAX_LOGS = 100
 _REPOSITORY = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*/[a-z0-9]+(?:[._-][a-z0-9]+)*$")
+
+API_NAMESPACE = "dockerhub:api:"  # + "anonymous:" or "user:<name>:" (namespace_for)
+#: Docker Hub API: no published number; the overall per-IP limit is "in the order of thousands of
+#: requests per minute" (https://docs.docker.com/docker-hub/usage/). Assumed: 3 requests/s.
+API_RATE_LIMIT = RateLimit(interval_ms=1_000, max_in_interval=3)
+#: The handler's default rate limits (``DockerHubPullHandler.default_rate_limits``); a TOML entry overrides one.
+RATE_LIMITS = {API_NAMESPACE: API_RATE_LIMIT}
 
 SQL_KNOWN_DIGESTS = "SELECT tag, digest FROM docker_image_tags WHERE repository = $1"
 
@@ -137,8 +144,8 @@ class DockerHubAuth:
 
 
 def namespace_for(params: DockerHubParams) -> str:
-    return f"dockerhub:api:user:{params.username}:" if params.username and params.access_token else \
-        "dockerhub:api:anonymous:"
+    return f"{API_NAMESPACE}user:{params.username}:" if params.username and params.access_token else \
+        f"{API_NAMESPACE}anonymous:"
 
 
 def item_error(exc: PermanentError, authorized: bool) -> str | None:
@@ -167,6 +174,7 @@ class DockerHubPullHandler(Handler):
                conflict="ignore", bookkeeping_columns=("seen_at",)),
     )
     default_interval_minutes = 60
+    default_rate_limits = RATE_LIMITS
 
     async def run(self, ctx: RunContext, params: Any) -> AsyncIterator[Batch]:
         p: DockerHubParams = params

@@ -45,6 +45,7 @@ from batcher import (
     HandlerParams,
     HttpClient,
     OAuth2Credentials,
+    RateLimit,
     Rejected,
     RunContext,
     Secret,
@@ -54,6 +55,13 @@ from batcher import (
 
 NAMESPACE = "gsc:searchanalytics:"
 SITES_NAMESPACE = "gsc:sites:"
+#: The handler's default rate limits (``GscHandler.default_rate_limits``); a TOML entry overrides one.
+RATE_LIMITS = {
+    # Search Analytics: 1,200 queries per minute per site (also per user);
+    # https://developers.google.com/webmaster-tools/limits ("QPS quota"). The same page, "Load quota":
+    # "If you exceed your quota, wait 15 minutes and try again" — the pause after a 403 quotaExceeded.
+    NAMESPACE: RateLimit(interval_ms=60_000, max_in_interval=1_200, quota_pause_ms=15 * 60_000),
+}
 STREAM = "search_analytics"
 PACIFIC = ZoneInfo("America/Los_Angeles")
 MAX_ROW_LIMIT = 25_000
@@ -284,6 +292,7 @@ class GscHandler(Handler):
     default_interval_minutes = None
     default_cron = "30 9 * * *"
     accepts_windows = True
+    default_rate_limits = RATE_LIMITS
 
     async def run(self, ctx: RunContext, params: Any) -> AsyncIterator[Batch]:
         p: GscParams = params

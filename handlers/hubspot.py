@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 from pydantic import Field, field_validator, model_validator
 
 from batcher import NO_CHECKPOINT, Batch, Handler, HandlerParams, Rejected, RunContext, Secret, Stream
-from handlers.hubspot_api import HubSpotApi, open_api
+from handlers.hubspot_api import RATE_LIMITS, HubSpotApi, open_api
 from handlers.hubspot_crm import (
     ObjectType,
     SearchCursor,
@@ -116,6 +116,7 @@ class HubSpotHandler(Handler):
     )
     default_interval_minutes = 15
     accepts_windows = True
+    default_rate_limits = RATE_LIMITS
 
     async def run(self, ctx: RunContext, params: Any) -> AsyncIterator[Batch]:
         p: HubSpotParams = params

@@ -2,7 +2,8 @@
 
 Owns what every HubSpot request shares: the bearer token (a private app's ``access_token``, or an OAuth2
 app's refresh credentials through the runtime's OAuth2 support — :func:`credentials`), the
-``hubspot:api:`` and ``hubspot:search:`` namespaces, and HubSpot's error bodies:
+``hubspot:api:`` and ``hubspot:search:`` namespaces with their default limits (:data:`RATE_LIMITS`), and
+HubSpot's error bodies:
 
 - a 429 whose body says ``"policyName": "DAILY"`` ends the run at once (never retried): the daily quota
   only comes back at midnight in the account's time zone (``account_timezone``, UTC by default), which
@@ -23,10 +24,18 @@ from datetime import datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from batcher import HttpClient, OAuth2Credentials, PermanentError, RunContext
+from batcher import HttpClient, OAuth2Credentials, PermanentError, RateLimit, RunContext
 
 API_NAMESPACE = "hubspot:api:"
 SEARCH_NAMESPACE = "hubspot:search:"
+#: The handler's default rate limits (``HubSpotHandler.default_rate_limits``); a TOML entry overrides one.
+RATE_LIMITS = {
+    # HubSpot private apps, Free/Starter: 100 requests per 10 s per app per account ("burst" limit;
+    # Professional/Enterprise 190/10 s). https://developers.hubspot.com/docs/api/usage-details
+    API_NAMESPACE: RateLimit(interval_ms=10_000, max_in_interval=100),
+    # HubSpot CRM search endpoints: 5 requests per second per account (same page, "Search" section).
+    SEARCH_NAMESPACE: RateLimit(interval_ms=1_000, max_in_interval=5),
+}
 REFRESH_REFUSED = ("the HubSpot refresh token was revoked or has expired (invalid_grant / BAD_REFRESH_TOKEN): "
                    "re-authorize the app and configure its new refresh token as refresh_token_env")
 

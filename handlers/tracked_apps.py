@@ -14,7 +14,8 @@
 - A repository that is not found is an error of that app (in the result); the others go on.
 
 Namespaces: ``github:api:anonymous:`` (60 requests/hour) or ``github:api:token:{hash}:`` (5,000/hour), and
-``dockerhub:api:anonymous:``. The run's ``result`` is ``{itemsChecked, itemsUpdated, logs, error}``.
+``dockerhub:api:anonymous:`` (the docker-hub-pull handler's 3/s): the defaults in :data:`RATE_LIMITS`.
+The run's ``result`` is ``{itemsChecked, itemsUpdated, logs, error}``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from typing import Any
 from packaging.version import Version
 from pydantic import field_validator
 
-from batcher import Batch, Handler, HandlerParams, PermanentError, RunContext, Secret, Stream
+from batcher import Batch, Handler, HandlerParams, PermanentError, RateLimit, RunContext, Secret, Stream
+from handlers.dockerhub import API_NAMESPACE as DOCKER_HUB_NAMESPACE
+from handlers.dockerhub import API_RATE_LIMIT as DOCKER_HUB_RATE_LIMIT
 from handlers.dockerhub import TYPE as DOCKER_HUB_TYPE
 from handlers.dockerhub import RunReport
 from handlers.tracked_apps_admin import APPS_COMMANDS, APPS_ROUTES, parse_source, parse_version
@@ -74,10 +77,25 @@ def newest(names: Iterable[str], *, prerelease: bool, pattern: str | None = None
     return best[1] if best else None
 
 
+GITHUB_NAMESPACE = "github:api:"
+GITHUB_ANONYMOUS = f"{GITHUB_NAMESPACE}anonymous:"
+#: The handler's default rate limits; a TOML entry overrides one.
+RATE_LIMITS = {
+    # GitHub REST API, authenticated: 5,000 requests per hour per user/token (primary limit).
+    # https://docs.github.com/en/rest/using-the-rest-api/rate-limits-for-the-rest-api
+    GITHUB_NAMESPACE: RateLimit(interval_ms=3_600_000, max_in_interval=5_000),
+    # GitHub REST API, unauthenticated: 60 requests per hour per IP (same page). This handler uses this
+    # namespace without a token, "github:api:token:<hash>:" with one.
+    GITHUB_ANONYMOUS: RateLimit(interval_ms=3_600_000, max_in_interval=60),
+    # Docker Hub, read anonymously ("dockerhub:api:anonymous:"): the docker-hub-pull handler's limit.
+    DOCKER_HUB_NAMESPACE: DOCKER_HUB_RATE_LIMIT,
+}
+
+
 def github_namespace(token: str | None) -> str:
     if token is None:
-        return "github:api:anonymous:"
-    return f"github:api:token:{hashlib.sha256(token.encode()).hexdigest()[:12]}:"
+        return GITHUB_ANONYMOUS
+    return f"{GITHUB_NAMESPACE}token:{hashlib.sha256(token.encode()).hexdigest()[:12]}:"
 
 
 class GitHubSource:
@@ -118,7 +136,7 @@ class DockerSource:
 
     def __init__(self, ctx: RunContext, params: TrackedAppsParams) -> None:
         self.ctx, self.base = ctx, params.docker_base
-        self.http = ctx.http("dockerhub:api:anonymous:")
+        self.http = ctx.http(f"{DOCKER_HUB_NAMESPACE}anonymous:")
 
     async def tags(self, repo: str) -> list[str]:
         pool = self.ctx.postgres
@@ -151,6 +169,7 @@ class TrackedAppsHandler(Handler):
                                      "allow_prerelease", "etag"),
                       conflict="update", bookkeeping_columns=("checked_at",)),)
     default_interval_minutes = 30
+    default_rate_limits = RATE_LIMITS
     cli_commands = APPS_COMMANDS
     api_routes = APPS_ROUTES
 

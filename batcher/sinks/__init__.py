@@ -4,15 +4,19 @@
 - :mod:`batcher.sinks.mongo` — MongoDB collections (pymongo, the only module importing it).
 
 :func:`write_batch` is what the runner calls inside its batch transaction (fence → write → checkpoint and
-counters). A stream's effective sink is its job's ``sink`` when the job sets one (``SinkRoute.job_sink``),
-else the stream's own ``Stream.sink``. Dead letters always go to PostgreSQL, in the same transaction.
+counters): the one batch-write sequence of every sink (handler rejects → dead letters, ``replace_scope``,
+duplicate keys dropped, the rows written, the rows the store rejects → dead letters); each sink supplies
+only its store's two steps (:class:`SinkStore`: delete a scope, write rows with unique keys). A stream's
+effective sink is its job's ``sink`` when the job sets one (``SinkRoute.job_sink``), else the stream's own
+``Stream.sink``. Dead letters always go to PostgreSQL, in the same transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from batcher.errors import ConfigError, PermanentError
 from batcher.handler import Batch, Rejected, Stream
@@ -21,20 +25,20 @@ from batcher.sinks.postgres import (
     UPSERT_FIRST_BATCHES,
     Column,
     PgConnection,
+    Row,
     RowsOutcome,
     WriteResult,
-    _collect_reasons,
     _upsert_first,
     clean_text,
     column_types,
     dedupe_by_key,
+    delete_scope,
     encode_payload,
     record_object,
     reset_caches,
     write_dead_letters,
     write_records,
 )
-from batcher.sinks.postgres import write_batch as write_postgres_batch
 
 if TYPE_CHECKING:
     from batcher.sinks.mongo import MongoConnection
@@ -48,6 +52,7 @@ __all__ = [
     "RowsOutcome",
     "SinkName",
     "SinkRoute",
+    "SinkStore",
     "WriteResult",
     "_upsert_first",
     "clean_text",
@@ -101,35 +106,57 @@ def _check_sink(stream: Stream, route: SinkRoute, job_name: str) -> str:
     return sink
 
 
+class RowsWritten(Protocol):
+    """What a store did with rows of unique keys: how many it inserted or changed, and the ones it
+    rejected for their data as (index into the rows given, reason)."""
+
+    @property
+    def written(self) -> int: ...
+
+    @property
+    def poisoned(self) -> list[tuple[int, str]]: ...
+
+
+@dataclass(frozen=True)
+class SinkStore:
+    """One sink's part of a batch write, bound to its connection: delete the stream's records matching a
+    scope of key-column values; write rows with unique keys under the stream's conflict policy, keeping
+    going past the rows the store rejects for their data."""
+
+    delete_scope: Callable[[Stream, Mapping[str, Any]], Awaitable[object]]
+    write_rows: Callable[[Stream, Sequence[Row]], Awaitable[RowsWritten]]
+
+
+def _store_of(conn: PgConnection, stream: Stream, route: SinkRoute, job_name: str) -> SinkStore:
+    if _check_sink(stream, route, job_name) == "postgres":
+        return SinkStore(functools.partial(delete_scope, conn), functools.partial(write_records, conn))
+    from batcher.sinks import mongo  # pymongo is imported only where MongoDB is used
+
+    assert route.mongo is not None
+    return SinkStore(functools.partial(mongo.delete_scope, route.mongo),
+                     functools.partial(mongo.write_documents, route.mongo))
+
+
 async def write_batch(conn: PgConnection, stream: Stream, batch: Batch, *, job_name: str, run_id: int,
                       route: SinkRoute | None = None) -> WriteResult:
-    """Write one batch inside the caller's open PostgreSQL transaction, to the stream's effective sink.
+    """Write one batch inside the caller's open PostgreSQL transaction (fenced before, checkpointed after),
+    to the stream's effective sink.
 
-    MongoDB: handler rejects become dead letters (PostgreSQL), duplicate keys are dropped (last wins), the
-    documents are upserted, and the records MongoDB rejects become dead letters (origin ``database``).
+    Dead-letters ``batch.rejected`` (origin ``handler``), deletes ``batch.replace_scope``'s records, drops
+    duplicate keys (last wins), writes the rows with the stream's conflict policy and dead-letters the rows
+    the store rejects for their data (origin ``database``). Dead letters go to PostgreSQL whatever the sink.
     """
-    route = route or SinkRoute()
-    if _check_sink(stream, route, job_name) == "postgres":
-        return await write_postgres_batch(conn, stream, batch, job_name=job_name, run_id=run_id)
-    assert route.mongo is not None
-    return await _write_mongo_batch(conn, route.mongo, stream, batch, job_name=job_name, run_id=run_id)
-
-
-async def _write_mongo_batch(conn: PgConnection, mongo: MongoConnection, stream: Stream, batch: Batch, *,
-                             job_name: str, run_id: int) -> WriteResult:
-    from batcher.sinks.mongo import delete_scope, write_documents
-
+    store = _store_of(conn, stream, route or SinkRoute(), job_name)
     reasons: list[str] = []
     dead = 0
     if batch.rejected:
         dead += await write_dead_letters(conn, job_name=job_name, run_id=run_id, stream=stream.name,
                                          items=batch.rejected, origin="handler")
         _collect_reasons(reasons, (r.reason for r in batch.rejected))
-    scope = getattr(batch, "replace_scope", None)  # Batch.replace_scope, where this batcher has it
-    if scope:
-        await delete_scope(mongo, stream, scope)
+    if batch.replace_scope:
+        await store.delete_scope(stream, batch.replace_scope)
     rows = dedupe_by_key(stream, batch.records)
-    outcome = await write_documents(mongo, stream, rows)
+    outcome: RowsWritten = await store.write_rows(stream, rows) if rows else RowsOutcome()
     if outcome.poisoned:
         items = [Rejected(raw=record_object(stream, rows[i]), reason=why) for i, why in outcome.poisoned]
         dead += await write_dead_letters(conn, job_name=job_name, run_id=run_id, stream=stream.name,
@@ -137,3 +164,13 @@ async def _write_mongo_batch(conn: PgConnection, mongo: MongoConnection, stream:
         _collect_reasons(reasons, (r.reason for r in items))
     return WriteResult(written=outcome.written, dead_lettered=dead, reasons=reasons,
                        database_rejected=len(outcome.poisoned))
+
+
+def _collect_reasons(reasons: list[str], new: Iterable[str]) -> None:
+    """Add up to ``MAX_REASONS`` distinct (cleaned) reasons."""
+    for reason in new:
+        if len(reasons) >= MAX_REASONS:
+            return
+        reason = clean_text(reason)
+        if reason not in reasons:
+            reasons.append(reason)

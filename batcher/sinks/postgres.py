@@ -1,4 +1,8 @@
-"""The PostgreSQL sink: one batch's rows and dead letters, written inside the caller's transaction.
+"""The PostgreSQL sink: a batch's rows and dead letters, written inside the caller's transaction.
+
+:func:`batcher.sinks.write_batch` runs the batch-write sequence every sink shares; this module supplies
+its PostgreSQL steps (:func:`delete_scope`, :func:`write_records`) and the dead letters of every sink
+(:func:`write_dead_letters`).
 
 Owns asyncpg writes of handler data (with :mod:`batcher.store` and :mod:`batcher.worker`), the
 idempotent ``dead_letters`` insert and the JSON payload encoding of dead letters. DESIGN §7:
@@ -39,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 import asyncpg
 
 from batcher.errors import PermanentError
-from batcher.handler import Batch, Rejected, Stream
+from batcher.handler import Rejected, Stream
 from batcher.jsoncodec import truncated
 from batcher.store import Q
 
@@ -90,33 +94,6 @@ class Column:
 
 _column_cache: dict[str, dict[str, Column]] = {}
 _upsert_first: dict[str, int] = {}  # table -> writes left that go straight to the upsert
-
-
-async def write_batch(conn: PgConnection, stream: Stream, batch: Batch, *, job_name: str,
-                      run_id: int) -> WriteResult:
-    """Write one batch inside the caller's open transaction (fenced before, checkpointed after).
-
-    Dead-letters ``batch.rejected`` (origin ``handler``), drops duplicate keys (last wins), writes the
-    rows with the stream's conflict policy (after deleting ``batch.replace_scope``'s rows) and
-    dead-letters rows the database rejects for their data.
-    """
-    reasons: list[str] = []
-    dead = 0
-    if batch.rejected:
-        dead += await write_dead_letters(conn, job_name=job_name, run_id=run_id, stream=stream.name,
-                                         items=batch.rejected, origin="handler")
-        _collect_reasons(reasons, (r.reason for r in batch.rejected))
-    if batch.replace_scope:
-        await delete_scope(conn, stream, batch.replace_scope)
-    rows = dedupe_by_key(stream, batch.records)
-    outcome = await write_records(conn, stream, rows) if rows else RowsOutcome()
-    if outcome.poisoned:
-        items = [Rejected(raw=record_object(stream, rows[i]), reason=why) for i, why in outcome.poisoned]
-        dead += await write_dead_letters(conn, job_name=job_name, run_id=run_id, stream=stream.name,
-                                         items=items, origin="database")
-        _collect_reasons(reasons, (r.reason for r in items))
-    return WriteResult(written=outcome.written, dead_lettered=dead, reasons=reasons,
-                       database_rejected=len(outcome.poisoned))
 
 
 async def delete_scope(conn: PgConnection, stream: Stream, scope: Mapping[str, Any]) -> None:
@@ -306,15 +283,6 @@ def quote_table(table: str) -> str:
 
 def _names(columns: Iterable[str]) -> str:
     return ", ".join(quote_ident(c) for c in columns)
-
-
-def _collect_reasons(reasons: list[str], new: Iterable[str]) -> None:
-    for reason in new:
-        if len(reasons) >= MAX_REASONS:
-            return
-        reason = clean_text(reason)
-        if reason not in reasons:
-            reasons.append(reason)
 
 
 async def write_dead_letters(conn: PgConnection, *, job_name: str, run_id: int | None, stream: str,

@@ -3,7 +3,6 @@ Redis reachable), and the 503s when the loop stalls or a service is down."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncIterator
@@ -15,33 +14,31 @@ import pytest
 from batcher import store
 from batcher.models import Services
 from batcher.scheduler import Scheduler
-from batcher.worker import Worker
+from tests import inprocess
 from tests.api.conftest import Client, MakeClient, error, ok
+from tests.polling import wait_for
 
 
 async def poll_json(client: Client, path: str, predicate: Any, timeout: float = 20.0) -> Any:
     """GET ``path`` until ``predicate(status, body)`` holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
+    last: list[Any] = []
+
+    async def matches() -> Any:
         response = await client.get(path)
         body = await response.json()
-        if predicate(response.status, body):
-            return body
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path} never matched within {timeout} s; last: {response.status} {body}")
-        await asyncio.sleep(0.05)
+        last[:] = [response.status, body]
+        return (body,) if predicate(response.status, body) else None
+
+    found = await wait_for(matches, timeout, 0.05, what=f"{path} matching",
+                           details=lambda: f"last: {last[0]} {last[1]}" if last else "no answer")
+    return found[0]
 
 
 @pytest.fixture
 async def daemon(services: Services) -> AsyncIterator[Scheduler]:
     """The daemon's scheduler and worker on the test services (alpha is due at once and runs)."""
-    worker = Worker(services.database_url, services.pool, lease_seconds=10, queues=None)
-    scheduler = Scheduler(services, worker)
-    await worker.start()
-    await scheduler.start()
-    yield scheduler
-    await scheduler.drain(1.0)
-    await worker.stop()
+    async with inprocess.daemon(services, lease_seconds=10, drain_seconds=1.0) as scheduler:
+        yield scheduler
 
 
 async def test_status_of_a_running_daemon(make_client: MakeClient, daemon: Scheduler) -> None:

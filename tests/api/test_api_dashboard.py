@@ -4,17 +4,15 @@ disabled job, and ``upstream_cancelled`` for the dependents of a run cancelled b
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any
 
 from batcher.jobs import parse_jobs, sync_jobs
 from batcher.models import Services
 from batcher.openapi import OPERATIONS
-from batcher.scheduler import Scheduler
 from batcher.store import Q
-from batcher.worker import Worker
+from tests import inprocess
 from tests.api.conftest import AUTH, JOBS, Client, MakeClient, error, ok
+from tests.polling import wait_for
 
 
 async def test_info_says_whether_the_api_is_read_only(make_client: MakeClient) -> None:
@@ -109,27 +107,12 @@ async def test_file_enabling_a_disabled_job_schedules_it(services: Services) -> 
     assert await services.pool.fetchval(Q["get_job"].replace("*", "next_run_at"), "events-sync") is not None
 
 
-async def _poll(predicate: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition never held")
-        await asyncio.sleep(0.05)
-
-
 async def test_cancelled_upstream_skips_dependents_as_upstream_cancelled(make_client: MakeClient,
                                                                           services: Services) -> None:
     """A running alpha cancelled by hand through the API ends cancelled, and its dependent after-alpha is
     recorded skipped with reason upstream_cancelled (a cancel is not a failure), naming the run."""
     await services.pool.execute("UPDATE batch_config SET next_run_at = NULL WHERE job_name = 'alpha'")
-    worker = Worker(services.database_url, services.pool, lease_seconds=10, queues=None)
-    scheduler = Scheduler(services, worker)
-    await worker.start()
-    await scheduler.start()
-    try:
+    async with inprocess.daemon(services, lease_seconds=10, drain_seconds=1.0) as scheduler:
         client = await make_client(scheduler=scheduler)
         body = await ok(await client.post("/api/batch/trigger", headers=AUTH, json={
             "jobName": "alpha", "params": {"records": 2000, "batch_size": 5, "delay_ms": 50}}))
@@ -138,16 +121,13 @@ async def test_cancelled_upstream_skips_dependents_as_upstream_cancelled(make_cl
         async def running() -> bool:
             return await services.pool.fetchval("SELECT status FROM batch_runs WHERE id = $1", run_id) == "running"
 
-        await _poll(running)
+        await wait_for(running, interval=0.05, what="the run running")
         await ok(await client.post(f"/api/batch/runs/{run_id}/cancel", headers=AUTH))
 
         async def skipped() -> Any:
             return await services.pool.fetchrow(
                 "SELECT * FROM batch_runs WHERE job_name = 'after-alpha' AND status = 'skipped'")
 
-        skip = await _poll(skipped)
-    finally:
-        await scheduler.drain(1.0)
-        await worker.stop()
+        skip = await wait_for(skipped, interval=0.05, what="after-alpha skipped")
     assert await services.pool.fetchval("SELECT status FROM batch_runs WHERE id = $1", run_id) == "cancelled"
     assert skip["reason"] == "upstream_cancelled" and skip["result"]["upstream_run_id"] == run_id

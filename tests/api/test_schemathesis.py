@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis import GenerationMode, checks
 
 from tests.e2e.procs import Proc, batcher_env, write_config
+from tests.polling import wait_for_sync
 
 TOKEN = "schemathesis-token-0123456789"
 CHECKS = [checks.not_a_server_error, checks.status_code_conformance, checks.content_type_conformance,
@@ -74,10 +74,8 @@ def live_daemon(database_url: str, redis_url: str, tmp_path_factory: pytest.Temp
 def live_schema(live_daemon: str) -> Any:
     """The daemon's own /api/openapi.json, loaded by schemathesis, targeting the daemon only."""
     assert urlsplit(live_daemon).hostname == "127.0.0.1"
-    deadline = time.monotonic() + 30
-    while requests.get(f"{live_daemon}/healthz", timeout=5).status_code != 200:
-        assert time.monotonic() < deadline, "the daemon's loop never ticked"
-        time.sleep(0.1)
+    wait_for_sync(lambda: requests.get(f"{live_daemon}/healthz", timeout=5).status_code == 200, 30, 0.1,
+                  what="the daemon's loop ticking")
     loaded = schemathesis.openapi.from_url(f"{live_daemon}/api/openapi.json")
     # Both valid and schema-violating requests; strings may hold NUL (PostgreSQL rejects it: must be a 400).
     loaded.config.generation.update(modes=list(GenerationMode), allow_x00=True)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import time
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -30,6 +29,7 @@ from playwright.async_api import Browser, async_playwright, expect
 
 from batcher.store import Q
 from tests.e2e.procs import REPO, Proc, batcher_env, write_config
+from tests.polling import exited_early, wait_for_sync
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -59,16 +59,15 @@ def _get_json(url: str) -> Any:
 
 def _wait_for_api(base: str, proc: Proc, timeout: float = 30.0) -> None:
     """Poll /healthz until the daemon's loop ticks (it answers 503 before)."""
-    deadline = time.monotonic() + timeout
-    while True:
+    def healthy() -> bool:
+        exited_early(proc.popen.poll(), "its API became healthy", lambda: proc.log_path.read_text()[-3000:])
         try:
-            if _get_json(f"{base}/healthz").get("alive"):
-                return
+            return bool(_get_json(f"{base}/healthz").get("alive"))
         except OSError:
-            pass
-        if proc.popen.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError("the daemon's API never became healthy:\n" + proc.log_path.read_text()[-3000:])
-        time.sleep(0.1)
+            return False
+
+    wait_for_sync(healthy, timeout, 0.1, what="the daemon's API healthy",
+                  details=lambda: proc.log_path.read_text()[-3000:])
 
 
 async def _daemon(database_url: str, redis_url: str, tmp_path: Path, **env_extra: str) -> AsyncIterator[str]:

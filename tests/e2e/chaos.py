@@ -109,7 +109,7 @@ class Chaos:
                 await self.make_due()
                 if self.rng.random() < 0.3:
                     fake.append(self.rng.randint(1, 40))
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.2)  # the pace of the load driven between kills (no wait for anything)
             await self.kill_one()
 
     async def kill_one(self) -> None:

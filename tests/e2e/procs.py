@@ -13,6 +13,8 @@ from typing import Any
 
 import asyncpg
 
+from tests.polling import exited_early, query_until, wait_for_sync
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -66,16 +68,16 @@ class Proc:
         return out
 
     def wait_event(self, name: str, timeout: float = 30.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for event in self.events():
-                if event.get("event") == name:
-                    return event
-            if self.popen.poll() is not None:
-                raise AssertionError(f"process exited ({self.popen.returncode}) before {name}:\n"
-                                     + self.log_path.read_text()[-3000:])
-            time.sleep(0.05)
-        raise AssertionError(f"no {name} event within {timeout} s:\n" + self.log_path.read_text()[-3000:])
+        """The first log event called ``name``; fails when the process exits first or on timeout."""
+        def found() -> dict[str, Any] | None:
+            event = next((e for e in self.events() if e.get("event") == name), None)
+            if event is None:
+                exited_early(self.popen.poll(), name, lambda: self.log_path.read_text()[-3000:])
+            return event
+
+        event: dict[str, Any] = wait_for_sync(found, timeout, 0.05, what=f"a {name} event",
+                                              details=lambda: self.log_path.read_text()[-3000:])
+        return event
 
     def tail(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
@@ -112,13 +114,4 @@ class Proc:
 
 async def poll(pool: asyncpg.Pool, sql: str, *args: Any, timeout: float = 30.0, interval: float = 0.05) -> Any:
     """Poll a query until its first value is truthy; fail after ``timeout`` seconds."""
-    import asyncio
-
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await pool.fetchval(sql, *args)
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout} s: {sql} {args}")
-        await asyncio.sleep(interval)
+    return await query_until(pool, sql, *args, timeout=timeout, interval=interval)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.procs import REPO, Proc, batcher_env, poll, write_config
+from tests.e2e.procs import Proc, batcher_env, poll, write_config
 from tests.handlers.agent_fixtures import KEY, seed
+from tests.serving import fake_process
 
 USERS = [(f"user{i:04d}", f"t{i % 3}", True) for i in range(300)]
 
@@ -23,13 +22,8 @@ USERS = [(f"user{i:04d}", f"t{i % 3}", True) for i in range(300)]
 @pytest.fixture
 def fake_url() -> Iterator[str]:
     """The fake as a subprocess (the test blocks on batcher processes, so it cannot serve in-process)."""
-    options = {"api_key": KEY, "latency_ms": 40}
-    proc = subprocess.Popen([sys.executable, "-m", "batcher.fakes.agent", "--options", json.dumps(options)],
-                            cwd=REPO, stdout=subprocess.PIPE, start_new_session=True)
-    assert proc.stdout is not None
-    yield json.loads(proc.stdout.readline())["url"]
-    proc.kill()
-    proc.wait(10)
+    with fake_process("agent", {"api_key": KEY, "latency_ms": 40}) as url:
+        yield url
 
 
 def ok_counts(url: str) -> dict[str, int]:

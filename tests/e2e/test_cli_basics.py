@@ -8,7 +8,6 @@ which is also checked as a real ``python -m batcher`` process for its exit statu
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import subprocess
 import sys
@@ -18,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from batcher import __version__, app, store
+from batcher import __version__
 from batcher.cli import build_parser, main
-from batcher.jobs import sync_jobs
+from tests.inprocess import sync_config_file
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -237,26 +236,12 @@ type = "synthetic"
 """
 
 
-def _sync_file(database_url: str) -> None:
-    """What `batcher run` does at start-up: load the file and sync it into batch_config."""
-    async def go() -> None:
-        config = app.load_config()
-        pool = await store.create_pool(database_url, size=2)
-        try:
-            await pool.execute("TRUNCATE batch_config")
-            await sync_jobs(pool, config.jobs, config.settings.jobs, config.registry)
-        finally:
-            await pool.close()
-
-    asyncio.run(go())
-
-
 def test_jobs_lists_the_synced_file(env: Path, tmp_path: Path, database_url: str,
                                     capsys: pytest.CaptureFixture[str]) -> None:
     """`batcher jobs` prints one JSON line per synced job with its type, enabled flag, schedule, next
     run and last success; a job without a schedule gets its handler's default (synthetic: 5 min)."""
     (tmp_path / "batcher.toml").write_text(JOBS_TOML)
-    _sync_file(database_url)
+    sync_config_file(database_url)
     assert main(["jobs"]) == 0
     rows = {r["job"]: r for r in json_lines(capsys.readouterr().out)}
     assert set(rows) == {"every-five", "nightly", "follower", "defaulted"}
@@ -276,7 +261,7 @@ def test_jobs_one_job_and_next_fire_times(env: Path, tmp_path: Path, database_ur
     """`batcher jobs NAME` shows that job; `--next 3` prints three increasing fire times; an unknown
     job exits 1 with a one-line reason."""
     (tmp_path / "batcher.toml").write_text(JOBS_TOML)
-    _sync_file(database_url)
+    sync_config_file(database_url)
     assert main(["jobs", "nightly"]) == 0
     assert [r["job"] for r in json_lines(capsys.readouterr().out)] == ["nightly"]
     assert main(["jobs", "nightly", "--next", "3"]) == 0

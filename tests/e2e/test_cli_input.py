@@ -8,16 +8,14 @@ Commands run in-process through ``batcher.cli.main`` against the session's datab
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from batcher import app, store
 from batcher.cli import build_parser, main
-from batcher.jobs import sync_jobs
+from tests.inprocess import sync_config_file
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -45,19 +43,6 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str, redi
     monkeypatch.setenv("BATCHER_LOG_FORMAT", "json")
     monkeypatch.delenv("BATCHER_DEBUG", raising=False)
     return tmp_path
-
-
-def _sync() -> None:
-    async def go() -> None:
-        config = app.load_config()
-        pool = await store.create_pool(config.settings.database.url or "", size=2)
-        try:
-            await pool.execute("TRUNCATE batch_config")
-            await sync_jobs(pool, config.jobs, config.settings.jobs, config.registry)
-        finally:
-            await pool.close()
-
-    asyncio.run(go())
 
 
 # ------------------------------------------------------------------ every argument, the usual bad values
@@ -119,7 +104,7 @@ def test_every_argument_rejects_bad_values_in_one_line(path: list[str], dest: st
     """Each argument of each command (walked from the parser, so new ones are covered) given huge,
     negative, zero, non-numeric, empty, NUL/control-character, very long, unknown-name and bad-date
     values: exit 2 (usage) or 1 (not found), exactly one ``batcher: …`` line on stderr, no traceback."""
-    _sync()
+    sync_config_file()
     parser = dict((tuple(p), sub) for p, sub in _leaves())[tuple(path)]
     action = next(a for a in _value_actions(parser) if a.dest == dest)
     name = action.option_strings[0] if action.option_strings else dest
@@ -197,7 +182,7 @@ def test_usage_errors_come_before_connecting(argv: list[str], fragment: str, env
 def test_a_misspelled_job_name_says_so(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     """Every command that takes a job name answers an unknown one with ``no job named 'nosuch'`` (exit 1),
     instead of printing nothing as if the job had no data."""
-    _sync()
+    sync_config_file()
     assert main(argv) == 1
     out, err = capsys.readouterr()
     assert err == "batcher: no job named 'nosuch'\n" and out == "", (out, err)
@@ -208,7 +193,7 @@ def test_a_misspelled_job_name_says_so(argv: list[str], capsys: pytest.CaptureFi
 @pytest.mark.usefixtures("env")
 def test_next_is_capped_at_100_with_a_message(capsys: pytest.CaptureFixture[str]) -> None:
     """`jobs NAME --next 100000` prints 100 fire times (the API's cap) and says so on stderr."""
-    _sync()
+    sync_config_file()
     assert main(["jobs", "every-five", "--next", "100000"]) == 0
     out, err = capsys.readouterr()
     assert len(out.split()) == 100, len(out.split())
@@ -218,7 +203,7 @@ def test_next_is_capped_at_100_with_a_message(capsys: pytest.CaptureFixture[str]
 @pytest.mark.usefixtures("env")
 def test_cli_timestamps_are_iso_8601_with_T(capsys: pytest.CaptureFixture[str]) -> None:
     """`jobs` prints its timestamps as `runs` does: ISO 8601 with a ``T`` (no ``2026-12-04 01:20:35``)."""
-    _sync()
+    sync_config_file()
     assert main(["jobs"]) == 0
     row = json.loads(capsys.readouterr().out.splitlines()[0])
     assert "T" in row["next_run_at"] and " " not in row["next_run_at"], row
@@ -244,7 +229,7 @@ def test_types_lists_every_job_type_and_its_params(capsys: pytest.CaptureFixture
 @pytest.mark.usefixtures("env")
 def test_an_unknown_param_key_lists_the_valid_keys(capsys: pytest.CaptureFixture[str]) -> None:
     """`--param nosuch=1` names the valid keys (secrets as their ``_env`` reference), exit 2."""
-    _sync()
+    sync_config_file()
     assert main(["trigger", "every-five", "--param", "nosuch=1"]) == 2
     err = capsys.readouterr().err
     assert "unknown key (valid keys: records, batch_size, delay_ms" in err and "token_env" in err, err

@@ -4,15 +4,14 @@ two runs whose [started_at, finished_at) overlap — while schedules keep firing
 from __future__ import annotations
 
 import asyncio
-import itertools
 import random
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from batcher.commands import trigger_run
 from batcher.registry import load_registry
+from tests.e2e.chaos import assert_no_overlap
 from tests.e2e.procs import Proc, batcher_env, poll, write_config
 
 JOBS = 20
@@ -43,10 +42,10 @@ async def test_three_daemons_never_overlap_a_job_and_account_for_every_occurrenc
         if random.random() < 0.3:
             run_id, _ = await trigger_run(db, registry, random.choice(sorted(jobs)), {"value_seed": len(triggered)})
             triggered.append(run_id)
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # the pace of the load this test drives for DRIVE_SECONDS (no wait for anything)
     await poll(db, "SELECT count(*) = 0 FROM batch_runs WHERE status IN ('queued', 'running')", timeout=90)
     runs = [dict(r) for r in await db.fetch("SELECT * FROM batch_runs ORDER BY id")]
-    _assert_no_overlap(runs)
+    assert_no_overlap(runs)
     bad = [r for r in runs if r["status"] not in ("succeeded", "skipped") or
            (r["status"] == "skipped" and not r["reason"])]
     assert not bad, bad[:3]
@@ -57,15 +56,3 @@ async def test_three_daemons_never_overlap_a_job_and_account_for_every_occurrenc
     assert sum(r["status"] == "succeeded" for r in scheduled) >= JOBS
     workers = {r["worker_id"].split(":")[1] for r in runs if r["worker_id"]}
     assert len(workers) == 3, "all three daemons took part"
-
-
-def _assert_no_overlap(runs: list[dict[str, Any]]) -> None:
-    by_job: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in runs:
-        if r["started_at"] is not None:
-            by_job[r["job_name"]].append(r)
-    for job, items in by_job.items():
-        items.sort(key=lambda r: r["started_at"])
-        for a, b in itertools.pairwise(items):
-            assert a["finished_at"] is not None and a["finished_at"] <= b["started_at"], \
-                f"{job}: run {a['id']} [{a['started_at']}, {a['finished_at']}) overlaps run {b['id']}"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import pytest
 from batcher import embedded
 from batcher.procutil import alive
 from tests.e2e.procs import Proc
+from tests.polling import wait_for_sync
 
 Daemon = Proc  # a `python -m batcher run` process
 
@@ -82,16 +82,6 @@ def run_of(url: str, daemon: Daemon) -> Callable[[], list[asyncpg.Record]]:
     return check
 
 
-def poll(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not within {timeout} s")
-
-
 def fetch(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
     async def go() -> list[asyncpg.Record]:
         conn = await asyncpg.connect(url, timeout=5)
@@ -119,7 +109,7 @@ def test_daemon_on_external_services(sig: int, tmp_path: Path, database_url: str
     ready = daemon.wait_event("daemon_ready", 20)
     assert ready["jobs"] == 1
 
-    rows = poll(run_of(database_url, daemon), 20, "a succeeded run of proc-synthetic")
+    rows = wait_for_sync(run_of(database_url, daemon), 20, 0.1, what="a succeeded run of proc-synthetic")
     assert rows[0]["records"] == 25
     failed = fetch(database_url, "SELECT id, status, reason FROM batch_runs WHERE status = 'failed'")
     assert not failed, failed
@@ -184,13 +174,15 @@ def test_daemon_on_embedded_servers(tmp_path: Path, embedded_data_dir: Path,
     assert (embedded_data_dir / "postgres" / "PG_VERSION").exists()
     assert alive(pg["pid"]) and alive(rd["pid"])
 
-    poll(run_of(pg["url"], daemon), 20, "a succeeded run of proc-synthetic on embedded PostgreSQL")
+    wait_for_sync(run_of(pg["url"], daemon), 20, 0.1,
+                  what="a succeeded run of proc-synthetic on embedded PostgreSQL")
 
     assert daemon.terminate_and_wait(15) == 0, daemon.tail()
     assert daemon.stop_seconds < 8, f"SIGTERM → exit took {daemon.stop_seconds:.1f} s"
     names = [e.get("event") for e in daemon.events()]
     assert "daemon_stopped" in names, daemon.tail()
-    poll(lambda: not alive(pg["pid"]) and not alive(rd["pid"]), 15, "embedded servers stopped")
-    poll(lambda: not _processes_using(embedded_data_dir), 15,
-         f"no process using {embedded_data_dir} (left: {_processes_using(embedded_data_dir)})")
+    wait_for_sync(lambda: not alive(pg["pid"]) and not alive(rd["pid"]), 15, 0.1, what="embedded servers stopped")
+    wait_for_sync(lambda: not _processes_using(embedded_data_dir), 15, 0.1,
+                  what=f"no process using {embedded_data_dir}",
+                  details=lambda: f"left: {_processes_using(embedded_data_dir)}")
     assert {"embedded_postgres_stopped", "embedded_redis_stopped"} <= set(names), names

@@ -13,7 +13,6 @@ import os
 import random
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import pytest
 from batcher.fakes.datasync import FakeDataSync, FakeOptions
 from tests.e2e.procs import REPO, batcher_env
 from tests.handlers.test_datasync import check_tables
+from tests.polling import wait_for
 
 KEY = "test-key"
 
@@ -56,15 +56,11 @@ async def finish(proc: asyncio.subprocess.Process, within_s: float = 60.0) -> tu
     return int(proc.returncode or 0), dict(json.loads(lines[-1]))
 
 
-async def wait_for(predicate: Any, within_s: float, what: str, proc: asyncio.subprocess.Process) -> bool:
+async def wait_or_exit(predicate: Any, within_s: float, what: str, proc: asyncio.subprocess.Process) -> bool:
     """Poll ``predicate`` until true; False when the process ended first; fail after ``within_s``."""
-    deadline = time.monotonic() + within_s
-    while not predicate():
-        if proc.returncode is not None:
-            return False
-        assert time.monotonic() < deadline, f"not within {within_s} s: {what}"
-        await asyncio.sleep(0.005)
-    return True
+    outcome = await wait_for(lambda: predicate() or (proc.returncode is not None and "exited"), within_s, 0.005,
+                             what=what)
+    return outcome is True
 
 
 async def test_run_job_command_ingests_20000_flat_events(events_db: Any, env: dict[str, str],
@@ -115,8 +111,8 @@ async def test_sigkill_at_10_random_moments_then_exactly_once(events_db: Any, en
             seen = len(fake.log)
             proc = await start_run_job(env, f"base_url={fake.url}", *params, stderr=tmp_path / "stderr.log")
             target = seen + rng.randint(1, 4)
-            if await wait_for(lambda t=target: len(fake.log) >= t, 60, "requests", proc):
-                await asyncio.sleep(rng.uniform(0, 0.03))
+            if await wait_or_exit(lambda t=target: len(fake.log) >= t, 60, "requests", proc):
+                await asyncio.sleep(rng.uniform(0, 0.03))  # the behaviour under test: a kill at a random moment
                 if proc.returncode is None:
                     os.killpg(proc.pid, signal.SIGKILL)
                     kills += 1

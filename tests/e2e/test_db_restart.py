@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 
 from batcher import embedded, store
 from tests.e2e.procs import Proc, batcher_env, write_config
+from tests.polling import wait_for
 
 
 @pytest.fixture
@@ -29,21 +29,18 @@ def pg_dir() -> Iterator[Path]:
 
 
 async def _poll(url: str, sql: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
+    """Poll a query on a fresh connection each time (the server may be down in between)."""
+    async def value() -> Any:
         try:
             conn = await store.connect(url, timeout=2)
             try:
-                value = await conn.fetchval(sql)
+                return await conn.fetchval(sql)
             finally:
                 await conn.close()
-            if value:
-                return value
         except (*store.DB_ERRORS, asyncpg.PostgresError):
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout} s: {sql}")
-        await asyncio.sleep(0.1)
+            return None
+
+    return await wait_for(value, timeout, 0.1, what=sql)
 
 
 async def test_daemon_survives_a_database_restart(redis_url: str, tmp_path: Path, pg_dir: Path) -> None:

@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ import pytest
 from batcher import embedded
 from batcher.procutil import alive
 from tests.e2e.procs import REPO
+from tests.polling import exited_early, wait_for_sync
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -42,17 +42,16 @@ def _pid_in(path: Path) -> int | None:
 
 def _wait_until(what: str, check: Callable[[], Any], timeout: float, proc: subprocess.Popen[bytes],
                 log: Path) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
+    def tail() -> str:
+        return log.read_text(errors="replace")[-4000:]
+
+    def checked() -> Any:
         value = check()
-        if value:
-            return value
-        if proc.poll() is not None:
-            raise AssertionError(f"make demo exited ({proc.returncode}) before {what}:\n"
-                                 + log.read_text(errors="replace")[-4000:])
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {timeout} s:\n" + log.read_text(errors="replace")[-4000:])
-        time.sleep(0.2)
+        if not value:
+            exited_early(proc.poll(), what, tail)
+        return value
+
+    return wait_for_sync(checked, timeout, 0.2, what=what, details=tail)
 
 
 def _get_json(url: str) -> Any:
@@ -145,9 +144,7 @@ def test_the_fake_datasync_process_logs_its_requests(tmp_path: Path) -> None:
         def logged() -> list[dict[str, Any]]:
             return [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
 
-        deadline = time.monotonic() + 10
-        while len(logged()) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for_sync(lambda: len(logged()) >= 2, 10, 0.05, what="two logged requests", details=lambda: str(logged()))
         lines = logged()
         assert [(e["method"], e["path"], e["limit"], e["status"]) for e in lines] == \
             [("GET", "/events", "10", 200), ("GET", "/events", "10", 401)], lines

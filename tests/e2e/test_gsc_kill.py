@@ -7,8 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,8 @@ from typing import Any
 import pytest
 
 from batcher.fakes.gsc import FakeGsc, GscOptions
-from tests.e2e.procs import REPO, Proc, batcher_env, poll, write_config
+from tests.e2e.procs import Proc, batcher_env, poll, write_config
+from tests.serving import fake_process
 
 A, B = "https://a.example/", "sc-domain:b.example"
 OPTIONS = GscOptions(sites={A: "siteOwner", B: "siteOwner"}, client_secret="e2e-client-secret",
@@ -27,12 +26,8 @@ OPTIONS = GscOptions(sites={A: "siteOwner", B: "siteOwner"}, client_secret="e2e-
 def fake_url() -> Iterator[str]:
     """The fake as a subprocess (the test blocks on batcher processes, so it cannot serve in-process)."""
     opts = {k: v for k, v in dataclasses.asdict(OPTIONS).items() if k != "empty_days"}
-    proc = subprocess.Popen([sys.executable, "-m", "batcher.fakes.gsc", "--options", json.dumps(opts)],
-                            cwd=REPO, stdout=subprocess.PIPE, start_new_session=True)
-    assert proc.stdout is not None
-    yield json.loads(proc.stdout.readline())["url"]
-    proc.kill()
-    proc.wait(10)
+    with fake_process("gsc", opts) as url:
+        yield url
 
 
 def run_job(url: str, env: dict[str, str], log: Path) -> Proc:

@@ -20,7 +20,7 @@ import pytest
 
 from batcher.fakes.hubspot import FakeHubSpot, FakeOptions
 from tests.e2e.procs import REPO, batcher_env
-from tests.e2e.test_datasync import finish, wait_for
+from tests.e2e.test_datasync import finish, wait_or_exit
 
 TOKEN = "pat-e2e-token"
 
@@ -56,8 +56,8 @@ async def kill_runs(env: dict[str, str], fake: FakeHubSpot, rng: random.Random, 
         assert starts <= 3 * kills, f"only {landed} kills landed in {starts - 1} runs"
         target = len(fake.log) + rng.randint(2, 8)
         proc = await start(env, fake, stderr)
-        if await wait_for(lambda t=target: len(fake.log) >= t, 60, "requests", proc):
-            await asyncio.sleep(rng.uniform(0, 0.02))
+        if await wait_or_exit(lambda t=target: len(fake.log) >= t, 60, "requests", proc):
+            await asyncio.sleep(rng.uniform(0, 0.02))  # the behaviour under test: a kill at a random moment
             if proc.returncode is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 landed += 1

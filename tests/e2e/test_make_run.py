@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 
 from batcher.procutil import alive
 from tests.e2e.procs import REPO, batcher_env, write_config
+from tests.polling import wait_for_sync
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -28,11 +28,7 @@ def _events(path: Path) -> list[str]:
 
 
 def _wait(what: str, check: Any, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {timeout} s:\n{log.read_text()[-3000:]}")
-        time.sleep(0.05)
+    wait_for_sync(check, timeout, 0.05, what=what, details=lambda: log.read_text()[-3000:])
 
 
 def _children(pid: int) -> list[int]:

@@ -5,13 +5,12 @@ into ``batcher run`` — against the wire-level fake (tests/mongofake.py) reache
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
 from tests.e2e.procs import Proc, batcher_env, poll, write_config
 from tests.mongofake import MongoTarget
+from tests.polling import wait_for
 
 
 async def test_daemon_writes_a_mongo_jobs_documents_and_mirrors_its_run_history(
@@ -39,11 +38,12 @@ async def test_daemon_writes_a_mongo_jobs_documents_and_mirrors_its_run_history(
 async def _wait_docs(target: MongoTarget, collection: str, n: int, timeout: float = 30.0) -> list[dict[str, Any]]:
     from tests.integration.test_mongo_sink import documents
 
-    deadline = time.monotonic() + timeout
-    while True:
-        docs = await documents(target, collection)
-        if len(docs) >= n:
-            return docs
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{collection}: {len(docs)} documents, wanted {n}")
-        await asyncio.sleep(0.1)
+    seen: list[dict[str, Any]] = []
+
+    async def enough() -> list[dict[str, Any]] | None:
+        seen[:] = await documents(target, collection)
+        return list(seen) if len(seen) >= n else None
+
+    found: list[dict[str, Any]] = await wait_for(enough, timeout, 0.1, what=f"{n} documents in {collection}",
+                                                 details=lambda: f"{len(seen)} there")
+    return found

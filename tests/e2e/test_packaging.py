@@ -18,7 +18,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 import zipfile
@@ -30,6 +29,7 @@ import asyncpg
 import pytest
 
 from tests.e2e.procs import REPO
+from tests.polling import exited_early, wait_for_sync
 
 _SKIP = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".batcher*",
                                ".*_cache", "test-artifacts", "tests", "bench")
@@ -116,17 +116,17 @@ def _free_port() -> int:
 
 
 def _wait_ready(port: int, daemon: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
+    def ready() -> bool:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
                 if resp.status == 200:
-                    return
+                    return True
         except OSError:
             pass
-        assert daemon.poll() is None, f"daemon exited {daemon.returncode}"
-        assert time.monotonic() < deadline, f"/readyz not 200 within {timeout} s"
-        time.sleep(0.1)
+        exited_early(daemon.poll(), "/readyz answered 200")
+        return False
+
+    wait_for_sync(ready, timeout, 0.1, what="/readyz 200")
 
 
 def test_plain_pip_install_runs_without_a_checkout(tmp_path: Path, scratch_db: str, redis_url: str) -> None:

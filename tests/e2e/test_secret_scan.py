@@ -22,7 +22,6 @@ import logging
 import re
 import socket
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from batcher.logs import configure_logging
 from batcher.registry import load_registry
 from batcher.testing import run_job_once, test_settings
 from tests.e2e.procs import REPO, Proc, batcher_env, write_config
+from tests.polling import exited_early, wait_for
 
 
 def secret(name: str) -> str:
@@ -285,16 +285,16 @@ def _env_name(job_type: str, field_name: str) -> str:
 
 
 async def wait_until(check: Callable[[], Any], timeout: float, what: str, proc: Proc) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Poll ``check`` (sync or async) until truthy; fails at once when the daemon died."""
+    async def checked() -> Any:
         result = check()
         if inspect.isawaitable(result):
             result = await result
-        if result:
-            return result
-        assert proc.popen.poll() is None, f"daemon died:\n{proc.tail()}"
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{what} not within {timeout} s:\n{proc.tail()}")
+        if not result:
+            exited_early(proc.popen.poll(), what, proc.tail)
+        return result
+
+    return await wait_for(checked, timeout, 0.05, what=what, details=proc.tail)
 
 
 async def api_texts(http: aiohttp.ClientSession, base: str, pool: Any) -> dict[str, str]:

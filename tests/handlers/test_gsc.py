@@ -231,7 +231,7 @@ async def test_backfill_window_does_not_move_the_incremental_checkpoint(
     from batcher.runner import RunExecution
     from batcher.store import Q
     from batcher.testing import test_services
-    from batcher.worker import Worker
+    from tests.inprocess import running_worker
 
     monkeypatch.setenv("GSC_TEST_CLIENT_SECRET", SECRET)
     monkeypatch.setenv("GSC_TEST_REFRESH_TOKEN", REFRESH)
@@ -249,13 +249,9 @@ async def test_backfill_window_does_not_move_the_incremental_checkpoint(
         assert not await gsc_db.fetchval("SELECT count(*) FROM gsc_search_analytics WHERE date = $1", old)
         async with test_services(settings, http=True) as svc:
             assert len(await queue_backfill(svc.pool, svc.registry, "gsc-job", old, old)) == 1
-            worker = Worker(svc.database_url, svc.pool, lease_seconds=10, queues=None)
-            await worker.start()
-            try:
+            async with running_worker(svc, lease_seconds=10) as worker:
                 run = dict((await svc.pool.fetch(Q["claim_runs"], worker.worker_id, 1, 10.0, None, 1.0))[0])
                 summary = await RunExecution(svc, run, lease_seconds=10).execute()
-            finally:
-                await worker.stop()
         assert summary["status"] == "succeeded", summary
         assert summary["records"] == 3
         cursors = await gsc_db.fetch("SELECT cursor FROM checkpoints WHERE job_name = 'gsc-job'")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +27,7 @@ from handlers.usage import (
     parse_key,
     parse_value,
 )
+from tests.polling import query_until, wait_for
 
 DATES = [dt.date(2025, 11, 1), dt.date(2025, 11, 2), dt.date(2025, 11, 3)]
 METRICS = ["queries", "documents", "tokens", "api_calls", "storage_mb"]
@@ -211,11 +211,15 @@ async def test_one_aggregation_at_a_time(usage_db: Any, usage_redis: redis.Redis
     pipe.execute()
     settings = settings_for(database_url, redis_url, batch_size=100, chunk_size=50, scan_count=100)
     first = asyncio.create_task(run_job_once(settings, "usage", {"date": "2025-11-01"}))
-    await _poll(usage_db, "SELECT count(*) FROM batch_runs WHERE status = 'running' AND records > 0")
+    await query_until(usage_db, "SELECT count(*) FROM batch_runs WHERE status = 'running' AND records > 0",
+                      interval=0.01)
     second = asyncio.create_task(run_job_once(settings, "usage", {"date": "2025-11-01"}))
-    while not (first.done() and second.done()):
+
+    async def both_done_with_one_running_at_most() -> bool:
         assert await usage_db.fetchval("SELECT count(*) FROM batch_runs WHERE status = 'running'") <= 1
-        await asyncio.sleep(0.02)
+        return first.done() and second.done()
+
+    await wait_for(both_done_with_one_running_at_most, 120, what="both runs finished")
     one, two = first.result(), second.result()
     assert one["status"] == two["status"] == "succeeded"
     runs = await usage_db.fetch("SELECT id, started_at, finished_at FROM batch_runs ORDER BY id")
@@ -241,11 +245,3 @@ async def test_cursor_moves_through_keys_of_other_dates(usage_redis: redis.Redis
     assert len(pages) >= 2000 // 5 // MAX_SCANS_PER_PAGE
     assert all(not p.records and not p.rejected for p in pages) and pages[-1].cursor == 0
     assert all(p.cursor != 0 for p in pages[:-1])
-
-
-async def _poll(pool: Any, sql: str, within: float = 20.0) -> Any:
-    deadline = time.monotonic() + within
-    while not (value := await pool.fetchval(sql)):
-        assert time.monotonic() < deadline, f"not true within {within} s: {sql}"
-        await asyncio.sleep(0.01)
-    return value

@@ -25,6 +25,7 @@ from batcher.context import RunState as Counters  # the runner's own RunAccounti
 from batcher.http import HttpRuntime
 from batcher.ratelimit import RateLimiter
 from batcher.settings import RateLimitSettings
+from tests.polling import wait_for
 
 
 def parse_args() -> argparse.Namespace:
@@ -47,10 +48,9 @@ async def start_time(args: argparse.Namespace) -> float:
     """Say we are ready, wait for the go file, then sleep until the start time it holds."""
     Path(args.out + ".ready").touch()
     go = Path(args.go)
-    while not go.exists():  # noqa: ASYNC110 - another process creates it
-        await asyncio.sleep(0.01)
+    await wait_for(go.exists, 60, 0.01, what=f"the go file {go}")  # another process creates it
     start = float(go.read_text())
-    await asyncio.sleep(max(0.0, start - time.time()))
+    await asyncio.sleep(max(0.0, start - time.time()))  # the synchronised start itself: every worker at once
     return start
 
 

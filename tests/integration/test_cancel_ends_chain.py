@@ -6,20 +6,19 @@ reason ``shutdown`` won and queued a retry) and ``run-job``'s takeover (it resum
 
 from __future__ import annotations
 
-import contextlib
 import secrets
-from collections.abc import AsyncIterator
 from typing import Any
 
 from batcher.commands import trigger_run
 from batcher.context import RunState
-from batcher.models import RunOutcome, Services
+from batcher.models import RunOutcome
 from batcher.recovery import reap_abandoned
 from batcher.runjob import claim_foreground_run
 from batcher.runs import RunWriter
 from batcher.scheduler import Scheduler
 from batcher.store import Q
 from batcher.worker import Worker
+from tests.inprocess import running_worker
 from tests.integration.test_policies import SYNTH, job, poll, runs_of, services_for
 
 JOBS = {"victim": job(params={"records": 1000, "delay_ms": 3000}),
@@ -36,16 +35,6 @@ async def _ghost_run(pool: Any, params: dict[str, Any], root_trigger: str) -> di
     await pool.fetchrow(Q["claim_run_by_id"], run_id, "ghost", 60.0)
     assert await pool.fetchval(Q["request_cancel"], run_id, "cancelled") == run_id
     return dict(await pool.fetchrow(Q["get_run"], run_id))
-
-
-@contextlib.asynccontextmanager
-async def _worker(svc: Services) -> AsyncIterator[Worker]:
-    worker = Worker(svc.database_url, svc.pool, lease_seconds=10.0, queues=None, kind="run-job")
-    await worker.start()
-    try:
-        yield worker
-    finally:
-        await worker.stop()
 
 
 async def test_cancel_is_honoured_by_the_reaper_after_the_worker_died(
@@ -96,7 +85,8 @@ async def test_run_job_does_not_resume_a_chain_cancelled_by_the_user(
     the new run starts a chain of its own) nor a cli run stopped by a shutdown while a cancel was pending
     (it ends cancelled/cancelled, not cancelled/shutdown)."""
     params = {"records": 5}
-    async with services_for(database_url, redis_url, JOBS) as svc, _worker(svc) as worker:
+    async with services_for(database_url, redis_url, JOBS) as svc, \
+            running_worker(svc, lease_seconds=10.0, kind="run-job") as worker:
         dead = await _ghost_run(svc.pool, params, "cli")
         fresh = await claim_foreground_run(svc, worker, "victim", params, wait=False)
         ended = dict(await svc.pool.fetchrow(Q["get_run"], dead["id"]))

@@ -66,18 +66,13 @@ async def test_backfill_queues_one_window_per_day_with_run_scoped_checkpoints(
     assert [r["params"] for r in runs] == [{"start": f"2026-01-0{d}", "end": f"2026-01-0{d}"} for d in (1, 2, 3)]
     assert {r["trigger"] for r in runs} == {"backfill"}
     from batcher.runner import RunExecution
-    from batcher.worker import Worker
+    from tests.inprocess import running_worker
 
-    async with test_services(s, http=False) as svc:
-        worker = Worker(svc.database_url, svc.pool, lease_seconds=10, queues=None)
-        await worker.start()
-        try:
-            from batcher.store import Q
+    async with test_services(s, http=False) as svc, running_worker(svc, lease_seconds=10) as worker:
+        from batcher.store import Q
 
-            run = dict((await svc.pool.fetch(Q["claim_runs"], worker.worker_id, 1, 10.0, None, 1.0))[0])
-            summary = await RunExecution(svc, run, lease_seconds=10).execute()
-        finally:
-            await worker.stop()
+        run = dict((await svc.pool.fetch(Q["claim_runs"], worker.worker_id, 1, 10.0, None, 1.0))[0])
+        summary = await RunExecution(svc, run, lease_seconds=10).execute()
     assert summary["status"] == "succeeded" and summary["records"] == 20
     assert await db.fetchval("SELECT count(*) FROM checkpoints WHERE job_name = 'inc' AND scope_key = ''") == 0
     window = await db.fetchval("SELECT attrs->'window' FROM synthetic_records LIMIT 1")

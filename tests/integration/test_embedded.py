@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import redis.asyncio as aredis
 from batcher import embedded
 from batcher.errors import ServiceUnavailableError
 from tests.integration.embedded_user import identify
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.timeout(90)
 HELPER = Path(__file__).with_name("embedded_user.py")
@@ -116,13 +116,6 @@ def server_pids(data_dir: Path) -> tuple[int | None, int | None]:
     return pid_file(data_dir / "postgres" / "postmaster.pid"), pid_file(data_dir / "redis" / "redis.pid")
 
 
-async def eventually(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        await asyncio.sleep(0.02)
-
-
 async def answer(urls: embedded.ServiceUrls) -> None:
     """Both servers answer: PostgreSQL ``SELECT 1`` and Redis ``PING``."""
     conn = await asyncpg.connect(urls.database_url, timeout=5)
@@ -191,7 +184,7 @@ async def test_start_connect_and_stop(fresh_data_dir: Path) -> None:
         await answer(urls)
         pg, rd = server_pids(data_dir)
         assert running(pg) and running(rd)
-    await eventually(lambda: not running(pg) and not running(rd), "both servers stop")
+    await wait_for(lambda: not running(pg) and not running(rd), DEADLINE, what="both servers stop")
     assert not (data_dir / "redis" / "redis.sock").exists()
 
 
@@ -217,7 +210,7 @@ async def test_users_share_servers_and_last_one_stops_them(data_dir: Path, spawn
     assert code == 0 and final["identity_at_cleanup"] == report["identity"]
     assert "embedded_postgres_reused" in logged and "embedded_redis_reused" in logged
     assert "embedded_postgres_stopped" in logged and "embedded_redis_stopped" in logged
-    await eventually(lambda: not any(running(pid) for pid in pids), "the last user's exit stops both")
+    await wait_for(lambda: not any(running(pid) for pid in pids), DEADLINE, what="the last user's exit stops both")
 
 
 async def test_concurrent_starts_share_one_server(fresh_data_dir: Path, spawn: Spawn) -> None:
@@ -230,7 +223,7 @@ async def test_concurrent_starts_share_one_server(fresh_data_dir: Path, spawn: S
     for user in users:
         _, code, _ = await user.terminate_group()
         assert code == 0
-    await eventually(lambda: not any(running(pid) for pid in pids), "both servers stop")
+    await wait_for(lambda: not any(running(pid) for pid in pids), DEADLINE, what="both servers stop")
 
 
 async def test_reuse_only_without_server_fails_clearly(fresh_data_dir: Path) -> None:
@@ -270,14 +263,14 @@ async def test_sigkill_leaves_stale_pid_files_and_next_start_recovers(data_dir: 
         for pid in pids:
             assert pid is not None
             os.kill(pid, signal.SIGKILL)
-        await eventually(lambda: not any(running(pid) for pid in pids), "the killed servers are gone")
+        await wait_for(lambda: not any(running(pid) for pid in pids), DEADLINE, what="the killed servers are gone")
     assert server_pids(data_dir) == pids  # stale files
     async with embedded.services(None, None, data_dir, start=True) as urls:
         await answer(urls)
         recovered = server_pids(data_dir)
         assert recovered[0] not in pids and recovered[1] not in pids
         os.kill(recovered[0] or 0, signal.SIGKILL)
-        await eventually(lambda: not running(recovered[0]), "the killed postmaster is gone")
+        await wait_for(lambda: not running(recovered[0]), DEADLINE, what="the killed postmaster is gone")
 
     # The recycled-pid case: a live process of the server's user holds the stale postmaster's pid.
     owner = pwd.getpwnam(embedded.ROOT_PG_USER).pw_uid if os.geteuid() == 0 else None
@@ -305,7 +298,8 @@ async def test_sigterm_to_users_process_group_spares_servers(data_dir: Path, spa
     final, code, logged = await user.terminate_group()
     assert code == 0 and "embedded_postgres_started" in logged and "embedded_redis_started" in logged
     assert final["identity_at_cleanup"] == report["identity"], "servers died with the process group"
-    await eventually(lambda: not any(running(pid) for pid in pids), "the servers stop after their last user")
+    await wait_for(lambda: not any(running(pid) for pid in pids), DEADLINE,
+                   what="the servers stop after their last user")
 
 
 async def test_stop_all_stops_servers_in_use(data_dir: Path) -> None:
@@ -340,7 +334,7 @@ async def test_cancelled_start_leaves_no_user_behind(fresh_data_dir: Path) -> No
     """A task cancelled while its servers are starting still unregisters, so the servers stop."""
     data_dir = fresh_data_dir
     task = asyncio.create_task(embedded.services(None, None, data_dir, start=True).__aenter__())
-    await eventually(lambda: (data_dir / "postgres.lock").exists(), "the start is under way")
+    await wait_for(lambda: (data_dir / "postgres.lock").exists(), DEADLINE, what="the start is under way")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -349,5 +343,5 @@ async def test_cancelled_start_leaves_no_user_behind(fresh_data_dir: Path) -> No
     def released() -> bool:  # registered, unregistered, and the server gone with its last process
         return users.is_dir() and not any(users.iterdir()) and not (pgdata / "postmaster.pid").exists()
 
-    await eventually(released, "the abandoned registration is released")
-    await eventually(lambda: not processes_in(pgdata), "no PostgreSQL process is left")
+    await wait_for(released, DEADLINE, what="the abandoned registration is released")
+    await wait_for(lambda: not processes_in(pgdata), DEADLINE, what="no PostgreSQL process is left")

@@ -8,7 +8,7 @@ import contextlib
 import dataclasses
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from batcher.scheduler import Scheduler
 from batcher.store import Q
 from batcher.systemd import Notifier
 from batcher.worker import Worker
+from tests import inprocess
 from tests.integration.test_policies import services_for
 from tests.polling import wait_for
 
@@ -30,18 +31,15 @@ SLEEPY = {"type": "synthetic", "interval_minutes": 1440,
 QUICK = {"type": "synthetic", "interval_minutes": 1440, "params": {"records": 5}}
 
 
-@contextlib.asynccontextmanager
-async def daemon(services: Services, lease: float = 3.0) -> AsyncIterator[Scheduler]:
+def daemon(services: Services, prepare: Callable[[Scheduler], None] | None = None,
+           ) -> contextlib.AbstractAsyncContextManager[Scheduler]:
     """An in-process daemon with a short lease (heartbeat each second), drained and stopped at exit."""
-    worker = Worker(services.database_url, services.pool, lease_seconds=lease, queues=None)
-    await worker.start()
-    scheduler = Scheduler(services, worker)
-    await scheduler.start()
-    try:
-        yield scheduler
-    finally:
-        await scheduler.drain(0.5)
-        await worker.stop()
+    return inprocess.daemon(services, lease_seconds=3.0, drain_seconds=0.5, prepare=prepare)
+
+
+async def _a_due_run_succeeds(pool: Any) -> None:
+    await wait_for(lambda: pool.fetchval("SELECT count(*) FROM batch_runs WHERE status = 'succeeded'"),
+                   what="the due run succeeded")
 
 
 async def _running_id(pool: Any) -> int:
@@ -68,7 +66,7 @@ async def test_run_whose_lease_was_taken_is_cancelled_by_the_heartbeat(db: Any, 
         run_id = await _running_id(svc.pool)
         await svc.pool.execute("UPDATE batch_runs SET status = 'failed', reason = 'abandoned', "
                                "finished_at = now() WHERE id = $1", run_id)
-        await wait_for(lambda: asyncio.sleep(0, run_id not in sched.running), timeout=8,
+        await wait_for(lambda: run_id not in sched.running, timeout=8,
                        what="the lost run's handler stopped")
         row = await svc.pool.fetchrow("SELECT status, reason FROM batch_runs WHERE id = $1", run_id)
         assert (row["status"], row["reason"]) == ("failed", "abandoned")
@@ -91,17 +89,13 @@ async def test_heartbeat_task_that_ends_is_restarted(db: Any, database_url: str,
     """Defect 1: the heartbeat task ending unexpectedly (here: cancelled from outside) is logged and
     started again, so the worker row keeps being renewed; only stop() ends it."""
     async with services_for(database_url, redis_url, {}) as svc:
-        worker = Worker(svc.database_url, svc.pool, lease_seconds=3.0, queues=None)
-        await worker.start()
-        try:
+        async with inprocess.running_worker(svc, lease_seconds=3.0) as worker:
             first = worker._task
             assert first is not None
             first.cancel()
             await asyncio.gather(first, return_exceptions=True)
-            await wait_for(lambda: asyncio.sleep(0, worker._task is not first), what="a new heartbeat task")
+            await wait_for(lambda: worker._task is not first, what="a new heartbeat task")
             await _heartbeats(svc.pool, worker, 1)
-        finally:
-            await worker.stop()
         assert worker._task is not None and worker._task.done()
 
 
@@ -158,25 +152,21 @@ async def test_error_in_a_pass_does_not_stop_scheduling(db: Any, database_url: s
     """Defect 7: an exception that is not a database error in one pass is logged (tick_failed) and the
     loop goes on: the due job is still claimed and succeeds."""
     async with services_for(database_url, redis_url, {"quick": QUICK}) as svc:
-        worker = Worker(svc.database_url, svc.pool, lease_seconds=3.0, queues=None)
-        await worker.start()
-        sched = Scheduler(svc, worker)
-        real_tick, calls = sched.tick, []
+        calls: list[int] = []
 
-        async def tick_with_a_bug() -> float | None:
-            calls.append(1)
-            if len(calls) == 1:
-                raise RuntimeError("a bug in one pass")
-            return await real_tick()
+        def with_a_bug(sched: Scheduler) -> None:
+            real_tick = sched.tick
 
-        sched.tick = tick_with_a_bug  # type: ignore[method-assign]
-        await sched.start()
-        try:
-            await wait_for(lambda: svc.pool.fetchval("SELECT count(*) FROM batch_runs WHERE status = 'succeeded'"),
-                           what="the due run succeeded")
-        finally:
-            await sched.drain(0.5)
-            await worker.stop()
+            async def tick_with_a_bug() -> float | None:
+                calls.append(1)
+                if len(calls) == 1:
+                    raise RuntimeError("a bug in one pass")
+                return await real_tick()
+
+            sched.tick = tick_with_a_bug  # type: ignore[method-assign]
+
+        async with daemon(svc, prepare=with_a_bug):
+            await _a_due_run_succeeds(svc.pool)
         assert len(calls) > 1
 
 
@@ -184,42 +174,29 @@ async def test_start_up_stall_does_not_skip_the_scheduling_loop(db: Any, databas
                                                                  redis_url: str) -> None:
     """Defect 7: the event loop blocked for 1.5 s right after start() (a slow start-up; APScheduler's
     default misfire grace is 1 s) does not skip the loop job for good: the due job still runs."""
-    async with services_for(database_url, redis_url, {"quick": QUICK}) as svc:
-        worker = Worker(svc.database_url, svc.pool, lease_seconds=3.0, queues=None)
-        await worker.start()
-        sched = Scheduler(svc, worker)
-        await sched.start()
+    async with services_for(database_url, redis_url, {"quick": QUICK}) as svc, daemon(svc):
         time.sleep(1.5)  # noqa: ASYNC251 - the stall itself (it blocks the event loop), not a wait for something
-        try:
-            await wait_for(lambda: svc.pool.fetchval("SELECT count(*) FROM batch_runs WHERE status = 'succeeded'"),
-                           what="the due run succeeded")
-        finally:
-            await sched.drain(0.5)
-            await worker.stop()
+        await _a_due_run_succeeds(svc.pool)
 
 
 async def test_scheduling_loop_that_ends_is_restarted(db: Any, database_url: str, redis_url: str) -> None:
     """Defect 7: if the loop ever returns while the daemon is not draining, its supervisor starts it
     again (scheduler_loop_restarted): the due job is still claimed and succeeds."""
     async with services_for(database_url, redis_url, {"quick": QUICK}) as svc:
-        worker = Worker(svc.database_url, svc.pool, lease_seconds=3.0, queues=None)
-        await worker.start()
-        sched = Scheduler(svc, worker)
-        real_loop, calls = sched._loop, []
+        calls: list[int] = []
 
-        async def loop_that_ends_once() -> None:
-            calls.append(1)
-            if len(calls) > 1:
-                await real_loop()
+        def ending_once(sched: Scheduler) -> None:
+            real_loop = sched._loop
 
-        sched._loop = loop_that_ends_once  # type: ignore[method-assign]
-        await sched.start()
-        try:
-            await wait_for(lambda: svc.pool.fetchval("SELECT count(*) FROM batch_runs WHERE status = 'succeeded'"),
-                           what="the due run succeeded")
-        finally:
-            await sched.drain(0.5)
-            await worker.stop()
+            async def loop_that_ends_once() -> None:
+                calls.append(1)
+                if len(calls) > 1:
+                    await real_loop()
+
+            sched._loop = loop_that_ends_once  # type: ignore[method-assign]
+
+        async with daemon(svc, prepare=ending_once):
+            await _a_due_run_succeeds(svc.pool)
 
 
 async def test_healthz_and_watchdog_see_a_dead_or_stuck_loop(db: Any, database_url: str, redis_url: str,
@@ -235,30 +212,27 @@ async def test_healthz_and_watchdog_see_a_dead_or_stuck_loop(db: Any, database_u
     sock.setblocking(False)
     notifier = Notifier(path, "200000")
     async with services_for(database_url, redis_url, {}) as svc:
-        worker = Worker(svc.database_url, svc.pool, lease_seconds=3.0, queues=None)
-        await worker.start()
-        sched = Scheduler(svc, worker)
-        await sched.start()
-        client = TestClient(TestServer(create_app(svc, sched, stall_after=30.0), host="127.0.0.1"))
-        await client.start_server()
         try:
-            await wait_for(lambda: asyncio.sleep(0, sched.ticks > 0), what="a tick")
-            assert (await client.get("/healthz")).status == 200
-            assert watchdog_beat(notifier, sched) and sock.recv(100) == b"WATCHDOG=1"
-            assert sched._supervisor is not None
-            sched._supervisor.cancel()
-            await asyncio.gather(sched._supervisor, return_exceptions=True)
-            body = await (await client.get("/healthz")).json()
-            assert body["alive"] is False and body["secondsSinceTick"] < 30
-            assert not watchdog_beat(notifier, sched)
-            sched.loop_running, sched._pass_started = True, time.monotonic() - 100  # a pass stuck 100 s
-            assert not sched.loop_healthy(30.0) and not watchdog_beat(notifier, sched)
-            with pytest.raises(BlockingIOError):
-                sock.recv(100)  # nothing was sent since the loop died
+            async with inprocess.daemon(svc, lease_seconds=3.0, drain_seconds=0.2) as sched:
+                client = TestClient(TestServer(create_app(svc, sched, stall_after=30.0), host="127.0.0.1"))
+                await client.start_server()
+                try:
+                    await wait_for(lambda: sched.ticks > 0, what="a tick")
+                    assert (await client.get("/healthz")).status == 200
+                    assert watchdog_beat(notifier, sched) and sock.recv(100) == b"WATCHDOG=1"
+                    assert sched._supervisor is not None
+                    sched._supervisor.cancel()
+                    await asyncio.gather(sched._supervisor, return_exceptions=True)
+                    body = await (await client.get("/healthz")).json()
+                    assert body["alive"] is False and body["secondsSinceTick"] < 30
+                    assert not watchdog_beat(notifier, sched)
+                    sched.loop_running, sched._pass_started = True, time.monotonic() - 100  # a pass stuck 100 s
+                    assert not sched.loop_healthy(30.0) and not watchdog_beat(notifier, sched)
+                    with pytest.raises(BlockingIOError):
+                        sock.recv(100)  # nothing was sent since the loop died
+                finally:
+                    await client.close()
         finally:
-            await client.close()
-            await sched.drain(0.2)
-            await worker.stop()
             sock.close()
 
 

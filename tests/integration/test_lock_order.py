@@ -10,32 +10,21 @@ a dependent named before an upstream closed a cycle. The finishes below call ``R
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from typing import Any
 
 import asyncpg
 
 from batcher.context import RunState
-from batcher.models import RunOutcome, Services
+from batcher.models import RunOutcome
 from batcher.runjob import JobBusy, claim_foreground_run
 from batcher.runs import RunWriter
 from batcher.store import Q
-from batcher.worker import Worker
+from tests.inprocess import running_worker
 from tests.integration.test_policies import SYNTH, job, poll, runs_of, services_for
 
 LOCK_WAITERS = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                 "AND wait_event_type = 'Lock'")
-
-
-@contextlib.asynccontextmanager
-async def _worker(svc: Services) -> AsyncIterator[Worker]:
-    worker = Worker(svc.database_url, svc.pool, lease_seconds=10.0, queues=None, kind="run-job")
-    await worker.start()
-    try:
-        yield worker
-    finally:
-        await worker.stop()
 
 
 async def _running(pool: Any, name: str, worker_id: str) -> dict[str, Any]:
@@ -69,7 +58,7 @@ async def test_run_job_and_a_finishing_run_of_the_job_never_deadlock(
     free neither side is a deadlock victim — run-job reports the job busy (a live worker runs it) or claims
     after the finish, and the run ends succeeded. Then 50 rounds of both at once (a barrier) behave alike."""
     async with services_for(database_url, redis_url, {"busy": job(params={"records": 5})}) as svc, \
-            _worker(svc) as worker:
+            running_worker(svc, lease_seconds=10.0, kind="run-job") as worker:
         pool = svc.pool
         run = await _running(pool, "busy", worker.worker_id)
         claimed, finished = await _behind_a_held_job_row(

@@ -169,7 +169,7 @@ def test_concurrent_migrations_leave_one_correct_schema(fresh_db: str, database_
                 return await store.migrate(conn)
 
             tasks = [asyncio.create_task(one(c)) for c in conns]
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # one loop step, not a wait: every task reaches start.wait() to go at once
             start.set()
             return list(await asyncio.gather(*tasks))
         finally:

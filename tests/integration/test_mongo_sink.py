@@ -9,9 +9,7 @@ PostgreSQL checkpoint and converges to exactly the records of the run.
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -21,14 +19,12 @@ import pytest
 from batcher.commands import trigger_run
 from batcher.errors import PermanentError
 from batcher.handler import Batch, Stream
-from batcher.models import Services
-from batcher.scheduler import Scheduler
 from batcher.settings import MongoSettings, Settings
 from batcher.sinks import SinkRoute, WriteResult, write_batch
 from batcher.sinks.mongo import MongoConnection
 from batcher.testing import run_job_once, test_services, test_settings
-from batcher.worker import Worker
 from handlers.synthetic import SyntheticHandler, SyntheticParams
+from tests.inprocess import daemon
 from tests.mongofake import MongoTarget
 from tests.polling import wait_for
 
@@ -212,20 +208,6 @@ async def test_dead_letter_replay_never_writes_a_mongo_jobs_records_into_postgre
     assert "goes to mongo" in result["reasons"][0]
     assert await db.fetchval("SELECT count(*) FROM synthetic_records") == 0
     assert await db.fetchval("SELECT resolved_at FROM dead_letters") is None
-
-
-@contextlib.asynccontextmanager
-async def daemon(services: Services) -> AsyncIterator[Scheduler]:
-    d = services.settings.daemon
-    worker = Worker(services.database_url, services.pool, lease_seconds=d.lease_seconds, queues=d.queues)
-    await worker.start()
-    scheduler = Scheduler(services, worker)
-    await scheduler.start()
-    try:
-        yield scheduler
-    finally:
-        await scheduler.drain(2)
-        await worker.stop()
 
 
 async def test_a_mongo_outage_mid_run_fails_the_attempt_and_the_retry_converges(

@@ -14,7 +14,7 @@ import functools
 import itertools
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -23,17 +23,17 @@ from batcher.materialize import materialize_due
 from batcher.models import Services
 from batcher.recovery import reap_abandoned
 from batcher.runner import retry_delay
-from batcher.scheduler import Scheduler
 from batcher.store import Q
 from batcher.testing import test_services, test_settings
-from batcher.worker import Worker
+from tests.inprocess import daemon
 from tests.polling import wait_for
 
 SYNTH = "synthetic"
 
 
-async def poll(predicate: Callable[[], Awaitable[Any]], what: str, timeout: float = 15.0) -> Any:
-    """Poll an async predicate until it returns a truthy value; fail naming ``what`` after ``timeout`` s."""
+async def poll(predicate: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
+    """Poll a predicate (sync or async) until it returns a truthy value; fail naming ``what`` after
+    ``timeout`` s."""
     return await wait_for(predicate, timeout, what=what)
 
 
@@ -46,21 +46,6 @@ async def services_for(database_url: str, redis_url: str, jobs: dict[str, Any],
         update={"tick_seconds": 0.1, **daemon})})
     async with test_services(settings, http=False) as svc:
         yield svc
-
-
-@contextlib.asynccontextmanager
-async def daemon(services: Services) -> AsyncIterator[Scheduler]:
-    """An in-process daemon (worker liveness + scheduler loop), drained at exit."""
-    d = services.settings.daemon
-    worker = Worker(services.database_url, services.pool, lease_seconds=d.lease_seconds, queues=d.queues)
-    await worker.start()
-    scheduler = Scheduler(services, worker)
-    await scheduler.start()
-    try:
-        yield scheduler
-    finally:
-        await scheduler.drain(2)
-        await worker.stop()
 
 
 async def runs_of(pool: Any, job: str) -> list[dict[str, Any]]:
@@ -223,7 +208,7 @@ async def test_paused_job_is_not_claimed_until_resumed(db: Any, database_url: st
         await set_paused(pool, "held", True)
         run_id, _ = await trigger_run(pool, svc.registry, "held", {})
         async with daemon(svc) as scheduler:
-            await poll(lambda: asyncio.sleep(0, scheduler.ticks >= 5), "five ticks")
+            await poll(lambda: scheduler.ticks >= 5, "five ticks")
             assert await pool.fetchval("SELECT status FROM batch_runs WHERE id = $1", run_id) == "queued"
             await set_paused(pool, "held", False)
             await poll(lambda: pool.fetchval(
@@ -359,7 +344,7 @@ async def test_queues_a_worker_claims_only_the_queues_it_serves(db: Any, databas
             await poll(lambda: pool.fetchval("SELECT status = 'succeeded' FROM batch_runs WHERE id = $1", a_run),
                        "queue-a run succeeded")
             ticks = scheduler.ticks
-            await poll(lambda: asyncio.sleep(0, scheduler.ticks >= ticks + 3), "three more ticks")
+            await poll(lambda: scheduler.ticks >= ticks + 3, "three more ticks")
         assert await pool.fetchval("SELECT status FROM batch_runs WHERE id = $1", b_run) == "queued"
 
 

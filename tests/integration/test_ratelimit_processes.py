@@ -15,6 +15,9 @@ import pytest
 import redis
 from aiohttp import web
 
+from tests.polling import wait_for
+from tests.serving import serve
+
 
 @pytest.fixture(autouse=True)
 def _session_loop_is_current(_session_event_loop: asyncio.AbstractEventLoop) -> None:
@@ -36,11 +39,14 @@ def spawn(tmp_path: Path, name: str, *args: str) -> tuple[subprocess.Popen[bytes
 
 async def start_together(tmp_path: Path, spawned: list[tuple[subprocess.Popen[bytes], Path]]) -> float:
     """Wait (polling, with a deadline) until every worker is ready, then give them one start time."""
-    deadline = time.monotonic() + 30
-    while not all(Path(f"{out}.ready").exists() for _, out in spawned):
-        if time.monotonic() > deadline or any(p.poll() is not None for p, _ in spawned):
-            pytest.fail("a worker did not get ready")
-        await asyncio.sleep(0.05)
+    def all_ready() -> bool:
+        if all(Path(f"{out}.ready").exists() for _, out in spawned):
+            return True
+        if any(p.poll() is not None for p, _ in spawned):
+            pytest.fail("a worker exited before it got ready")
+        return False
+
+    await wait_for(all_ready, 30, 0.05, what="every worker ready")
     start = time.time() + 0.3
     (tmp_path / "go.tmp").write_text(repr(start))
     (tmp_path / "go.tmp").rename(tmp_path / "go")
@@ -48,14 +54,14 @@ async def start_together(tmp_path: Path, spawned: list[tuple[subprocess.Popen[by
 
 
 async def wait_all(procs: list[subprocess.Popen[bytes]], deadline_s: float) -> None:
-    """Poll the processes until all have exited (fail after ``deadline_s``)."""
-    deadline = time.monotonic() + deadline_s
-    while any(p.poll() is None for p in procs):
-        if time.monotonic() > deadline:
-            for p in procs:
-                p.kill()
-            pytest.fail("worker processes did not finish in time")
-        await asyncio.sleep(0.1)
+    """Poll the processes until all have exited (fail after ``deadline_s``, killing them)."""
+    try:
+        await wait_for(lambda: all(p.poll() is not None for p in procs), deadline_s, 0.1,
+                       what="every worker process finished")
+    except AssertionError:
+        for p in procs:
+            p.kill()
+        raise
     for p in procs:
         assert p.returncode == 0, p.stderr.read().decode() if p.stderr else p.returncode
 
@@ -107,13 +113,8 @@ async def fake_api() -> AsyncIterator[tuple[FakeApi, str]]:
     api = FakeApi()
     app = web.Application()
     app.router.add_get("/items", api.handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    yield api, f"http://{host}:{port}/items"
-    await runner.cleanup()
+    async with serve(app) as url:
+        yield api, f"{url}/items"
 
 
 async def test_a_429_in_one_process_pauses_all_three(redis_url: str, redis_db: redis.Redis,

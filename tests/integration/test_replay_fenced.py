@@ -49,7 +49,7 @@ async def test_replay_waits_for_a_live_run_of_the_job_and_runs_as_a_run_of_it(
                 await replay_as_run(svc, "poison", streams, wait=False)
             with capture_logs() as logs:
                 replay = asyncio.ensure_future(replay_as_run(svc, "poison", streams, wait=True))
-                await poll(lambda: asyncio.sleep(0, any(e["event"] == "job_busy_waiting" for e in logs)),
+                await poll(lambda: any(e["event"] == "job_busy_waiting" for e in logs),
                            "the replay waits for the live run")
             assert not replay.done() and await pool.fetchval(UNRESOLVED) == 4, "the replay wrote beside it"
             ended = await RunWriter(pool, live, 10.0, RunState()).finish(RunOutcome("succeeded"))

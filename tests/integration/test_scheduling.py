@@ -15,9 +15,9 @@ import pytest
 from batcher.materialize import materialize_due
 from batcher.models import Services
 from batcher.runs import RunWriter
-from batcher.scheduler import Scheduler
 from batcher.testing import test_services, test_settings
 from batcher.worker import Worker
+from tests.inprocess import daemon, running_worker
 from tests.polling import wait_for
 
 
@@ -96,16 +96,9 @@ async def test_daemon_loop_runs_due_job_once_and_records_success(services: Servi
     """The in-process daemon materializes, claims and runs a due job: one succeeded run with all rows,
     last_success_at set, run logs written, and the run-scoped checkpoint removed after success."""
     pool = services.pool
-    worker = Worker(services.database_url, pool, lease_seconds=10, queues=None)
-    await worker.start()
-    scheduler = Scheduler(services, worker)
-    await scheduler.start()
-    try:
+    async with daemon(services, lease_seconds=10, drain_seconds=5):
         run = await wait_for(lambda: pool.fetchrow(
             "SELECT * FROM batch_runs WHERE status = 'succeeded'"))
-    finally:
-        await scheduler.drain(5)
-        await worker.stop()
     assert run["records"] == 50 and run["runtime_ms"] is not None
     assert await pool.fetchval("SELECT count(*) FROM synthetic_records WHERE scope_key = $1",
                                str(run["id"])) == 50
@@ -150,9 +143,7 @@ async def test_worker_whose_lease_was_taken_over_commits_nothing_more(services: 
     from handlers.synthetic import SyntheticHandler
 
     pool = services.pool
-    worker = Worker(services.database_url, pool, lease_seconds=10, queues=None)
-    await worker.start()
-    try:
+    async with running_worker(services, lease_seconds=10) as worker:
         await pool.execute("INSERT INTO batch_runs (job_name, job_type, trigger, root_trigger) "
                            "VALUES ('every-minute', 'synthetic', 'manual', 'manual')")
         run = dict((await pool.fetch(Q["claim_runs"], worker.worker_id, 1, 10.0, None, 1.0))[0])
@@ -166,5 +157,3 @@ async def test_worker_whose_lease_was_taken_over_commits_nothing_more(services: 
         assert await pool.fetchval("SELECT count(*) FROM checkpoints") == 0
         statuses = sorted(r["status"] for r in await _runs(pool))
         assert statuses == ["failed", "queued"]  # abandoned + its retry
-    finally:
-        await worker.stop()

@@ -95,7 +95,7 @@ async def test_cancel_and_wait_ends_a_task_that_lost_its_first_cancellation() ->
         await asyncio.Event().wait()  # the second cancel ends it
 
     task = asyncio.create_task(swallows_once())
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one loop step, not a wait: the task starts and blocks in its wait before the cancel
     assert await cancel_and_wait(task, 10, again_every=0.05)
     assert swallowed.is_set() and task.cancelled()
 
@@ -107,7 +107,7 @@ async def test_cancel_and_wait_ends_a_task_that_lost_its_first_cancellation() ->
                 await asyncio.Event().wait()
 
     stubborn = asyncio.create_task(never_ends(), name="stubborn")
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one loop step, not a wait: the task starts and blocks in its wait before the cancel
     with capture_logs() as logs:
         assert not await cancel_and_wait(stubborn, 0.2, again_every=0.05)
     assert [e["task"] for e in logs if e["event"] == "task_did_not_stop"] == ["stubborn"]
@@ -134,6 +134,6 @@ async def test_cancel_once_lets_shielded_work_finish() -> None:
             await work
 
     task = asyncio.create_task(records_its_end())
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one loop step, not a wait: the task starts and blocks in its wait before the cancel
     assert await cancel_and_wait(task, 10, again_every=None)
     assert finished.is_set()

@@ -10,8 +10,9 @@ from typing import Any
 import asyncpg
 import pytest
 
+from batcher import sinks
 from batcher.handler import Batch, ConflictPolicy, Rejected, Stream
-from batcher.sinks import postgres as sinks
+from batcher.sinks import postgres
 
 TABLE_DDL = """
 CREATE TABLE IF NOT EXISTS sink_items (
@@ -51,7 +52,7 @@ async def items(db: asyncpg.Pool) -> AsyncIterator[asyncpg.Pool]:
 @pytest.fixture(params=STRATEGIES)
 def strategy(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Runs the test with each upsert strategy (temp table, unnest)."""
-    monkeypatch.setattr(sinks, "UPSERT_STRATEGY", request.param)
+    monkeypatch.setattr(postgres, "UPSERT_STRATEGY", request.param)
     return str(request.param)
 
 

@@ -16,6 +16,7 @@ from aiohttp import web
 from batcher.context import RunState as Counters  # the runner's own RunAccounting
 from batcher.errors import RunCancelledError
 from batcher.http import HttpRuntime
+from tests.serving import serve
 
 
 @pytest.fixture(autouse=True)
@@ -46,11 +47,11 @@ def make_app(state: dict[str, int]) -> web.Application:
         if state["reset"] == 1:
             assert request.transport is not None
             request.transport.close()  # the connection dies before any response
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # the fake's behaviour: answer nothing on the dead connection
         return web.json_response({"ok": True})
 
     async def slow(request: web.Request) -> web.Response:
-        await asyncio.sleep(30)
+        await asyncio.sleep(30)  # the fake's behaviour: an answer slower than the client's timeout
         return web.json_response({})
 
     app = web.Application()
@@ -68,21 +69,8 @@ def state() -> dict[str, int]:
 
 @pytest.fixture
 async def server(state: dict[str, int]) -> AsyncIterator[str]:
-    runner = web.AppRunner(make_app(state), handler_cancellation=True, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    yield f"http://{host}:{port}"
-    await runner.cleanup()
-
-
-@pytest.fixture
-async def runtime() -> AsyncIterator[HttpRuntime]:
-    rt = HttpRuntime({}, None, backoff_base_s=0.001, backoff_max_s=0.002)
-    await rt.start()
-    yield rt
-    await rt.close()
+    async with serve(make_app(state), handler_cancellation=True) as url:
+        yield url
 
 
 @pytest.mark.parametrize(("path", "wire"), [("/gzip", len(GZIPPED)), ("/deflate", len(DEFLATED))])

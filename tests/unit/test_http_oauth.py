@@ -23,6 +23,7 @@ from batcher.context import RunState as Counters  # the runner's own RunAccounti
 from batcher.errors import BatcherError, PermanentError
 from batcher.http import HttpRuntime, HttpStatusError
 from batcher.oauth import OAuth2Credentials, OAuth2TokenProvider
+from tests.serving import serve
 
 
 @pytest.fixture(autouse=True)
@@ -85,21 +86,10 @@ async def fake() -> AsyncIterator[tuple[FakeProvider, str]]:
     app.router.add_get("/data", provider.data)
     app.router.add_get("/echo", provider.echo)
     app.router.add_get("/flaky", provider.flaky)
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    yield provider, f"http://{host}:{port}"
-    await runner.cleanup()
+    async with serve(app) as url:
+        yield provider, url
 
 
-@pytest.fixture
-async def runtime() -> AsyncIterator[HttpRuntime]:
-    rt = HttpRuntime({}, None, backoff_base_s=0.001, backoff_max_s=0.002)
-    await rt.start()
-    yield rt
-    await rt.close()
 
 
 def creds(base: str, grant: str = "refresh_token") -> OAuth2Credentials:

@@ -43,7 +43,7 @@ class Source:
 async def settle() -> None:
     """Let every ready task run until it blocks (scheduler turns, not wall-clock time)."""
     for _ in range(100):
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one scheduler turn (no time passes): nothing here can be awaited instead
 
 
 def prefetch_tasks() -> list[asyncio.Task[object]]:

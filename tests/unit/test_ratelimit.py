@@ -1,5 +1,6 @@
-"""Unit tests of batcher.ratelimit: GCRA parameters, namespace matching, defaults, and the Lua script
-on the real Redis db of this test session (spacing, burst, pauses, NOSCRIPT, cancel, unlimited)."""
+"""Unit tests of batcher.ratelimit: GCRA parameters, namespace matching, the handlers' defaults under the
+TOML entries, and the Lua script on the real Redis db of this test session (spacing, burst, pauses,
+NOSCRIPT, cancel, unlimited)."""
 
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ import redis.asyncio
 
 from batcher.errors import RunCancelledError
 from batcher.ratelimit import (
-    DEFAULT_RATE_LIMITS,
     Gcra,
     RateLimiter,
     effective_rate_limits,
     limit_for,
 )
+from batcher.registry import handler_rate_limits, load_registry
 from batcher.settings import RateLimitSettings
 
 
@@ -48,21 +49,25 @@ def test_emission_interval_and_tolerance() -> None:
 
 def test_longest_prefix_wins_and_toml_overrides_defaults() -> None:
     """A namespace with a credential discriminator uses its provider's entry; TOML entries win."""
-    limits = effective_rate_limits({"hubspot:api:": rl(interval_ms=10_000, max_in_interval=150),
-                                    "datasync:": rl(max_in_interval=10)})
+    defaults = handler_rate_limits(load_registry())
+    limits = effective_rate_limits(defaults, {"hubspot:api:": rl(interval_ms=10_000, max_in_interval=150),
+                                              "datasync:": rl(max_in_interval=10)})
     assert limit_for("hubspot:api:portal-42", limits) == ("hubspot:api:",
                                                               limits["hubspot:api:"])
     assert limits["hubspot:api:"].max_in_interval == 150
-    assert limits["github:api:"] == DEFAULT_RATE_LIMITS["github:api:"]
+    assert limits["github:api:"] == defaults["github:api:"]
     assert limit_for("datasync:events:", limits) is not None
     assert limit_for("unknown:thing:", limits) is None
 
 
-def test_shipped_defaults_cover_the_providers() -> None:
-    """Defaults exist for HubSpot general/search, Search Console, Docker Hub and GitHub."""
-    assert set(DEFAULT_RATE_LIMITS) >= {"hubspot:api:", "hubspot:search:", "gsc:searchanalytics:",
-                                        "dockerhub:api:", "github:api:"}
-    assert DEFAULT_RATE_LIMITS["github:api:"].max_in_interval == 5000
+def test_shipped_handlers_declare_their_providers_defaults() -> None:
+    """The built-in handlers declare defaults for HubSpot general/search, Search Console, Docker Hub and
+    GitHub (collected by the registry; batcher.ratelimit names no provider)."""
+    defaults = handler_rate_limits(load_registry())
+    assert set(defaults) >= {"hubspot:api:", "hubspot:search:", "gsc:searchanalytics:",
+                             "dockerhub:api:", "github:api:", "github:api:anonymous:"}
+    assert defaults["github:api:"].max_in_interval == 5000
+    assert defaults["gsc:searchanalytics:"].quota_pause_ms == 15 * 60_000
 
 
 @pytest.fixture
