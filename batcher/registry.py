@@ -2,8 +2,9 @@
 entry-point group, where third-party packages add theirs (``name = "package.module:HandlerClass"``).
 
 Every handler is checked as it is registered: a stream whose ``sink`` names no sink of this batcher
-(``postgres``, ``mongo``) is refused. Whether MongoDB is configured is checked per job, at config load
-and at run start (:func:`batcher.jobs.check_job_sinks`, :func:`batcher.sinks.require_sinks`)."""
+(``postgres``, ``mongo``), or a ``prefetch_batches`` outside 1–1000, is refused. Whether MongoDB is
+configured is checked per job, at config load and at run start (:func:`batcher.jobs.check_job_sinks`,
+:func:`batcher.sinks.require_sinks`)."""
 
 from __future__ import annotations
 
@@ -16,14 +17,18 @@ SUPPORTED_SINKS = ("postgres", "mongo")  # batcher.sinks.SINKS, without importin
 
 
 def check_handler(cls: type[Handler], plugin: str | None = None) -> None:
-    """Refuse a handler with a stream no sink of this batcher can write (ConfigError → exit 2); the
-    message names the plugin (its entry-point name), the class, its job type and the stream."""
+    """Refuse a handler with a stream no sink of this batcher can write, or a prefetch depth the pipeline
+    cannot use (ConfigError → exit 2); the message names the plugin (its entry-point name), the class,
+    its job type and the stream."""
     label = f"handler plugin {plugin!r} ({cls.__name__}, job type {cls.type!r})" if plugin else \
         f"handler {cls.__name__} (job type {cls.type!r})"
     for stream in cls.streams:
         if stream.sink not in SUPPORTED_SINKS:
             raise ConfigError(f"{label}: stream {stream.name!r} has unknown sink {stream.sink!r} "
                               f"(known: {', '.join(SUPPORTED_SINKS)})")
+    depth = cls.prefetch_batches
+    if depth is not None and (not isinstance(depth, int) or isinstance(depth, bool) or not 1 <= depth <= 1000):
+        raise ConfigError(f"{label}: prefetch_batches must be None or an integer from 1 to 1000, not {depth!r}")
 
 
 def load_registry() -> dict[str, type[Handler]]:

@@ -156,7 +156,7 @@ async def test_pages_fetched_ahead_are_grouped_and_errors_come_after_them() -> N
         n = int(cursor or 0)
         if len(calls) == PAGES_AHEAD + 1:
             full.set()  # the queue holds PAGES_AHEAD pages; this fetch waits for room
-        if n == 7:
+        if n == PAGES_AHEAD + 3:
             raise RuntimeError("boom")
         events = [{"id": f"e{i}", "type": "t", "timestamp": "2026-01-01T00:00:00Z"} for i in (n, n + 1)]
         return Page(events, True, str(n + 1), suspicious=False)
@@ -164,12 +164,12 @@ async def test_pages_fetched_ahead_are_grouped_and_errors_come_after_them() -> N
     async with page_chain(fetch, None) as groups:
         await full.wait()
         first = await anext(groups)
-        assert [c for c, _ in first] == [None, "1", "2", "3"][:PAGES_AHEAD]
+        assert [c for c, _ in first] == [None, *(str(n) for n in range(1, PAGES_AHEAD))]
         batch, seen = await build_batch(first, set())
         assert [r[0] for r in batch.records] == [f"e{i}" for i in range(PAGES_AHEAD + 1)]  # overlaps dropped
         assert batch.checkpoint == {"cursor": str(PAGES_AHEAD)} and batch.items_checked == 2 * PAGES_AHEAD
         rest = [c for group in [g async for g in _until_error(groups)] for c, _ in group]
-    assert rest == [str(n) for n in range(PAGES_AHEAD, 7)]
+    assert rest == [str(n) for n in range(PAGES_AHEAD, PAGES_AHEAD + 3)]
 
 
 async def _until_error(groups: Any) -> Any:
@@ -193,6 +193,26 @@ def test_params() -> None:
 
 
 # ------------------------------------------------------------------------------------ whole runs
+
+
+async def test_runs_with_the_handler_prefetch_depth(events_db: Any, database_url: str, redis_url: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job that sets no prefetch_batches runs with the handler's (1: pages fetched while a batch commits
+    are grouped into the next batch), not the daemon's default (2)."""
+    import batcher.runner
+
+    depths: list[int] = []
+    real = batcher.runner.prefetching
+
+    def spy(source: Any, *, depth: int, max_bytes: int) -> Any:
+        depths.append(depth)
+        return real(source, depth=depth, max_bytes=max_bytes)
+
+    monkeypatch.setattr(batcher.runner, "prefetching", spy)
+    async with FakeDataSync(FakeOptions(events=1_200)) as fake:
+        summary = await run(test_settings(database_url, redis_url), fake)
+    assert summary["status"] == "succeeded" and summary["records"] == 1_200, summary
+    assert depths == [DataSyncHandler.prefetch_batches] == [1]
 
 
 @pytest.mark.parametrize("shape", ["nested", "flat", "both"])

@@ -83,6 +83,20 @@ def test_a_handler_with_a_mongo_stream_is_accepted_and_an_unknown_sink_refused()
                                  "unknown sink 'cassandra' (known: postgres, mongo)")
 
 
+@pytest.mark.parametrize("depth", [0, 1001, 2.0, True, "2"])
+def test_a_handler_prefetch_depth_the_pipeline_cannot_use_is_refused(depth: Any) -> None:
+    """Handler.prefetch_batches is None (the daemon's setting) or an integer from 1 to 1000."""
+
+    class Deep(MongoHandler):
+        type = "deep"
+        prefetch_batches = depth
+
+    with pytest.raises(ConfigError, match="prefetch_batches must be None or an integer from 1 to 1000"):
+        check_handler(Deep)
+    Deep.prefetch_batches = 1
+    check_handler(Deep)
+
+
 def test_registry_loads_a_plugin_with_a_mongo_stream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """load_registry() with an installed plugin whose stream has sink='mongo' registers its job type."""
     monkeypatch.syspath_prepend(str(_plugin_dir(tmp_path / "site", "mongo")))
