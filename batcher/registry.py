@@ -2,7 +2,7 @@
 entry-point group, where third-party packages add theirs (``name = "package.module:HandlerClass"``).
 
 Every handler is checked as it is registered: a stream whose ``sink`` names no sink of this batcher
-(``postgres``, ``mongo``), or a ``prefetch_batches`` outside 1–1000, is refused. Whether MongoDB is
+(``postgres``, ``mongo``), or a ``prefetch_batches`` outside 0–1000, is refused. Whether MongoDB is
 configured is checked per job, at config load and at run start (:func:`batcher.jobs.check_job_sinks`,
 :func:`batcher.sinks.require_sinks`)."""
 
@@ -27,8 +27,8 @@ def check_handler(cls: type[Handler], plugin: str | None = None) -> None:
             raise ConfigError(f"{label}: stream {stream.name!r} has unknown sink {stream.sink!r} "
                               f"(known: {', '.join(SUPPORTED_SINKS)})")
     depth = cls.prefetch_batches
-    if depth is not None and (not isinstance(depth, int) or isinstance(depth, bool) or not 1 <= depth <= 1000):
-        raise ConfigError(f"{label}: prefetch_batches must be None or an integer from 1 to 1000, not {depth!r}")
+    if depth is not None and (not isinstance(depth, int) or isinstance(depth, bool) or not 0 <= depth <= 1000):
+        raise ConfigError(f"{label}: prefetch_batches must be None or an integer from 0 to 1000, not {depth!r}")
 
 
 def load_registry() -> dict[str, type[Handler]]:

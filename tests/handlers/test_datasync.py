@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from batcher.app import open_services
 from batcher.fakes.datasync import INVALID_KINDS, FakeDataSync, FakeOptions, make_event
 from batcher.testing import run_job_once, test_settings
 from handlers.datasync import (
@@ -213,6 +214,40 @@ async def test_runs_with_the_handler_prefetch_depth(events_db: Any, database_url
         summary = await run(test_settings(database_url, redis_url), fake)
     assert summary["status"] == "succeeded" and summary["records"] == 1_200, summary
     assert depths == [DataSyncHandler.prefetch_batches] == [1]
+
+
+async def test_a_run_cancelled_while_it_waits_for_pages_stops_cleanly_and_resumes_exactly(
+        events_db: Any, database_url: str, redis_url: str) -> None:
+    """Cancelled while the runner waits for the next batch (pages in flight), the run ends
+    ``cancelled`` with what it committed — rows and checkpoint together — and the next run completes
+    the stream: every event exactly once."""
+    from batcher.runjob import run_foreground
+    from batcher.testing import test_config
+    from tests.polling import wait_for
+
+    async with FakeDataSync(FakeOptions(events=6_000, invalid_every=50, latency_ms=150)) as fake:
+        settings = test_settings(database_url, redis_url)
+        config = test_config(settings)
+        params = {"base_url": fake.url, "batch_size": 500}
+        async with open_services(config, start_embedded=False, sync=True, http=True) as services:
+            started: list[Any] = []
+            task = asyncio.create_task(run_foreground(
+                services, config, "datasync", job_name=None, params=params, literal_secrets={"api_key": KEY},
+                wait=True, handle_signals=False, on_start=started.append))
+
+            async def committed() -> bool:
+                return bool(await events_db.fetchval("SELECT count(*) FROM events"))
+
+            await wait_for(committed, what="a first batch committed")
+            started[0].request_cancel("cancelled by the test")
+            summary = await asyncio.wait_for(task, 10)
+        assert summary["status"] == "cancelled", summary
+        assert 0 < summary["records"] < 5_880 and summary["records"] == await events_db.fetchval(
+            "SELECT count(*) FROM events")
+        fake.configure(latency_ms=0)
+        rest = await run(settings, fake)
+        assert rest["status"] == "succeeded", rest
+        await check_tables(events_db, fake)
 
 
 @pytest.mark.parametrize("shape", ["nested", "flat", "both"])
