@@ -19,9 +19,10 @@ built; across runs the ``ignore`` conflict policy keeps every event exactly once
 
 Pipelining: as soon as a page's envelope names the next cursor, the next request is sent, and the page's
 events are validated while it is in flight — the fetch chain, not this handler, sets the pace. The
-chain runs up to :data:`PAGES_AHEAD` pages ahead; the runtime holds one built batch ahead of the commits
-(``prefetch_batches = 1``), so the pages fetched while a batch commits become one batch after it: fewer,
-larger transactions exactly when the database is the slower side (e.g. the last pages of a run).
+chain runs up to :data:`PAGES_AHEAD` pages ahead, and a batch is built only when the runner asks for
+the next one (``prefetch_batches = 0``): it holds every page fetched while the previous batch committed —
+fewer, larger transactions exactly when the database is the slower side, and after the last page one
+commit of all that is left.
 
 Each event needs ``id`` (a non-empty string), ``type`` (a string) and ``timestamp`` (ISO-8601 with a date
 and a time; **a timestamp without a zone is read as UTC**). An event that fails — or carries a NUL
@@ -299,7 +300,7 @@ class DataSyncHandler(Handler):
                       bookkeeping_columns=("ingested_at",), json_columns=("payload",),
                       parse_raw=parse_raw_event),)
     default_interval_minutes = 5
-    prefetch_batches = 1  # pages gathered while a batch commits go into the next one (see page_chain)
+    prefetch_batches = 0  # each batch is built when the runner asks for it, from every page fetched by then
 
     async def run(self, ctx: RunContext, params: Any) -> AsyncIterator[Batch]:
         fetch = page_fetcher(ctx.http(NAMESPACE), params)

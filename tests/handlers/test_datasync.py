@@ -198,8 +198,8 @@ def test_params() -> None:
 
 async def test_runs_with_the_handler_prefetch_depth(events_db: Any, database_url: str, redis_url: str,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """A job that sets no prefetch_batches runs with the handler's (1: pages fetched while a batch commits
-    are grouped into the next batch), not the daemon's default (2)."""
+    """A job that sets no prefetch_batches runs with the handler's (0: each batch is built when the runner
+    asks for it, from every page fetched by then), not the daemon's default (2)."""
     import batcher.runner
 
     depths: list[int] = []
@@ -213,12 +213,12 @@ async def test_runs_with_the_handler_prefetch_depth(events_db: Any, database_url
     async with FakeDataSync(FakeOptions(events=1_200)) as fake:
         summary = await run(test_settings(database_url, redis_url), fake)
     assert summary["status"] == "succeeded" and summary["records"] == 1_200, summary
-    assert depths == [DataSyncHandler.prefetch_batches] == [1]
+    assert depths == [DataSyncHandler.prefetch_batches] == [0]
 
 
 async def test_a_run_cancelled_while_it_waits_for_pages_stops_cleanly_and_resumes_exactly(
         events_db: Any, database_url: str, redis_url: str) -> None:
-    """Cancelled while the runner waits for the next batch (pages in flight), the run ends
+    """Cancelled while the runner waits for the next batch (pages in flight, prefetch depth 0), the run ends
     ``cancelled`` with what it committed — rows and checkpoint together — and the next run completes
     the stream: every event exactly once."""
     from batcher.runjob import run_foreground
