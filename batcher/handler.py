@@ -272,6 +272,13 @@ class Handler(ABC):
     default_cron: ClassVar[str | None] = None
     #: True when the handler accepts ``start``/``end`` window params (``batcher backfill``).
     accepts_windows: ClassVar[bool] = False
+    #: How many batches this handler may produce ahead of the commits (the pipeline's prefetch depth,
+    #: 0–1000) when its job does not set ``prefetch_batches``; None: the daemon's ``prefetch_batches``. A
+    #: handler that groups whatever its own fetch task has gathered into one batch chooses a small depth:
+    #: with 1, while a batch commits the next waits built and what arrives meanwhile goes into the one
+    #: after, so batches grow exactly when the database is the slower side; with 0 a batch is built only
+    #: once the runner asks for it (nothing built ahead; :mod:`batcher.pipeline`).
+    prefetch_batches: ClassVar[int | None] = None
     #: ``batcher`` subcommands and admin-API routes this handler contributes (:mod:`batcher.extension`).
     cli_commands: ClassVar[Sequence[CliCommand]] = ()
     api_routes: ClassVar[Sequence[ApiRoute]] = ()

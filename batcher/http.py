@@ -4,7 +4,8 @@ This module owns HTTP: :class:`HttpRuntime` (one per process: the ``ClientSessio
 and the :class:`~batcher.ratelimit.RateLimiter`) hands out :class:`NamespaceClient` objects, which
 implement :class:`batcher.handler.HttpClient` for one rate-limit namespace and one run. A request:
 
-1. waits for its rate-limit admission (and any shared 429 pause) — :mod:`batcher.ratelimit`;
+1. waits for its rate-limit admission (and any shared 429 pause: pushed to every process over Redis
+   pub/sub, so an unlimited namespace needs no round trip per request) — :mod:`batcher.ratelimit`;
 2. is sent with ``auto_decompress=False``; every attempt counts as an API call and the body bytes as
    received on the wire count as ingress (run accounting and Prometheus), then gzip/deflate is undone here;
 3. 5xx, 408, timeouts and connection failures retry with exponential backoff and full jitter up to the
@@ -338,8 +339,11 @@ class HttpRuntime:
         self._limiter = RateLimiter(self.rate_limits, self._redis, live_workers=self._live_workers,
                                     probe_interval_s=self._probe_interval_s)
         await self._limiter.load()
+        self._limiter.start_pause_feed()
 
     async def close(self) -> None:
+        if self._limiter is not None:
+            await self._limiter.close()
         if self._session is not None:
             await self._session.close()
             self._session = None

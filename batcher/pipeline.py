@@ -14,6 +14,9 @@ Guarantees:
 - at most ``depth`` batches are ahead of the consumer (queued, or being produced): the producer asks the
   source for the next batch only while fewer than ``depth`` are queued and the queued batches hold fewer
   than ``max_bytes`` (so the bytes bound may be overshot by one batch; one batch is always allowed);
+- ``depth=0`` builds nothing ahead: the source is asked for a batch only once the consumer waits for one
+  (for a source that gathers its input in a task of its own and builds each batch from everything
+  gathered by then: the batches grow while a commit is slow, and the last one takes all that is left);
 - leaving the block (early ``break``, an exception, cancellation) cancels the producer and closes the
   source generator (``aclose``), so its ``finally`` blocks run before the block exits.
 
@@ -41,8 +44,8 @@ class Prefetcher:
     """The consumer side of a prefetching producer task; iterate it with ``async for``."""
 
     def __init__(self, source: AsyncIterator[Batch], *, depth: int, max_bytes: int) -> None:
-        if depth < 1:
-            raise ValueError("prefetch depth must be at least 1")
+        if depth < 0:
+            raise ValueError("prefetch depth must be at least 0")
         self._source = source
         self._depth = depth
         self._max_bytes = max_bytes
@@ -51,13 +54,16 @@ class Prefetcher:
         self._done = False
         self._error: BaseException | None = None
         self._ready = asyncio.Event()  # set when a batch was queued or the producer finished
-        self._room = asyncio.Event()  # set when the consumer took a batch
+        self._room = asyncio.Event()  # set when the consumer took a batch (depth 0: when it waits for one)
+        self._wanted = False  # depth 0: the consumer is waiting for a batch
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._produce(), name="batcher-prefetch")
 
     def _has_room(self) -> bool:
+        if self._depth == 0:
+            return self._wanted and not self._queue
         if not self._queue:
             return True
         return len(self._queue) < self._depth and self._queued_bytes < self._max_bytes
@@ -92,7 +98,11 @@ class Prefetcher:
     async def __anext__(self) -> Batch:
         while not self._queue and not self._done:
             self._ready.clear()
+            if not self._depth:
+                self._wanted = True
+                self._room.set()
             await self._ready.wait()
+        self._wanted = False
         if self._queue:
             batch, size = self._queue.popleft()
             self._queued_bytes -= size

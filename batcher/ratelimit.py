@@ -7,8 +7,8 @@ This module owns *when* a request may leave, per rate-limit namespace:
   ``[rate_limits."ns:"]`` entries (:func:`effective_rate_limits`). A namespace is matched to its settings
   by the longest configured prefix, so ``"crm:api:account-42"`` (a namespace with a credential
   discriminator) uses the ``"crm:api:"`` settings but has its own Redis state, since upstream limits are
-  per key. A namespace that matches nothing is unlimited: never paced, but one round trip checks the
-  shared pause, so a 429 seen by any process holds every process.
+  per key. A namespace that matches nothing is unlimited: never paced, but a 429 seen by any process
+  holds every process (the shared pause below).
 - Admission is a reservation: the script hands out the next slot (``max(tat - tolerance, now)``) when it
   lies at most one emission interval ahead (the horizon, 20 ms–1 s) and the caller sleeps until it; a
   later caller is told when to ask again. Since the slot, not the (slightly late) moment of asking,
@@ -20,7 +20,11 @@ This module owns *when* a request may leave, per rate-limit namespace:
   ``batcher:rl:{ns}:tat`` (theoretical arrival time, µs) and the script reads the clock with Redis
   ``TIME``, so every process shares one clock. ``{ns}`` is literal: it is also a Redis Cluster hash tag.
 - The shared pause: ``batcher:rl:{ns}:paused_until`` (ms epoch, Redis clock), set by a 429 through the
-  same script and only ever extended; while it lies ahead nothing in that namespace is admitted.
+  same script and only ever extended; while it lies ahead nothing in that namespace is admitted. The
+  script also publishes each extension (:class:`PauseFeed`): a process subscribed to the feed admits an
+  unlimited namespace from its local copy of the pauses instead of a Redis round trip per request,
+  checking Redis only once per namespace after (re)subscribing and then every second; without a live
+  subscription every admission checks Redis as before.
 - Redis unreachable: an in-process GCRA at ``1 / live_workers()`` of the allowance takes over, logs
   ``rate_limiter_degraded`` once, probes Redis at most every ``probe_interval_s`` and logs
   ``rate_limiter_recovered`` when it answers again.
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -52,7 +57,8 @@ if TYPE_CHECKING:
 #: at most ``horizon`` ahead was reserved, else {0, µs to wait before asking again, now µs}. The optional
 #: floor (burst 1 only) keeps the slot at least that far from now: after local admissions (Redis was down),
 #: the first shared one stays one emission interval after the last local one, and so do those after it.
-#: ARGV pause: "pause", delay ms → {extended, paused_until ms, now µs}.
+#: ARGV pause: "pause", delay ms[, channel, namespace] → {extended, paused_until ms, now µs}; a pause that
+#: was extended is published on ``channel`` (when given) as the JSON ``[namespace, paused_until ms, now ms]``.
 #: ARGV refund: "refund", T µs → {1, new tat µs, now µs}: one admission given back (a free 304).
 GCRA_SCRIPT = """
 if redis.replicate_commands then pcall(redis.replicate_commands) end
@@ -65,6 +71,9 @@ if ARGV[1] == 'pause' then
   local target = now_ms + delay
   if target > paused then
     redis.call('SET', KEYS[2], string.format('%.0f', target), 'PX', math.floor(delay) + 60000)
+    if ARGV[3] and ARGV[3] ~= '' then
+      redis.call('PUBLISH', ARGV[3], cjson.encode({ARGV[4], target, now_ms}))
+    end
     return {1, target, now}
   end
   return {0, paused, now}
@@ -197,6 +206,117 @@ class LocalGcra:
         self._paused[namespace] = max(self._paused.get(namespace, 0), target)
 
 
+class PauseFeed:
+    """The 429 pauses of every process, pushed over Redis pub/sub into this process's :class:`LocalGcra`.
+
+    The pause script publishes each pause it extends on :func:`pause_channel` (one channel per Redis db:
+    pub/sub ignores db numbers). While the subscription is confirmed live, an unlimited namespace that
+    was checked in Redis since then (and within ``recheck_s``) is admitted from the local pauses alone,
+    without a round trip per request; the first request of a namespace after (re)subscribing, and one
+    every ``recheck_s`` (a pause set by a process of an older version, which does not publish), still
+    run the Redis check. A subscription that fails, or answers no keep-alive ``PING`` within
+    ``2 × keepalive_s``, is dropped — every check goes to Redis again — and re-established.
+    """
+
+    def __init__(self, redis: Any, channel: str, local: LocalGcra, *, log: Any, recheck_s: float = 1.0,
+                 keepalive_s: float = 1.0, retry_s: float = 1.0) -> None:
+        self._redis = redis
+        self.channel = channel
+        self._local = local
+        self._log = log
+        self._recheck_s = recheck_s
+        self._keepalive_s = keepalive_s
+        self._retry_s = retry_s
+        self._generation = 0  # odd while the subscription is live; bumped when it goes live or dies
+        self._checked: dict[str, tuple[int, float]] = {}  # namespace -> (generation, monotonic) of its check
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def live(self) -> bool:
+        return self._generation % 2 == 1
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher-pause-feed")
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._set_live(False)
+
+    def covers(self, namespace: str) -> bool:
+        """True when the local pauses of ``namespace`` are all that an admission needs to consult."""
+        checked = self._checked.get(namespace)
+        return (self.live and checked is not None and checked[0] == self._generation
+                and time.monotonic() - checked[1] < self._recheck_s)
+
+    def generation(self) -> int:
+        return self._generation
+
+    def checked(self, namespace: str, generation: int, started: float) -> None:
+        """A Redis check of ``namespace`` that started at ``started`` (monotonic) in ``generation`` answered."""
+        if generation == self._generation and self.live:
+            self._checked[namespace] = (generation, started)
+
+    def _set_live(self, live: bool) -> None:
+        if live != self.live:
+            self._generation += 1
+            self._checked.clear()
+
+    def receive(self, data: bytes) -> None:
+        """Apply one published pause ``[namespace, paused_until ms, now ms]`` (both on the Redis clock)."""
+        try:
+            namespace, until_ms, now_ms = json.loads(data)
+            delay_s = (float(until_ms) - float(now_ms)) / 1000
+        except (ValueError, TypeError):
+            self._log.warning("pause_feed_message_unreadable", channel=self.channel)
+            return
+        if isinstance(namespace, str) and delay_s > 0:
+            self._local.pause(namespace, delay_s)
+
+    async def _run(self) -> None:
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await self._listen(pubsub)
+            except (RedisError, OSError, TimeoutError) as exc:
+                if self.live:
+                    self._log.warning("pause_feed_lost", error=f"{type(exc).__name__}: {exc}"[:200])
+            finally:
+                self._set_live(False)
+                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                    await pubsub.aclose()
+            await asyncio.sleep(self._retry_s)
+
+    async def _listen(self, pubsub: Any) -> None:
+        await pubsub.subscribe(self.channel)
+        heard = pinged = time.monotonic()
+        while True:
+            message = await pubsub.get_message(timeout=self._keepalive_s)
+            now = time.monotonic()
+            if message is not None:
+                heard = now
+                kind = message.get("type")
+                if kind == "subscribe":
+                    self._set_live(True)
+                elif kind == "message":
+                    self.receive(message["data"])
+            if now - heard > 2 * self._keepalive_s:
+                raise TimeoutError(f"no answer on the pause feed for {now - heard:.1f} s")
+            if now - pinged >= self._keepalive_s:
+                pinged = now
+                await pubsub.ping()
+
+
+def pause_channel(redis: Any) -> str:
+    """The pub/sub channel of the pauses of the client's Redis db."""
+    db = getattr(getattr(redis, "connection_pool", None), "connection_kwargs", {}).get("db", 0)
+    return f"batcher:rl:pauses:db{db}"
+
+
 async def wait_or_cancel(delay_s: float, cancelled: asyncio.Event) -> None:
     """Sleep ``delay_s`` seconds, or raise :class:`RunCancelledError` as soon as ``cancelled`` is set."""
     if cancelled.is_set():
@@ -258,6 +378,8 @@ class RateLimiter:
         self._next_probe = 0.0
         self._share = 1
         self._gates: dict[str, asyncio.Lock] = {}
+        self._channel = pause_channel(redis) if redis is not None else None
+        self._feed: PauseFeed | None = None
 
     @property
     def degraded(self) -> bool:
@@ -273,6 +395,19 @@ class RateLimiter:
             self._sha = await self._redis.script_load(GCRA_SCRIPT)
         except (RedisError, OSError, TimeoutError) as exc:
             await self._degrade(exc)
+
+    def start_pause_feed(self, **options: float) -> None:
+        """Subscribe to the pauses every process publishes (:class:`PauseFeed`); stopped by :meth:`close`.
+        Without it (and while it is not live) every admission of an unlimited namespace asks Redis."""
+        if self._redis is not None and self._channel is not None and self._feed is None:
+            self._feed = PauseFeed(self._redis, self._channel, self._local, log=self._log, **options)
+            self._feed.start()
+
+    async def close(self) -> None:
+        """Stop the pause feed (the Redis client belongs to the caller)."""
+        feed, self._feed = self._feed, None
+        if feed is not None:
+            await feed.close()
 
     async def acquire(self, namespace: str, cancelled: asyncio.Event) -> Admission:
         """Wait until ``namespace`` may send one request; the returned admission says when.
@@ -308,7 +443,7 @@ class RateLimiter:
         if self._redis is None or not self._redis_due():
             return
         try:
-            await self._eval(namespace, "pause", int(delay_s * 1000))
+            await self._eval(namespace, "pause", int(delay_s * 1000), self._channel or "", namespace)
             self._recovered()
         except (RedisError, OSError, TimeoutError) as exc:
             await self._degrade(exc)
@@ -329,11 +464,24 @@ class RateLimiter:
 
     async def _attempt(self, namespace: str, match: tuple[str, RateLimitSettings] | None,
                        ) -> tuple[bool, int, int, bool]:
-        """``(admitted, wait µs, slot µs epoch, shared)`` from Redis or the local fallback."""
+        """``(admitted, wait µs, slot µs epoch, shared)`` from Redis or the local fallback.
+
+        An unlimited namespace the pause feed covers is admitted from the local pauses, which the feed
+        keeps up to date with every process's (no round trip; the slot is on the local clock).
+        """
+        feed = self._feed
+        if match is None and feed is not None and feed.covers(namespace):
+            admitted, wait = self._local.try_acquire(namespace, None)
+            return admitted, wait, time.time_ns() // 1000 + wait, True
         if self._redis is not None and self._redis_due():
             try:
                 if match is None:  # unlimited: no pacing, but a 429 pause from any process still holds it
+                    generation, started = (feed.generation(), time.monotonic()) if feed else (0, 0.0)
                     ok, value, now = await self._eval(namespace, "check")
+                    if feed is not None:
+                        if not ok:  # paused: the feed's admissions wait for it too
+                            self._local.pause(namespace, value / 1e6)
+                        feed.checked(namespace, generation, started)
                 else:
                     gcra = Gcra.from_settings(match[1])
                     ok, value, now = await self._eval(namespace, "acquire", gcra.emission_us, gcra.tolerance_us,

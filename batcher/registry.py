@@ -2,9 +2,10 @@
 entry-point group, where third-party packages add theirs (``name = "package.module:HandlerClass"``).
 
 Every handler is checked as it is registered: a stream whose ``sink`` names no sink of this batcher
-(``postgres``, ``mongo``) is refused, and so is a ``default_rate_limits`` entry that is not a
-``batcher.RateLimit`` under a non-empty namespace. Whether MongoDB is configured is checked per job, at
-config load and at run start (:func:`batcher.jobs.check_job_sinks`, :func:`batcher.sinks.require_sinks`).
+(``postgres``, ``mongo``) is refused, and so is a ``prefetch_batches`` outside 0–1000 or a
+``default_rate_limits`` entry that is not a ``batcher.RateLimit`` under a non-empty namespace. Whether
+MongoDB is configured is checked per job, at config load and at run start
+(:func:`batcher.jobs.check_job_sinks`, :func:`batcher.sinks.require_sinks`).
 
 The rate limits of the upstreams belong to their handlers too: :func:`handler_rate_limits` collects every
 registered handler's ``default_rate_limits`` (the TOML's ``[rate_limits]`` entries override them, in
@@ -28,14 +29,17 @@ def _label(cls: type[Handler], plugin: str | None = None) -> str:
 
 
 def check_handler(cls: type[Handler], plugin: str | None = None) -> None:
-    """Refuse a handler with a stream no sink of this batcher can write, or a malformed
-    ``default_rate_limits`` entry (ConfigError → exit 2); the message names the plugin (its entry-point
-    name), the class, its job type and the stream or namespace."""
+    """Refuse a handler with a stream no sink of this batcher can write, a prefetch depth the pipeline
+    cannot use or a malformed ``default_rate_limits`` entry (ConfigError → exit 2); the message names the
+    plugin (its entry-point name), the class, its job type and the stream or namespace."""
     label = _label(cls, plugin)
     for stream in cls.streams:
         if stream.sink not in SUPPORTED_SINKS:
             raise ConfigError(f"{label}: stream {stream.name!r} has unknown sink {stream.sink!r} "
                               f"(known: {', '.join(SUPPORTED_SINKS)})")
+    depth = cls.prefetch_batches
+    if depth is not None and (not isinstance(depth, int) or isinstance(depth, bool) or not 0 <= depth <= 1000):
+        raise ConfigError(f"{label}: prefetch_batches must be None or an integer from 0 to 1000, not {depth!r}")
     for namespace, limit in cls.default_rate_limits.items():
         if not (isinstance(namespace, str) and namespace):
             raise ConfigError(f"{label}: default_rate_limits has a key {namespace!r} that is not a namespace")

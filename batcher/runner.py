@@ -126,7 +126,8 @@ class RunExecution:
                                 literal_secrets=self._literal_secrets)
         ctx = Context(self.services, self.run, self.state, await self.writer.load_checkpoints(handler_cls))
         daemon = self.services.settings.daemon
-        depth = int(job["prefetch_batches"] or daemon.prefetch_batches)
+        depth = int(job["prefetch_batches"] or (daemon.prefetch_batches if handler_cls.prefetch_batches is None
+                                                 else handler_cls.prefetch_batches))
         source: AsyncIterator[Batch] = handler_cls().run(ctx, params)
         async with prefetching(source, depth=depth, max_bytes=daemon.prefetch_bytes) as batches:
             while (batch := await self._next_batch(batches)) is not None:

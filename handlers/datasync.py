@@ -18,7 +18,11 @@ their boundaries: within a run, events already seen on the previous page are dro
 built; across runs the ``ignore`` conflict policy keeps every event exactly once.
 
 Pipelining: as soon as a page's envelope names the next cursor, the next request is sent, and the page's
-events are validated while it is in flight — the fetch chain, not this handler, sets the pace.
+events are validated while it is in flight — the fetch chain, not this handler, sets the pace. The
+chain runs up to :data:`PAGES_AHEAD` pages ahead, and a batch is built only when the runner asks for
+the next one (``prefetch_batches = 0``): it holds every page fetched while the previous batch committed —
+fewer, larger transactions exactly when the database is the slower side, and after the last page one
+commit of all that is left.
 
 Each event needs ``id`` (a non-empty string), ``type`` (a string) and ``timestamp`` (ISO-8601 with a date
 and a time; **a timestamp without a zone is read as UTC**). An event that fails — or carries a NUL
@@ -62,7 +66,7 @@ _BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
 _SUSPECT_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})")
 _UNPAIRED_ESCAPE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])"
                               rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}")
-PAGES_AHEAD = 4  # pages fetched ahead of validation (the fetch chain never waits for the database)
+PAGES_AHEAD = 8  # pages fetched ahead of validation (the fetch chain never waits for the database)
 CHUNK = 100  # events validated between two yields to the event loop
 
 
@@ -296,6 +300,7 @@ class DataSyncHandler(Handler):
                       bookkeeping_columns=("ingested_at",), json_columns=("payload",),
                       parse_raw=parse_raw_event),)
     default_interval_minutes = 5
+    prefetch_batches = 0  # each batch is built when the runner asks for it, from every page fetched by then
 
     async def run(self, ctx: RunContext, params: Any) -> AsyncIterator[Batch]:
         fetch = page_fetcher(ctx.http(NAMESPACE), params)

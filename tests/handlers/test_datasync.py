@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from batcher.app import open_services
 from batcher.fakes.datasync import INVALID_KINDS, FakeDataSync, FakeOptions, make_event
 from batcher.testing import run_job_once, test_settings
 from handlers.datasync import (
@@ -156,7 +157,7 @@ async def test_pages_fetched_ahead_are_grouped_and_errors_come_after_them() -> N
         n = int(cursor or 0)
         if len(calls) == PAGES_AHEAD + 1:
             full.set()  # the queue holds PAGES_AHEAD pages; this fetch waits for room
-        if n == 7:
+        if n == PAGES_AHEAD + 3:
             raise RuntimeError("boom")
         events = [{"id": f"e{i}", "type": "t", "timestamp": "2026-01-01T00:00:00Z"} for i in (n, n + 1)]
         return Page(events, True, str(n + 1), suspicious=False)
@@ -164,12 +165,12 @@ async def test_pages_fetched_ahead_are_grouped_and_errors_come_after_them() -> N
     async with page_chain(fetch, None) as groups:
         await full.wait()
         first = await anext(groups)
-        assert [c for c, _ in first] == [None, "1", "2", "3"][:PAGES_AHEAD]
+        assert [c for c, _ in first] == [None, *(str(n) for n in range(1, PAGES_AHEAD))]
         batch, seen = await build_batch(first, set())
         assert [r[0] for r in batch.records] == [f"e{i}" for i in range(PAGES_AHEAD + 1)]  # overlaps dropped
         assert batch.checkpoint == {"cursor": str(PAGES_AHEAD)} and batch.items_checked == 2 * PAGES_AHEAD
         rest = [c for group in [g async for g in _until_error(groups)] for c, _ in group]
-    assert rest == [str(n) for n in range(PAGES_AHEAD, 7)]
+    assert rest == [str(n) for n in range(PAGES_AHEAD, PAGES_AHEAD + 3)]
 
 
 async def _until_error(groups: Any) -> Any:
@@ -193,6 +194,60 @@ def test_params() -> None:
 
 
 # ------------------------------------------------------------------------------------ whole runs
+
+
+async def test_runs_with_the_handler_prefetch_depth(events_db: Any, database_url: str, redis_url: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job that sets no prefetch_batches runs with the handler's (0: each batch is built when the runner
+    asks for it, from every page fetched by then), not the daemon's default (2)."""
+    import batcher.runner
+
+    depths: list[int] = []
+    real = batcher.runner.prefetching
+
+    def spy(source: Any, *, depth: int, max_bytes: int) -> Any:
+        depths.append(depth)
+        return real(source, depth=depth, max_bytes=max_bytes)
+
+    monkeypatch.setattr(batcher.runner, "prefetching", spy)
+    async with FakeDataSync(FakeOptions(events=1_200)) as fake:
+        summary = await run(test_settings(database_url, redis_url), fake)
+    assert summary["status"] == "succeeded" and summary["records"] == 1_200, summary
+    assert depths == [DataSyncHandler.prefetch_batches] == [0]
+
+
+async def test_a_run_cancelled_while_it_waits_for_pages_stops_cleanly_and_resumes_exactly(
+        events_db: Any, database_url: str, redis_url: str) -> None:
+    """Cancelled while the runner waits for the next batch (pages in flight, prefetch depth 0), the run ends
+    ``cancelled`` with what it committed — rows and checkpoint together — and the next run completes
+    the stream: every event exactly once."""
+    from batcher.runjob import run_foreground
+    from batcher.testing import test_config
+    from tests.polling import wait_for
+
+    async with FakeDataSync(FakeOptions(events=6_000, invalid_every=50, latency_ms=150)) as fake:
+        settings = test_settings(database_url, redis_url)
+        config = test_config(settings)
+        params = {"base_url": fake.url, "batch_size": 500}
+        async with open_services(config, start_embedded=False, sync=True, http=True) as services:
+            started: list[Any] = []
+            task = asyncio.create_task(run_foreground(
+                services, config, "datasync", job_name=None, params=params, literal_secrets={"api_key": KEY},
+                wait=True, handle_signals=False, on_start=started.append))
+
+            async def committed() -> bool:
+                return bool(await events_db.fetchval("SELECT count(*) FROM events"))
+
+            await wait_for(committed, what="a first batch committed")
+            started[0].request_cancel("cancelled by the test")
+            summary = await asyncio.wait_for(task, 10)
+        assert summary["status"] == "cancelled", summary
+        assert 0 < summary["records"] < 5_880 and summary["records"] == await events_db.fetchval(
+            "SELECT count(*) FROM events")
+        fake.configure(latency_ms=0)
+        rest = await run(settings, fake)
+        assert rest["status"] == "succeeded", rest
+        await check_tables(events_db, fake)
 
 
 @pytest.mark.parametrize("shape", ["nested", "flat", "both"])

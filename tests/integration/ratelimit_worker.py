@@ -5,7 +5,8 @@ file, which holds the common start time (epoch seconds). ``limiter`` mode: ``--t
 acquire admissions from the shared limiter from that time for ``--duration`` seconds and write one JSON
 line per admission (``at_us``: the reserved slot on the Redis clock, ``shared``) to ``--out``.
 ``http`` mode: the same coroutines GET ``--url`` through :class:`batcher.http.HttpRuntime` (sending
-``X-Worker``) and write one line per finished request.
+``X-Worker``) and write one line per finished request; ``--max-in-interval 0`` leaves the namespace
+unlimited (only the shared 429 pause holds it, pushed over the runtime's pause feed).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--redis", required=True)
     p.add_argument("--namespace", required=True)
     p.add_argument("--interval-ms", type=int, default=1000)
-    p.add_argument("--max-in-interval", type=int, required=True)
+    p.add_argument("--max-in-interval", type=int, required=True, help="0: the namespace is unlimited")
     p.add_argument("--go", required=True, help="file that will hold the start time (epoch seconds)")
     p.add_argument("--duration", type=float, required=True)
     p.add_argument("--tasks", type=int, default=4)
@@ -98,7 +99,7 @@ async def http_mode(args: argparse.Namespace,
 def main() -> None:
     args = parse_args()
     limits = {args.namespace: RateLimitSettings.model_validate(
-        {"interval_ms": args.interval_ms, "max_in_interval": args.max_in_interval})}
+        {"interval_ms": args.interval_ms, "max_in_interval": args.max_in_interval})} if args.max_in_interval else {}
     run = limiter_mode if args.mode == "limiter" else http_mode
     rows = asyncio.run(run(args, limits))
     Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -26,7 +26,8 @@ async def main():
     a.append(b); b.append(a)  # a cycle made after start-up is still the collector's
     del a, b
     collected = gc.collect()
-    print(json.dumps({"before": before, "first": first, "again": again, "collected": collected}))
+    print(json.dumps({"before": before, "first": first, "again": again, "collected": collected,
+                      "threshold": gc.get_threshold()}))
 
 asyncio.run(main())
 """
@@ -35,7 +36,7 @@ asyncio.run(main())
 def test_open_services_freezes_startup_objects_once(database_url: str, redis_url: str, tmp_path: Path) -> None:
     """Opening the services moves every start-up object out of the collector's reach (``gc.freeze``), so
     full collections during a run no longer walk the modules and classes; only once per process, and
-    cycles made later are still collected."""
+    cycles made later are still collected; the young generation is collected less often."""
     config = tmp_path / "empty.toml"
     config.write_text("")
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHER_")}
@@ -48,3 +49,4 @@ def test_open_services_freezes_startup_objects_once(database_url: str, redis_url
     assert counts["first"] > 10_000  # modules, classes, functions, schemas
     assert counts["again"] is False  # the second opening froze nothing more
     assert counts["collected"] >= 2
+    assert counts["threshold"][0] >= 10_000  # young collections that would free next to nothing are rarer

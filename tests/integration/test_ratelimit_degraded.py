@@ -113,3 +113,34 @@ async def test_switching_between_redis_and_the_local_limiter_keeps_the_spacing(
     back_from = len(seen)
     await wait_for(lambda: sum(a.shared for a in seen[back_from:]) >= 5, 8, what="shared admissions again")
     assert min(gaps_us(seen)) >= 49_000, sorted(gaps_us(seen))[:3]
+
+
+async def test_the_pause_feed_falls_back_to_redis_checks_while_redis_is_down(own_redis: OwnRedis) -> None:
+    """The pause feed of an unlimited namespace goes down with Redis (every admission then asks Redis,
+    which degrades to the local pauses and still admits), subscribes again when Redis is back — and a
+    pause set after that reaches the process through it."""
+    client = redis_client(f"unix://{own_redis.socket}", socket_timeout=0.5)
+    limiter = RateLimiter({}, client, probe_interval_s=0.3)
+    await limiter.load()
+    limiter.start_pause_feed(keepalive_s=0.2, retry_s=0.2)
+    feed = limiter._feed
+    assert feed is not None
+    never = asyncio.Event()
+    try:
+        await wait_for(lambda: feed.live, timeout=10, what="the pause feed subscribed")
+        await limiter.acquire("open:api:", never)
+        assert feed.covers("open:api:")
+        own_redis.stop()
+        await wait_for(lambda: not feed.live, timeout=10, what="the pause feed noticed the outage")
+        assert not feed.covers("open:api:")
+        assert (await limiter.acquire("open:api:", never)).waited_s < 1  # local pauses only: admitted
+        own_redis.start()
+        await wait_for(lambda: feed.live, timeout=10, what="the pause feed subscribed again")
+        other_client = redis_client(f"unix://{own_redis.socket}", socket_timeout=0.5)
+        await RateLimiter({}, other_client).pause("open:api:", 0.5)  # another process
+        await other_client.aclose()
+        await wait_for(lambda: not limiter._local.try_acquire("open:api:", None)[0], timeout=10,
+                       what="the pushed pause")
+    finally:
+        await limiter.close()
+        await client.aclose()

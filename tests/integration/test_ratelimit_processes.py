@@ -117,13 +117,18 @@ async def fake_api() -> AsyncIterator[tuple[FakeApi, str]]:
         yield api, f"{url}/items"
 
 
+@pytest.mark.parametrize("max_in_interval", [20, 0], ids=["limited", "unlimited"])
 async def test_a_429_in_one_process_pauses_all_three(redis_url: str, redis_db: redis.Redis,
-                                                     fake_api: tuple[FakeApi, str], tmp_path: Path) -> None:
+                                                     fake_api: tuple[FakeApi, str], tmp_path: Path,
+                                                     max_in_interval: int) -> None:
     """One process receives a 429 with Retry-After: 2; the shared pause stops all three processes (no
-    request reaches the API from any of them until the reset time), then all three resume."""
+    request reaches the API from any of them until the reset time), then all three resume. Unlimited
+    (no rate_limits entry), the processes ask Redis only now and then: the pause reaches them pushed
+    over pub/sub."""
     api, url = fake_api
     common = ["--mode", "http", "--url", url, "--redis", redis_url, "--namespace", "itest:pause:",
-              "--max-in-interval", "20", "--duration", "5", "--tasks", "2"]
+              "--max-in-interval", str(max_in_interval), "--duration", "5" if max_in_interval else "3.5",
+              "--tasks", "2"]
     spawned = [spawn(tmp_path, f"w{i}", *common) for i in range(3)]
     await start_together(tmp_path, spawned)
     await wait_all([p for p, _ in spawned], deadline_s=25)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -10,7 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from batcher import sinks
+from batcher import jsoncodec, sinks
 from batcher.handler import Batch, ConflictPolicy, Rejected, Stream
 from batcher.sinks import postgres
 
@@ -166,6 +167,42 @@ async def test_poisoned_rows_are_dead_lettered_and_the_rest_commits(items: async
     assert {d["job_name"] for d in letters} == {"job"} and {d["run_id"] for d in letters} == {7}
     assert json.loads(by_key[17]["payload"])["label"] == "nul\x00byte"
     assert len(result.reasons) == 3 and result.database_rejected == 3
+
+
+async def test_a_batch_copied_in_slices_lets_other_tasks_run_and_keeps_its_poison_rules(
+        items: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch larger than COPY_SLICE is encoded slice by slice with the event loop free in between (a
+    concurrent task runs while the first rows are encoded); the poisoned and unencodable rows among them
+    are still dead letters and the rest commits."""
+    monkeypatch.setattr(postgres, "COPY_SLICE", 64)
+    encoded = 0
+    real_dumps = jsoncodec.dumps
+
+    def counting_dumps(value: Any) -> bytes:
+        nonlocal encoded
+        encoded += 1
+        return real_dumps(value)
+
+    monkeypatch.setattr(jsoncodec, "dumps", counting_dumps)
+    seen_mid_copy: list[int] = []
+
+    async def ticker() -> None:
+        while True:
+            await asyncio.sleep(0)
+            if 0 < encoded < 250:  # row 300 cannot be encoded: the first COPY stops there
+                seen_mid_copy.append(encoded)
+
+    stream = item_stream("ignore")
+    batch = poisoned_rows()
+    batch[300] = (300, "huge", 2**40, None, None)
+    task = asyncio.create_task(ticker())
+    try:
+        result = await write(items, stream, Batch(stream=stream.name, records=batch))
+    finally:
+        task.cancel()
+    assert (result.written, result.dead_lettered) == (496, 4)
+    assert {json.loads(d["payload"])["k"] for d in await dead_letters(items)} == {17, 250, 300, 498}
+    assert seen_mid_copy, "no other task ran while the batch was encoded"
 
 
 async def test_replaying_a_poisoned_batch_adds_no_duplicate_dead_letter(items: asyncpg.Pool,

@@ -155,11 +155,54 @@ async def test_cancelling_the_consumer_cancels_the_producer() -> None:
     assert source.closed and prefetch_tasks() == []
 
 
-async def test_depth_must_be_positive() -> None:
-    """A depth below 1 is refused."""
+async def test_depth_must_not_be_negative() -> None:
+    """A negative depth is refused (0 is on-demand production, below)."""
     with pytest.raises(ValueError, match="depth"):
-        async with prefetching(Source(1).run(), depth=0, max_bytes=1):
+        async with prefetching(Source(1).run(), depth=-1, max_bytes=1):
             pass
+
+
+async def test_depth_zero_asks_the_source_only_while_the_consumer_waits() -> None:
+    """depth=0: nothing is produced ahead — the source is asked for a batch only once the consumer waits
+    for one; every batch still arrives, in order, and the source is closed at the end."""
+    source = Source(6)
+    seen: list[int] = []
+    async with prefetching(source.run(), depth=0, max_bytes=1 << 20) as batches:
+        await settle()
+        assert source.produced == 0
+        async for batch in batches:
+            seen.append(batch.records[0][0])
+            await settle()  # the consumer "commits": the producer must not run ahead meanwhile
+            assert source.produced == len(seen)
+    assert seen == list(range(6))
+    assert source.closed and prefetch_tasks() == []
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2])
+async def test_cancelling_a_consumer_waiting_for_a_blocked_handler_closes_it_cleanly(depth: int) -> None:
+    """Cancelled while it waits for the next batch of a blocked handler (the runner's cancel path), the
+    consumer leaves the block with the source closed once and no error of its own (e.g. "aclose():
+    asynchronous generator is already running")."""
+    source = Source(10, block_after=2)
+    got: list[int] = []
+
+    async def consume() -> None:
+        async with prefetching(source.run(), depth=depth, max_bytes=1 << 20) as batches:
+            while True:
+                waiter = asyncio.ensure_future(anext(batches))
+                try:
+                    got.append((await waiter).records[0][0])
+                finally:
+                    waiter.cancel()
+
+    task = asyncio.create_task(consume())
+    await source.blocked.wait()
+    await settle()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert got == [0, 1]
+    assert source.closed and prefetch_tasks() == []
 
 
 def test_size_estimate_scales_with_the_records() -> None:

@@ -23,6 +23,7 @@ from batcher.ratelimit import (
 )
 from batcher.registry import handler_rate_limits, load_registry
 from batcher.settings import RateLimitSettings
+from tests.polling import wait_for
 
 
 @pytest.fixture(autouse=True)
@@ -158,6 +159,57 @@ async def test_unlimited_namespace_is_never_paced_but_honours_a_shared_pause(red
     started = time.monotonic()
     await mine.acquire("free:api:", asyncio.Event())
     assert time.monotonic() - started >= 0.25
+
+
+async def test_pushed_pauses_spare_the_round_trip_and_still_hold_every_process(redis_url: str) -> None:
+    """With the pause feed live, an unlimited namespace asks Redis once (then once per recheck interval),
+    not per request; a pause another process sets reaches it through the feed and holds it (on a channel
+    of this Redis db's own); a closed feed sends every admission to Redis again."""
+    from batcher.connections import redis_client
+
+    other = RateLimiter({}, redis_client(redis_url))
+    mine = RateLimiter({}, redis_client(redis_url))
+    mine.start_pause_feed(recheck_s=0.5)
+    feed = mine._feed
+    assert feed is not None
+    evals: list[tuple[Any, ...]] = []
+    real_eval = mine._eval
+
+    async def counted(namespace: str, *args: Any) -> list[int]:
+        evals.append((namespace, *args))
+        return await real_eval(namespace, *args)
+
+    mine._eval = counted  # type: ignore[method-assign]
+    ns, never = "pushed:api:", asyncio.Event()
+
+    async def feed_live() -> bool:
+        return feed.live
+
+    async def paused_here() -> bool:
+        return mine._local.try_acquire(ns, None)[0] is False
+
+    try:
+        await wait_for(feed_live, what="the pause feed subscribed")
+        started = time.monotonic()
+        admissions = [await mine.acquire(ns, never) for _ in range(50)]
+        assert all(a.waited_s < 0.05 for a in admissions)
+        assert 1 <= len(evals) <= 1 + (time.monotonic() - started) / 0.5, evals  # not one per request
+        feed.receive(b'["' + ns.encode() + b'", 1000, 1000]')  # nothing left of that pause: ignored
+        assert (await mine.acquire(ns, never)).waited_s < 0.05
+        assert feed.channel == f"batcher:rl:pauses:db{redis_url.rsplit('/', 1)[1]}"  # pub/sub ignores dbs
+        await other.pause(ns, 0.4)
+        await wait_for(paused_here, what="the pushed pause")
+        checks = len(evals)
+        started = time.monotonic()
+        await mine.acquire(ns, never)
+        assert 0.2 <= time.monotonic() - started < 2.0
+        assert len(evals) <= checks + 1  # at most the recheck: the pause itself came through the feed
+    finally:
+        await mine.close()
+    assert not feed.live
+    before = len(evals)
+    await mine.acquire(ns, never)
+    assert len(evals) == before + 1  # no feed: every admission checks Redis
 
 
 async def test_redis_health_reports_ok_and_failure_without_password(redis_url: str) -> None:

@@ -83,6 +83,21 @@ def test_a_handler_with_a_mongo_stream_is_accepted_and_an_unknown_sink_refused()
                                  "unknown sink 'cassandra' (known: postgres, mongo)")
 
 
+@pytest.mark.parametrize("depth", [-1, 1001, 2.0, True, "2"])
+def test_a_handler_prefetch_depth_the_pipeline_cannot_use_is_refused(depth: Any) -> None:
+    """Handler.prefetch_batches is None (the daemon's setting) or an integer from 0 to 1000."""
+
+    class Deep(MongoHandler):
+        type = "deep"
+        prefetch_batches = depth
+
+    with pytest.raises(ConfigError, match="prefetch_batches must be None or an integer from 0 to 1000"):
+        check_handler(Deep)
+    for fine in (None, 0, 1, 1000):
+        Deep.prefetch_batches = fine
+        check_handler(Deep)
+
+
 def test_registry_loads_a_plugin_with_a_mongo_stream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """load_registry() with an installed plugin whose stream has sink='mongo' registers its job type."""
     monkeypatch.syspath_prepend(str(_plugin_dir(tmp_path / "site", "mongo")))
