@@ -69,9 +69,9 @@ UPSERT_FIRST_BATCHES = 8
 #: Rows a COPY encodes between two yields to the event loop (asyncpg encodes a whole list at once: a batch
 #: of tens of thousands of rows would hold up every other task of the process — fetches, other runs —
 #: meanwhile). Large enough that the usual batches go through asyncpg's list path untouched: each row of
-#: the sliced path costs an async-generator step, and a COPY that yields while the database is the
-#: bottleneck holds its connection longer (2,000 rows of DataSync events: ~3 ms of encoding).
-COPY_SLICE = 2000
+#: the sliced path costs an async-generator step (at 2,000, 5,000-row batches lost ~5 % in bench/sink.py,
+#: and DataSync at 5 ms gained nothing measurable); 10,000 rows hold the loop ~10 ms.
+COPY_SLICE = 10_000
 
 
 @dataclass
