@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -135,6 +135,16 @@ async def test_consumer_error_closes_the_source() -> None:
     assert source.closed and prefetch_tasks() == []
 
 
+async def cancel_once_blocked(consume: Callable[[], Awaitable[None]], source: Source) -> None:
+    """Run ``consume`` until ``source`` blocks, then cancel it; it must end cancelled."""
+    task = asyncio.create_task(consume())
+    await source.blocked.wait()
+    await settle()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 async def test_cancelling_the_consumer_cancels_the_producer() -> None:
     """Cancelling a consumer that waits on a blocked handler cancels the producer and closes the source."""
     source = Source(10, block_after=2)
@@ -145,12 +155,7 @@ async def test_cancelling_the_consumer_cancels_the_producer() -> None:
             async for batch in batches:
                 got.append(batch.records[0][0])
 
-    task = asyncio.create_task(consume())
-    await source.blocked.wait()
-    await settle()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancel_once_blocked(consume, source)
     assert got == [0, 1]
     assert source.closed and prefetch_tasks() == []
 
@@ -195,12 +200,7 @@ async def test_cancelling_a_consumer_waiting_for_a_blocked_handler_closes_it_cle
                 finally:
                     waiter.cancel()
 
-    task = asyncio.create_task(consume())
-    await source.blocked.wait()
-    await settle()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancel_once_blocked(consume, source)
     assert got == [0, 1]
     assert source.closed and prefetch_tasks() == []
 
