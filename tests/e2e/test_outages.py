@@ -228,8 +228,12 @@ async def test_redis_restarted_mid_run_degrades_then_recovers_and_the_run_comple
     assert len(during) >= 10, f"only {len(during)} requests during the outage: degraded, not stalled"
     assert len(after) >= 5
     gaps = [b - a for a, b in itertools.pairwise(sorted(stamps))]
-    # 20/s: slots 50 ms apart before, during and after the outage, at both switches too (arrival times at
-    # the fake jitter by a few ms; the switches used to let one request through ~5 ms after the previous)
-    assert min(gaps) >= 0.03, sorted(gaps)[:5]
+    # 20/s: slots 50 ms apart before, during and after the outage, at both switches too (the switches used
+    # to let one extra request through ~5 ms after the previous). Arrival times at the fake jitter: under
+    # a loaded CI machine a request sent 40 ms after its slot arrives 10 ms before the next one. So a gap
+    # under 30 ms passes only right after a gap of 70 ms or more (a late request, not an extra one).
+    extra = [(round(before, 3), round(gap, 3)) for before, gap in itertools.pairwise(gaps)
+             if gap < 0.03 and before < 0.07]
+    assert gaps[0] >= 0.03 and not extra, (sorted(gaps)[:5], extra)
     daemon.signal(signal.SIGTERM)
     assert await wait_exit(daemon, 20) == 0
