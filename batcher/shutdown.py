@@ -10,7 +10,6 @@ next report of a stuck stop names the await that did not return.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from types import CoroutineType, GeneratorType
 from typing import Any
@@ -71,9 +70,7 @@ class ShutdownMonitor:
         """The shutdown is over (or never began)."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task, self.every)
 
     async def _report(self) -> None:
         while True:
